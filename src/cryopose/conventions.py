@@ -5,7 +5,9 @@ topic               decision
 ==================  ===========================================================================
 axes                images ``(..., y, x)``; volumes ``(..., z, y, x)`` as mrcfile reads them;
                     vector components ``(x, y, z)``.
-real-space origin   index ``n // 2`` on every axis, for even and odd ``n`` (RELION's origin).
+real-space origin   index ``n // 2`` on every axis, for even and odd ``n`` (RELION's origin for
+                    even boxes; ``relion_project`` draws odd boxes one pixel off, at
+                    ``n // 2 + 1`` in x and y — a RELION quirk measured in ``tests/oracle``).
 centred FFT         ``fftshift(fftn(ifftshift(x)))``; DC at index ``n // 2``
                     (:mod:`cryopose.fourier`).
 frequency           integer index ``k = j - n // 2``; cycles/Å ``k / (n * pixel_size)``;
@@ -17,10 +19,11 @@ rotations           matrices ``R`` of shape ``(..., 3, 3)`` between modules. ``R
                     projected along ``z``; in Fourier space the image frequency ``(kx, ky)`` reads
                     the volume's transform at ``Rᵀ (kx, ky, 0)ᵀ``. Proven against
                     ``relion_project`` by ``tests/oracle``.
-shifts              Å, same sign as ``rlnOriginXAngst/YAngst``: a particle with origin
-                    ``(ox, oy)`` is the centred projection translated by ``(+ox, +oy)``
-                    (its centre sits at pixel ``n // 2 + o / pixel_size``). Pixels only inside
-                    :mod:`cryopose.projection`.
+shifts              Å, same sign as ``rlnOriginXAngst/YAngst``: the translation that re-centres
+                    the particle, so a particle with origin ``(ox, oy)`` is the centred
+                    projection translated by ``(−ox, −oy)`` (its centre sits at pixel
+                    ``n // 2 − o / pixel_size``), as ``relion_project`` draws it. Pixels only
+                    inside :mod:`cryopose.projection`.
 CTF                 RELION/CTFFIND parameters: defocus in Å, positive = underfocus,
                     ``defocus_u >= defocus_v``, astigmatism angle in degrees from the x axis,
                     Cs in mm, voltage in kV, amplitude contrast as a ratio, phase shift in

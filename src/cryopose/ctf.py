@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from .constants import ELECTRON_REST_ENERGY_EV, HC_EV_ANGSTROM
@@ -26,7 +27,7 @@ __all__ = ["CTFParams", "compute_ctf", "electron_wavelengths_angstrom", "phase_f
 
 
 def _field(t) -> torch.Tensor:
-    return torch.as_tensor(t, dtype=torch.float32) if not isinstance(t, torch.Tensor) else t
+    return t if isinstance(t, torch.Tensor) else torch.tensor(np.asarray(t, dtype=np.float32))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
