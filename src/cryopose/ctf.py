@@ -64,13 +64,14 @@ class CTFParams:
             ValueError: If a value is not finite, voltage is not positive, or the amplitude
                 contrast is outside [0, 1).
         """
-        du = torch.atleast_1d(_field(defocus_u_angstrom)).float()
-        dv = du if defocus_v_angstrom is None else torch.atleast_1d(_field(defocus_v_angstrom)).float()
+        du = torch.atleast_1d(_field(defocus_u_angstrom))
+        dv = du if defocus_v_angstrom is None else torch.atleast_1d(_field(defocus_v_angstrom))
         vals = dict(defocus_u_angstrom=du, defocus_v_angstrom=dv, defocus_angle_deg=defocus_angle_deg,
                     voltage_kv=voltage_kv, spherical_aberration_mm=spherical_aberration_mm,
                     amplitude_contrast=amplitude_contrast, phase_shift_deg=phase_shift_deg,
                     bfactor_angstrom2=bfactor_angstrom2)
-        tensors = {k: torch.atleast_1d(_field(v)).float() for k, v in vals.items()}
+        dtype = du.dtype if du.is_floating_point() else torch.float32
+        tensors = {k: torch.atleast_1d(_field(v)).to(dtype) for k, v in vals.items()}
         n = max(t.shape[0] for t in tensors.values())
         out = {}
         for k, t in tensors.items():
@@ -120,14 +121,15 @@ def compute_ctf(params: CTFParams, box_size: int, pixel_size_angstrom: float, *,
         :func:`cryopose.fourier.centered_fft2`). Differentiable in the defocus fields.
     """
     device = device or params.defocus_u_angstrom.device
-    ky, kx = frequency_grid_2d(box_size, pixel_size_angstrom, device=device)
+    dtype = params.defocus_u_angstrom.dtype
+    ky, kx = frequency_grid_2d(box_size, pixel_size_angstrom, device=device, dtype=dtype)
     k2 = (kx**2 + ky**2)[None]
     theta = torch.atan2(ky, kx)[None]
 
     def col(t):
         return t.to(device)[:, None, None]
 
-    lam = electron_wavelengths_angstrom(params.voltage_kv.to(device))[:, None, None]
+    lam = electron_wavelengths_angstrom(params.voltage_kv.to(device)).to(dtype)[:, None, None]
     du, dv = col(params.defocus_u_angstrom), col(params.defocus_v_angstrom)
     alpha = torch.deg2rad(col(params.defocus_angle_deg))
     defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * torch.cos(2.0 * (theta - alpha))
