@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up cryopose on a fresh machine: PyTorch (CPU build) first, then the package and its
+# test tools, then (unless --no-relion) RELION 3.1, the oracle the tests compare against.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+with_relion=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-relion) with_relion=0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+py=${PYTHON:-python3}
+# torch first: with 2.13.0 installed, the package's "torch>=2.1" pulls nothing more.
+"$py" -m pip install -q --disable-pip-version-check "torch==2.13.0"
+"$py" -m pip install -q --disable-pip-version-check -e ".[test]"
+if [ "$with_relion" = 1 ] && ! command -v relion_project >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq relion >/dev/null
+  else
+    echo "setup.sh: RELION 3.1 missing; run 'sudo apt-get install -y relion' for the oracle tests" >&2
+  fi
+fi
+echo "cryopose set up: $("$py" -c 'import cryopose; print(cryopose.__version__)')"

@@ -1,0 +1,81 @@
+"""Helpers shared by command modules: run configs and output folders (no maths here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+
+__all__ = ["write_run_config", "prepare_output_dir"]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return value.item()
+        except (ValueError, RuntimeError):
+            return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def write_run_config(path, *, command_line: str, config: Any = None, extra: dict | None = None) -> Path:
+    """Write ``config.yaml`` for a run: cryopose version, command line, date, host, and the config.
+
+    Args:
+        path: Output file (usually ``OUTDIR/config.yaml``); written atomically.
+        command_line: The shell-quoted command line (``args.command_line`` set by ``cli.main``).
+        config: A frozen config dataclass (or dict) of the run.
+        extra: More key/values to record.
+
+    Returns:
+        The path written.
+    """
+    from ..io.atomic import atomic_write_text
+
+    doc = {
+        "cryopose_version": __version__,
+        "command_line": command_line,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+    if config is not None:
+        doc["config"] = _plain(config)
+    if extra:
+        doc.update(_plain(extra))
+    path = Path(path)
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def prepare_output_dir(path, *, allow_existing: bool = True) -> Path:
+    """Create an output folder (parents too) and return it as a ``Path``.
+
+    Raises:
+        cryopose.errors.UserError: If ``path`` exists and is a file, or exists while
+            ``allow_existing`` is false.
+    """
+    from ..errors import UserError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"output folder {p} exists and is a file")
+    if p.exists() and not allow_existing and any(p.iterdir()):
+        raise UserError(f"output folder {p} is not empty (use --resume or another -o)")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
