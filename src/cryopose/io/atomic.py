@@ -1,0 +1,111 @@
+"""Atomic file writes: write to a temporary file beside the target, fsync, then rename.
+
+A reader never sees a half-written file: the target path either keeps its old content or
+holds the complete new content, because ``os.replace`` within one folder is atomic on POSIX
+and Windows. The temporary file is created with mode ``0o666`` so the usual umask applies
+(unlike :func:`tempfile.mkstemp`, which creates ``0o600`` files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Iterator
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text"]
+
+
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Best-effort fsync of a folder so the rename itself is durable (POSIX only)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it to ``path``.
+
+    For writers that need a file name rather than a file object (``mrcfile.new``). The
+    caller must have closed the file before the ``with`` block ends. On an exception the
+    temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: The final file path. Its folder must exist.
+
+    Yields:
+        The temporary path to write to (it does not exist yet).
+    """
+    target = Path(path)
+    tmp = _temp_name(target)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", *, encoding: str = "utf-8") -> Iterator[IO]:
+    """Open a file for writing so that it appears at ``path`` only when complete.
+
+    Writes go to a temporary file in the same folder; when the ``with`` block ends without
+    an exception the file is flushed, fsynced and renamed over ``path`` with ``os.replace``.
+    On an exception the temporary file is removed and ``path`` keeps its previous content.
+
+    Args:
+        path: Final file path; its folder must exist.
+        mode: ``"wb"`` (default) or ``"w"`` (text, ``encoding``, ``\\n`` line endings).
+        encoding: Text encoding for ``mode="w"``.
+
+    Yields:
+        The open file object.
+
+    Raises:
+        ValueError: If ``mode`` is not a write mode.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
+    with atomic_path(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        if mode == "w":
+            f = os.fdopen(fd, "w", encoding=encoding, newline="\n")
+        else:
+            f = os.fdopen(fd, "wb")
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path, "w", encoding=encoding) as f:
+        f.write(text)

@@ -1,0 +1,397 @@
+"""Particle metadata and lazily read particle images: the two objects every data set becomes.
+
+:class:`ParticleMetadata` holds what a STAR or ``.cs`` file says about each particle, already
+converted to cryopose conventions (:mod:`cryopose.conventions`): RELION rotation matrices,
+shifts in Å with the sign of ``rlnOriginXAngst``, :class:`cryopose.ctf.CTFParams`.
+:class:`ParticleStack` reads the images on demand through cached memory maps, a batch at a
+time, so a data set of 10^6 images never has to fit in memory. :func:`load_particles`
+makes both from a ``.star``, ``.cs`` or bare ``.mrcs`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..conventions import check_pixel_size
+from ..ctf import CTFParams
+from ..errors import InputFileError
+from .mrc import open_stack, read_header_info, stack_array
+
+__all__ = ["ParticleMetadata", "ParticleStack", "load_particles"]
+
+
+def _positions(index, n: int) -> np.ndarray:
+    """Normalise an int, slice, boolean mask or index array to an int64 position array."""
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    if isinstance(index, (int, np.integer)):
+        i = int(index)
+        if not -n <= i < n:
+            raise IndexError(f"particle index {i} out of range for {n} particles")
+        return np.array([i % n], dtype=np.int64)
+    if isinstance(index, slice):
+        return np.arange(n, dtype=np.int64)[index]
+    arr = np.asarray(index)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise IndexError(f"boolean mask has shape {arr.shape}, expected ({n},)")
+        return np.flatnonzero(arr).astype(np.int64)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise IndexError(f"particle indices must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.min() < -n or arr.max() >= n:
+        bad = arr[(arr < -n) | (arr >= n)][0]
+        raise IndexError(f"particle index {int(bad)} out of range for {n} particles")
+    return arr % n
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class ParticleMetadata:
+    """Per-particle metadata of a data set, in cryopose conventions.
+
+    Attributes:
+        pixel_size_angstrom: Pixel size of the images in Å (one per data set).
+        box_size: Image edge ``n`` in pixels, or ``None`` when the file does not say and no
+            image could be opened (metadata-only RELION 3.0 files).
+        rotmats: ``(N, 3, 3)`` float32 RELION matrices
+            ``relion_euler_to_rotmat(rot, tilt, psi)``, or ``None`` (no poses).
+        shifts_angstrom: ``(N, 2)`` float32 ``(x, y)`` in Å, sign of
+            ``rlnOriginXAngst/YAngst``, or ``None``.
+        ctf: :class:`CTFParams` of ``N`` particles, or ``None``.
+        image_paths: ``N`` absolute stack paths, or ``None``.
+        image_indices: ``(N,)`` int64 0-based image positions in their stacks, or ``None``.
+        optics_group: ``(N,)`` int64 RELION optics group numbers (1-based), or ``None``.
+        table: The particle table as read (unknown columns pass through when written back).
+            Its index is the 0-based row of the source table, so after :meth:`subset`
+            ``table.index + 1`` still names the row in the source file.
+        optics: RELION 3.1+ optics table, or ``None``.
+        source: The file the metadata came from (quoted in error messages).
+
+    Raises:
+        ValueError: Fields of different lengths or wrong shapes.
+        PixelSizeError: Pixel size missing or not positive.
+    """
+
+    pixel_size_angstrom: float
+    box_size: int | None
+    rotmats: torch.Tensor | None = None
+    shifts_angstrom: torch.Tensor | None = None
+    ctf: CTFParams | None = None
+    image_paths: list[str] | None = None
+    image_indices: np.ndarray | None = None
+    optics_group: np.ndarray | None = None
+    table: pd.DataFrame | None = None
+    optics: pd.DataFrame | None = None
+    source: str = "<memory>"
+
+    def __post_init__(self):
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        put("pixel_size_angstrom", check_pixel_size(self.pixel_size_angstrom, source=f"{self.source}"))
+        if self.box_size is not None:
+            if int(self.box_size) < 1:
+                raise ValueError(f"{self.source}: box_size must be positive, got {self.box_size}")
+            put("box_size", int(self.box_size))
+        lengths = {}
+        if self.rotmats is not None:
+            r = torch.as_tensor(self.rotmats).float()
+            if r.ndim != 3 or r.shape[1:] != (3, 3):
+                raise ValueError(f"rotmats must be (N, 3, 3), got {tuple(r.shape)}")
+            put("rotmats", r)
+            lengths["rotmats"] = r.shape[0]
+        if self.shifts_angstrom is not None:
+            s = torch.as_tensor(self.shifts_angstrom).float()
+            if s.ndim != 2 or s.shape[1] != 2:
+                raise ValueError(f"shifts_angstrom must be (N, 2), got {tuple(s.shape)}")
+            put("shifts_angstrom", s)
+            lengths["shifts_angstrom"] = s.shape[0]
+        if self.ctf is not None:
+            lengths["ctf"] = len(self.ctf)
+        if self.image_paths is not None:
+            put("image_paths", [str(p) for p in self.image_paths])
+            lengths["image_paths"] = len(self.image_paths)
+        for name in ("image_indices", "optics_group"):
+            value = getattr(self, name)
+            if value is not None:
+                arr = np.asarray(value).astype(np.int64).reshape(-1)
+                put(name, arr)
+                lengths[name] = arr.shape[0]
+        if self.table is None:
+            if not lengths:
+                raise ValueError("ParticleMetadata needs a table or at least one per-particle field")
+            put("table", pd.DataFrame(index=pd.RangeIndex(next(iter(lengths.values())))))
+        lengths["table"] = len(self.table)
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{self.source}: per-particle fields have different lengths: {lengths}")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def subset(self, indices) -> "ParticleMetadata":
+        """Select particles by int, slice, boolean mask or index array (order kept as given)."""
+        pos = _positions(indices, len(self))
+        t = torch.from_numpy(pos)
+        return dataclasses.replace(
+            self,
+            rotmats=None if self.rotmats is None else self.rotmats[t],
+            shifts_angstrom=None if self.shifts_angstrom is None else self.shifts_angstrom[t],
+            ctf=None if self.ctf is None else self.ctf[t],
+            image_paths=None if self.image_paths is None else [self.image_paths[i] for i in pos],
+            image_indices=None if self.image_indices is None else self.image_indices[pos],
+            optics_group=None if self.optics_group is None else self.optics_group[pos],
+            table=self.table.iloc[pos],
+        )
+
+    def replace(self, **changes) -> "ParticleMetadata":
+        """A copy with some fields changed (``dataclasses.replace``; validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+class ParticleStack:
+    """Lazily read particle images from MRCS stacks.
+
+    Args:
+        image_paths: ``N`` stack paths (one per particle; repeated paths are stored once).
+        image_indices: ``(N,)`` 0-based image positions in their stacks.
+        box_size: Expected image edge ``n`` in pixels.
+        pixel_size_angstrom: Pixel size in Å.
+        source: The metadata file the particles came from (quoted in errors).
+        rows: ``(N,)`` 1-based rows of ``source`` (defaults to ``1..N``).
+        missing_hint: Appended to the error when a stack file does not exist.
+
+    Indexing with an int, slice, boolean mask or index array returns a float32
+    ``torch.Tensor`` ``(B, n, n)`` (an int gives ``B = 1``). Reads are grouped by file and go
+    through :func:`cryopose.io.mrc.open_stack` memory maps, copying only the requested images.
+
+    Raises:
+        InputFileError: On read, naming ``source``, the 1-based row, the stack and the
+            problem: missing stack, image index outside the stack (with the valid range),
+            wrong image size, NaN/inf pixels, truncated stack.
+    """
+
+    def __init__(self, image_paths, image_indices, box_size: int, pixel_size_angstrom: float, *,
+                 source: str = "<memory>", rows=None, missing_hint: str = ""):
+        codes, uniques = pd.factorize(pd.Series(list(image_paths), dtype=object), sort=False)
+        self._files = [str(u) for u in uniques]
+        self._file_ids = codes.astype(np.int32)
+        self._indices = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+        n = len(self._file_ids)
+        if self._indices.shape[0] != n:
+            raise ValueError(f"{n} image paths but {self._indices.shape[0]} image indices")
+        self._rows = np.arange(1, n + 1) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        if self._rows.shape[0] != n:
+            raise ValueError(f"{n} images but {self._rows.shape[0]} row numbers")
+        if int(box_size) < 1:
+            raise ValueError(f"box_size must be positive, got {box_size}")
+        self.box_size = int(box_size)
+        self.pixel_size_angstrom = check_pixel_size(pixel_size_angstrom, source=str(source))
+        self.source = str(source)
+        self.missing_hint = missing_hint
+
+    def __len__(self) -> int:
+        return int(self._file_ids.shape[0])
+
+    @property
+    def image_paths(self) -> list[str]:
+        """The stack path of every particle."""
+        return [self._files[c] for c in self._file_ids]
+
+    @property
+    def image_indices(self) -> np.ndarray:
+        """0-based image positions (a copy)."""
+        return self._indices.copy()
+
+    def subset(self, indices) -> "ParticleStack":
+        """A stack of the selected particles (int, slice, mask or index array)."""
+        pos = _positions(indices, len(self))
+        return ParticleStack([self._files[c] for c in self._file_ids[pos]], self._indices[pos], self.box_size,
+                             self.pixel_size_angstrom, source=self.source, rows=self._rows[pos],
+                             missing_hint=self.missing_hint)
+
+    def _groups(self, pos: np.ndarray):
+        """Split positions into groups that share a stack file: yields (file id, positions)."""
+        fids = self._file_ids[pos]
+        order = np.argsort(fids, kind="stable")
+        cuts = np.flatnonzero(np.diff(fids[order])) + 1
+        for part in np.split(order, cuts):
+            if part.size:
+                yield int(fids[part[0]]), part
+
+    def _open(self, fid: int, row: int):
+        return _in_context(open_stack, self._files[fid], self.source, row, self.missing_hint)
+
+    def _check_range(self, fid: int, n_images: int, shape, pos: np.ndarray) -> None:
+        path = self._files[fid]
+        if tuple(shape) != (self.box_size, self.box_size):
+            raise InputFileError(self.source, f"images in {path} are {shape[0]}×{shape[1]} pixels but the "
+                                              f"box size is {self.box_size}", row=int(self._rows[pos[0]]))
+        idx = self._indices[pos]
+        bad = np.flatnonzero((idx < 0) | (idx >= n_images))
+        if bad.size:
+            p = pos[bad[0]]
+            raise InputFileError(self.source, f"image {int(self._indices[p]) + 1}@{path} is out of range: the "
+                                              f"stack holds {n_images} images (valid 1..{n_images})",
+                                 row=int(self._rows[p]))
+
+    def read(self, index) -> np.ndarray:
+        """Read images as a float32 numpy array ``(B, n, n)`` (same indexing as ``[]``)."""
+        pos = _positions(index, len(self))
+        n = self.box_size
+        out = np.empty((pos.shape[0], n, n), dtype=np.float32)
+        for fid, part in self._groups(pos):
+            p = pos[part]
+            arr = stack_array(self._open(fid, int(self._rows[p[0]])))
+            self._check_range(fid, arr.shape[0], arr.shape[1:], p)
+            idx = self._indices[p]
+            if idx.size > 1 and np.all(np.diff(idx) == 1):
+                block = arr[idx[0]:idx[-1] + 1]
+            else:
+                block = arr[idx]
+            out[part] = block
+        finite = np.isfinite(out).all(axis=(1, 2))
+        if not finite.all():
+            k = int(np.flatnonzero(~finite)[0])
+            p = pos[k]
+            raise InputFileError(self.source, f"image {int(self._indices[p]) + 1}@{self._files[self._file_ids[p]]} "
+                                              "has NaN or infinite pixels", row=int(self._rows[p]))
+        return out
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return torch.from_numpy(self.read(index))
+
+    def iter_chunks(self, chunk_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield ``(indices, images)`` over the whole stack in order, ``chunk_size`` at a time.
+
+        ``indices`` is an int64 array of particle positions, ``images`` a float32 tensor
+        ``(B, n, n)``.
+        """
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        for start in range(0, len(self), int(chunk_size)):
+            idx = np.arange(start, min(start + int(chunk_size), len(self)), dtype=np.int64)
+            yield idx, self[idx]
+
+    def check(self) -> None:
+        """Check every stack exists, has the right image size and holds every index.
+
+        Reads only the headers (no pixel data). :func:`load_particles` calls it so a bad
+        data set fails before training starts rather than hours into it.
+
+        Raises:
+            InputFileError: As for reads (not the NaN check, which needs the pixels).
+        """
+        if len(self) == 0:
+            return
+        for fid, part in self._groups(np.arange(len(self))):
+            path = self._files[fid]
+            (nz, ny, nx), _ = _in_context(read_header_info, path, self.source, int(self._rows[part[0]]),
+                                          self.missing_hint)
+            if nz == 0:
+                raise InputFileError(path, f"empty stack: header says 0 images of {ny}×{nx}")
+            self._check_range(fid, nz, (ny, nx), part)
+
+
+def _in_context(func, path: str, source: str, row: int, hint: str):
+    """Call ``func(path)`` on a stack; its errors are re-raised naming the metadata file and row."""
+    if not os.path.exists(path):
+        raise InputFileError(source, f"stack file not found: {path}" + (f"; {hint}" if hint else ""), row=row)
+    try:
+        return func(path)
+    except InputFileError as err:
+        if os.path.abspath(source) == os.path.abspath(path):
+            raise
+        msg, prefix = str(err), f"{err.path}: "
+        detail = msg[len(prefix):] if msg.startswith(prefix) else msg
+        raise InputFileError(source, f"cannot read stack {path}: {detail}", row=row) from None
+
+
+def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
+                   ctf_star: str | os.PathLike | None = None,
+                   datadir: str | os.PathLike | None = None) -> tuple[ParticleStack, ParticleMetadata]:
+    """Load a particle data set: lazy images plus metadata.
+
+    Dispatches on the suffix: ``.star`` (:func:`cryopose.io.star.read_star`), ``.cs``
+    (:func:`cryopose.io.cryosparc.read_cs`), ``.mrcs``/``.mrc`` (a bare stack: pixel size from
+    the explicit argument or the header, no poses or CTF unless ``ctf_star`` names a STAR
+    file whose rows, one per image in stack order, supply them). Every stack is checked
+    (:meth:`ParticleStack.check`) before returning.
+
+    Args:
+        path: ``.star``, ``.cs``, ``.mrcs`` or ``.mrc`` file.
+        pixel_size_angstrom: Explicit pixel size in Å; must agree with the metadata file
+            (overrides a bare stack's header, which is often wrong).
+        ctf_star: For a bare stack only: STAR file with CTF (and optionally poses) per image.
+        datadir: For ``.cs`` only: folder that cryoSPARC's ``blob/path`` is relative to.
+
+    Returns:
+        ``(stack, metadata)`` with ``len(stack) == len(metadata)``.
+
+    Raises:
+        InputFileError: Unknown suffix, unreadable file, missing stacks, bad indices, a
+            ``ctf_star`` whose row count differs from the stack's image count.
+        PixelSizeError: Missing or disagreeing pixel sizes.
+    """
+    from . import cryosparc, star  # local import: both modules import this one
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    hint = ""
+    if suffix == ".star":
+        if ctf_star is not None:
+            raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a STAR file carries its own CTF")
+        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom)
+        hint = "image names are resolved relative to the STAR file's folder, then the current folder"
+    elif suffix == ".cs":
+        if ctf_star is not None:
+            raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a .cs file carries its own CTF")
+        meta = cryosparc.read_cs(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        hint = cryosparc.missing_stack_hint(path, datadir)
+    elif suffix in (".mrcs", ".mrc"):
+        meta = _bare_stack_metadata(path, pixel_size_angstrom, ctf_star, star)
+    else:
+        raise InputFileError(path, f"unknown particle file type {suffix!r}; expected .star, .cs, .mrcs or .mrc")
+    if meta.image_paths is None:
+        raise InputFileError(path, "the file names no particle images")
+    box = meta.box_size
+    if box is None:
+        first = meta.image_paths[0]
+        (_, ny, nx), _ = _in_context(read_header_info, first, str(path), int(meta.table.index[0]) + 1, hint)
+        if ny != nx:
+            raise InputFileError(first, f"images are {ny}×{nx}; cryopose needs square images")
+        box = ny
+        meta = meta.replace(box_size=box)
+    stack = ParticleStack(meta.image_paths, meta.image_indices, box, meta.pixel_size_angstrom,
+                          source=str(path), rows=meta.table.index.to_numpy() + 1, missing_hint=hint)
+    stack.check()
+    return stack, meta
+
+
+def _bare_stack_metadata(path: Path, pixel_size_angstrom, ctf_star, star) -> ParticleMetadata:
+    from .mrc import _pixel_size  # shared zero-header rule and message
+
+    (nz, ny, nx), voxel = read_header_info(path)
+    if nz == 0:
+        raise InputFileError(path, f"empty stack: header says 0 images of {ny}×{nx}")
+    if ny != nx:
+        raise InputFileError(path, f"images are {ny}×{nx}; cryopose needs square images")
+    paths = [str(path.absolute())] * nz
+    indices = np.arange(nz, dtype=np.int64)
+    if ctf_star is None:
+        px = _pixel_size(path, voxel, pixel_size_angstrom, "stack")
+        return ParticleMetadata(pixel_size_angstrom=px, box_size=ny, image_paths=paths, image_indices=indices,
+                                source=str(path))
+    meta = star.read_star(ctf_star, pixel_size_angstrom=pixel_size_angstrom, require_image_names=False)
+    if len(meta) != nz:
+        raise InputFileError(ctf_star, f"has {len(meta)} particle rows but {path} holds {nz} images; "
+                                       "ctf_star needs one row per image, in stack order")
+    if meta.box_size is not None and meta.box_size != ny:
+        raise InputFileError(ctf_star, f"says box size {meta.box_size} but {path} holds {ny}×{nx} images")
+    return meta.replace(image_paths=paths, image_indices=indices, box_size=ny)

@@ -1,0 +1,44 @@
+"""Shared pytest fixtures.
+
+``shared_data``: the real cryo-EM files in ``../shared/data`` beside the repository root
+(``CRYOPOSE_SHARED_DATA`` overrides the location). A missing folder is an error, never a
+skip: the tests that use it check real values and must not pass by not running.
+
+``relion``: resolves a RELION 3.1 program on PATH (``apt-get install -y relion``) and fails
+the test with the install line when it is missing, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``shared/data`` (the folder beside the repository root)."""
+    env = os.environ.get("CRYOPOSE_SHARED_DATA")
+    path = Path(env) if env else _REPO_ROOT.parent / "shared" / "data"
+    if not (path / "README.md").is_file():
+        pytest.fail(f"shared test data not found at {path}: the tests need ../shared/data beside the "
+                    "repository root (or CRYOPOSE_SHARED_DATA pointing at it)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def relion():
+    """Return a function ``relion(name) -> str`` giving the full path of a RELION program."""
+
+    def find(name: str) -> str:
+        exe = shutil.which(name)
+        if exe is None:
+            pytest.fail(f"RELION program {name} not found on PATH; RELION 3.1 is a required test tool "
+                        "(install it with: apt-get install -y relion)", pytrace=False)
+        return exe
+
+    return find
