@@ -1,0 +1,327 @@
+"""Supervised orientation regression (Lian et al., Acta Cryst. D 78, 2022): the paper's tables, speed, refine.
+
+Sections (``--sections``, each cached as JSON under ``--out`` so they can run one at a time
+and ``--print`` collects them):
+
+* ``cv``      five-fold cross-validation of ``w`` in 0.0…1.0 (step 0.1) per structure, at
+              ``--cv-snr``, on ``--cv-particles`` training particles; the chosen ``w`` is used
+              by every cell of that structure's table.
+* ``tables``  Tables 1–2: β-gal (D2, real map Fourier-cropped 100 → 64 px) and 4AKE (C1, atomic
+              model → density), noise-free and SNR 1.0, 0.4, 0.1, all with CTF (defocus
+              1.0–2.5 µm); ``--n`` particles split 4:1; reprojection RMSE (normalised,
+              :mod:`cryopose.metrics.reprojection`) and median / mean geodesic error modulo the
+              point group on the test split, labels = ground truth.
+* ``table3``  Table 3 analogue on 4AKE at ``--table3-snr``: quaternion vs axis-angle output at
+              three learning rates.
+* ``speed``   per-particle time of supervised inference vs ``cryopose search`` (15° → 1.875°),
+              same particles, same box, one thread.
+* ``refine``  ``cryopose refine`` at ``--refine-box`` (search 20 %, train the network on
+              ``--box`` px Fourier-cropped inputs, infer 80 %, polish locally, reconstruct) vs
+              the known-pose reconstruction of the same particles: half-map FSC = 0.143
+              resolutions and ratio, and FSC = 0.5 against the reference map, for the
+              network-only and the polished poses.
+
+The paper's scale is ``--n 10000 --box 64`` with thousands of iterations; ``--quick`` is the
+scale that fits a shared CPU (see the README for which was run).
+
+Usage::
+
+    python benchmarks/supervised.py --quick --sections cv tables table3 speed refine
+    python benchmarks/supervised.py --quick --print
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryopose.models.supervised import SupervisedModelConfig
+from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
+from cryopose.training.supervised import (DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
+                                          predict_rotmats, split_train_test, train_supervised)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+STRUCTURES = {
+    "betagal": (DATA / "maps" / "relion_tutorial_betagal_100px_3.54A.mrc", "D2"),
+    "4ake": (DATA / "pdb" / "4ake_mdanalysis.pdb", "C1"),
+}
+SNRS = (None, 1.0, 0.4, 0.1)
+
+
+def _snr_name(snr) -> str:
+    return "noise-free" if snr is None else f"SNR {snr:g}"
+
+
+def _dataset(args, structure: str, snr, *, n=None, seed=0):
+    """Simulated particles at the benchmark box: ``(images, rotmats, volume, pixel, symmetry, metadata)``."""
+    path, sym = STRUCTURES[structure]
+    vol = load_volume(path, box_size=args.box)
+    cfg = SimulationConfig(snr=snr, apply_ctf=True, defocus_range_angstrom=(10000.0, 25000.0))
+    images, meta = simulate_in_memory(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
+                                      n_particles=n or args.n, config=cfg, generator=seed + (0 if snr is None else
+                                                                                             int(1000 * snr)))
+    return images, meta.rotmats, torch.from_numpy(vol.volume), vol.pixel_size_angstrom, sym, meta
+
+
+def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iterations=None):
+    mc = SupervisedModelConfig(box_size=args.box, representation=representation, width=args.width,
+                               head_channels=8 * args.width, hidden=args.hidden)
+    tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
+                               learning_rate=lr or args.lr, w=w, symmetry=sym, seed=args.seed,
+                               reproj_box_size=args.reproj_box)
+    return mc, tc
+
+
+def _save(out: Path, name: str, doc: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=2))
+
+
+def _load(out: Path, name: str):
+    p = out / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def run_cv(args, out: Path) -> None:
+    for structure in args.structures:
+        images, rot, vol, _, sym, _ = _dataset(args, structure, args.cv_snr)
+        train_idx, _ = split_train_test(len(images), 0.2, seed=args.seed)
+        sub = np.sort(np.random.default_rng(args.seed).choice(train_idx, min(args.cv_particles, train_idx.size),
+                                                               replace=False))
+        mc, tc = _configs(args, sym, iterations=args.cv_iterations)
+        t0 = time.perf_counter()
+        cv = cross_validate_w(images, rot, vol, model_config=mc, config=tc, indices=sub, w_values=DEFAULT_W_GRID,
+                              n_folds=5, progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
+        doc = cv.as_dict()
+        doc.update({"structure": structure, "snr": args.cv_snr, "n_particles": int(sub.size),
+                    "iterations_per_fold": args.cv_iterations, "wall_seconds": time.perf_counter() - t0})
+        _save(out, f"cv_{structure}", doc)
+        print(f"{structure}: best w = {cv.best_w:g} (mean median error per w: "
+              + ", ".join(f"{w:g}:{s:.1f}°" for w, s in zip(cv.w_values, cv.mean_scores)) + ")")
+
+
+def _best_w(args, out: Path, structure: str) -> tuple[float, str]:
+    cv = _load(out, f"cv_{structure}")
+    if cv is None:
+        return args.w, "default (no CV run)"
+    return float(cv["best_w"]), f"CV at {_snr_name(cv['snr'])}"
+
+
+def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
+    images, rot, vol, px, sym, _ = _dataset(args, structure, snr)
+    mc, tc = _configs(args, sym, w=w, lr=lr, representation=representation)
+    res = train_supervised(images, rot, vol, model_config=mc, config=tc, device=args.device,
+                           progress=lambda s, r: print(f"  [{structure} {_snr_name(snr)} {representation} "
+                                                       f"lr {tc.learning_rate:g}] step {s}: loss {r['loss']:.4f}",
+                                                       file=sys.stderr) if s % 500 == 0 else None)
+    m = res.test_metrics
+    return {"structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
+            "lr": tc.learning_rate, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
+            "box": args.box, "pixel_angstrom": px, "iterations": tc.iterations, "batch_size": tc.batch_size,
+            "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
+            "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
+            "final_loss": float(np.mean(res.history["loss"][-50:]))}
+
+
+def run_tables(args, out: Path) -> None:
+    for structure in args.structures:
+        w, _ = _best_w(args, out, structure)
+        if args.force_w is not None:
+            w = args.force_w
+        rows = _load(out, f"table_{structure}") or {}
+        for snr in args.snrs:
+            key = _snr_name(snr) + (f", w={w:g} forced" if args.force_w is not None else "")
+            rows[key] = _cell(args, structure, snr, w=w)
+            _save(out, f"table_{structure}", rows)
+            r = rows[key]
+            print(f"{structure} {key}: RMSE {r['reprojection_rmse']:.3f}, median {r['median_error_deg']:.2f}°, "
+                  f"mean {r['mean_error_deg']:.2f}° ({r['train_seconds']:.0f} s)")
+
+
+def run_table3(args, out: Path) -> None:
+    rows = _load(out, "table3") or {}
+    w, _ = _best_w(args, out, "4ake")
+    for rep in ("quaternion", "axis_angle"):
+        for lr in args.table3_lrs:
+            key = f"{rep} lr={lr:g}"
+            rows[key] = _cell(args, "4ake", args.table3_snr, w=w, lr=lr, representation=rep)
+            _save(out, "table3", rows)
+            r = rows[key]
+            print(f"table3 {key}: median {r['median_error_deg']:.2f}°, RMSE {r['reprojection_rmse']:.3f}")
+
+
+def run_speed(args, out: Path) -> None:
+    from cryopose.models.supervised import OrientationRegressor
+    from cryopose.search.projection_matching import SearchConfig, search_poses
+
+    doc = {}
+    for structure in args.structures:
+        images, rot, vol, px, sym, meta = _dataset(args, structure, 0.1, n=max(args.speed_particles, 256))
+        mc, _ = _configs(args, sym)
+        model = OrientationRegressor(mc).eval()  # inference cost does not depend on the weights
+        x = images[: args.speed_particles]
+        with torch.no_grad():
+            model(x[:8])
+            t0 = time.perf_counter()
+            predict_rotmats(model, x, batch_size=256)
+            t_inf = (time.perf_counter() - t0) / x.shape[0]
+        ns = min(args.speed_search_particles, x.shape[0])
+        t0 = time.perf_counter()
+        res = search_poses(x[:ns], vol, px, ctf=meta.ctf[np.arange(ns)], config=SearchConfig(symmetry=sym))
+        t_search = (time.perf_counter() - t0) / ns
+        doc[structure] = {"box": args.box, "symmetry": sym, "inference_ms_per_particle": 1000 * t_inf,
+                          "search_ms_per_particle": 1000 * t_search, "speedup": t_search / t_inf,
+                          "search_grid": res.info, "threads": torch.get_num_threads(),
+                          "n_inference": int(x.shape[0]), "n_search": int(ns)}
+        print(f"{structure}: inference {1000 * t_inf:.2f} ms/particle, search {1000 * t_search:.1f} ms/particle, "
+              f"ratio {t_search / t_inf:.0f}×")
+    _save(out, "speed", doc)
+
+
+def run_refine(args, out: Path) -> None:
+    from cryopose.io.mrc import MapData
+    from cryopose.pipelines.refine import RefineConfig, refine
+    from cryopose.search.projection_matching import SearchConfig
+
+    structure = args.refine_structure
+    bargs = argparse.Namespace(**{**vars(args), "box": args.refine_box})
+    images, rot, vol, px, sym, meta = _dataset(bargs, structure, args.refine_snr, n=args.refine_n, seed=7)
+    w, _ = _best_w(args, out, structure)
+    mc, tc = _configs(args, sym, w=w)  # network at args.box (Fourier-cropped input)
+    cfg = RefineConfig(labeled_fraction=0.2, search=SearchConfig(symmetry=sym), model=mc, train=tc,
+                       network_box_size=args.box, local_refine=True, local_refine_step_deg=args.refine_local_step,
+                       seed=args.seed)
+    t0 = time.perf_counter()
+    res = refine(images, meta, MapData(vol.numpy(), px), config=cfg,
+                 progress=lambda m: print(f"  [refine] {m}", file=sys.stderr))
+    r = res.report
+    doc = {"structure": structure, "snr": args.refine_snr, "n": args.refine_n, "w": w, "box": args.refine_box,
+           "network_box": args.box, "pixel_angstrom": px, "iterations": tc.iterations,
+           "labeled": r["n_labeled"], "report": r, "wall_seconds": time.perf_counter() - t0}
+    _save(out, "refine", doc)
+    print(f"refine: half-map FSC0.143 {r['resolution_fsc0p143_angstrom']:.2f} Å (network only "
+          f"{r['network_only_resolution_fsc0p143_angstrom']:.2f} Å) vs known poses "
+          f"{r['known_pose_resolution_fsc0p143_angstrom']:.2f} Å; vs reference FSC0.5 "
+          f"{r['vs_reference_fsc0p5_angstrom']:.2f} / {r['network_only_vs_reference_fsc0p5_angstrom']:.2f} / "
+          f"{r['known_pose_vs_reference_fsc0p5_angstrom']:.2f} Å")
+
+
+def print_tables(args, out: Path) -> None:
+    titles = {"betagal": "Table 1 — β-galactosidase (D2)", "4ake": "Table 2 — adenylate kinase 4AKE (C1)"}
+    for structure in ("betagal", "4ake"):
+        rows = _load(out, f"table_{structure}")
+        if not rows:
+            continue
+        w, how = _best_w(args, out, structure)
+        any_row = next(iter(rows.values()))
+        print(f"\n{titles[structure]}: {any_row['box']} px at {any_row['pixel_angstrom']:.3f} Å, CTF, "
+              f"{any_row['n_train']} train / {any_row['n_test']} test, {any_row['iterations']} iterations × "
+              f"{any_row['batch_size']}, w = {w:g} ({how})")
+        print(f"{'condition':<26} {'reproj. RMSE':>13} {'median err':>11} {'mean err':>10} {'train s':>8}")
+        for key, r in rows.items():
+            print(f"{key:<26} {r['reprojection_rmse']:13.4f} {r['median_error_deg']:10.2f}° "
+                  f"{r['mean_error_deg']:9.2f}° {r['train_seconds']:8.0f}")
+        cv = _load(out, f"cv_{structure}")
+        if cv:
+            print("  CV (mean over 5 folds of the median error, °): "
+                  + "  ".join(f"w={w:g}: {s:.1f}" for w, s in zip(cv["w_values"], cv["mean_scores"])))
+    t3 = _load(out, "table3")
+    if t3:
+        r0 = next(iter(t3.values()))
+        print(f"\nTable 3 analogue — 4AKE, {_snr_name(r0['snr'])}, output representation × learning rate "
+              f"({r0['iterations']} iterations, w = {r0['w']:g})")
+        print(f"{'representation':<15} {'lr':>8} {'median err':>11} {'mean err':>10} {'reproj. RMSE':>13}")
+        for key, r in t3.items():
+            print(f"{r['representation']:<15} {r['lr']:8.0e} {r['median_error_deg']:10.2f}° "
+                  f"{r['mean_error_deg']:9.2f}° {r['reprojection_rmse']:13.4f}")
+    sp = _load(out, "speed")
+    if sp:
+        print("\nSpeed, one CPU thread, per particle (same particles and box)")
+        print(f"{'structure':<10} {'inference ms':>13} {'search ms':>10} {'search / inference':>19}")
+        for structure, r in sp.items():
+            print(f"{structure:<10} {r['inference_ms_per_particle']:13.3f} {r['search_ms_per_particle']:10.1f} "
+                  f"{r['speedup']:18.0f}×")
+    rf = _load(out, "refine")
+    if rf:
+        r = rf["report"]
+        pe = r["pose_errors_vs_input"]
+        print(f"\ncryopose refine vs known poses — {rf['structure']}, {_snr_name(rf['snr'])}, {rf['n']} particles at "
+              f"{rf['box']} px ({rf['pixel_angstrom']:.3f} Å), {rf['labeled']} searched, network at {rf['network_box']} px, "
+              f"{rf['iterations']} iterations, w = {rf['w']:g}")
+        print(f"{'poses':<34} {'median err':>11} {'half-map FSC0.143':>18} {'vs reference FSC0.5':>20}")
+        known_h = r["known_pose_resolution_fsc0p143_angstrom"]
+        rows = [("search (labelled 20 %)", pe["search"], None, None),
+                ("network only (80 %)", pe["network"], r["network_only_resolution_fsc0p143_angstrom"],
+                 r["network_only_vs_reference_fsc0p5_angstrom"]),
+                ("network + local search (80 %)", pe["network+local"], r["resolution_fsc0p143_angstrom"],
+                 r["vs_reference_fsc0p5_angstrom"]),
+                ("known poses (100 %)", None, known_h, r["known_pose_vs_reference_fsc0p5_angstrom"])]
+        for name, e, h, v in rows:
+            err = f"{e['median_error_deg']:10.2f}°" if e else f"{'':>11}"
+            hs = f"{h:9.2f} Å ({h / known_h:4.2f}×)" if h else f"{'':>18}"
+            vs = f"{v:19.2f} Å" if v else ""
+            print(f"{name:<34} {err} {hs:>18} {vs:>20}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="*", default=[], choices=["cv", "tables", "table3", "speed", "refine"])
+    p.add_argument("--print", action="store_true", help="print the tables from the cached JSON files")
+    p.add_argument("--quick", action="store_true",
+                   help="shared-CPU scale: 32 px, 2000 particles, small network, few iterations")
+    p.add_argument("--out", default=None, help="cache folder (default bench_out/supervised[_quick])")
+    p.add_argument("--structures", nargs="*", default=["betagal", "4ake"], choices=sorted(STRUCTURES))
+    p.add_argument("--snrs", nargs="*", default=["none", "1.0", "0.4", "0.1"])
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--box", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--iterations", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--w", type=float, default=0.5, help="w when no CV result is cached")
+    p.add_argument("--force-w", type=float, help="tables: use this w instead of the CV choice (rows tagged)")
+    p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
+    p.add_argument("--cv-snr", type=float, default=0.1)
+    p.add_argument("--cv-particles", type=int, default=2000)
+    p.add_argument("--cv-iterations", type=int, default=1000)
+    p.add_argument("--table3-snr", type=float, default=1.0)
+    p.add_argument("--table3-lrs", type=float, nargs=3, default=[1e-4, 1e-3, 1e-2])
+    p.add_argument("--speed-particles", type=int, default=1000)
+    p.add_argument("--speed-search-particles", type=int, default=100)
+    p.add_argument("--refine-structure", default="betagal", choices=sorted(STRUCTURES))
+    p.add_argument("--refine-snr", type=float, default=0.1)
+    p.add_argument("--refine-n", type=int, default=10000)
+    p.add_argument("--refine-box", type=int, default=64, help="box of the refine data set (search, maps)")
+    p.add_argument("--refine-local-step", type=float, default=7.5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        quick = dict(n=2000, box=32, width=16, hidden=256, iterations=1500, batch_size=32, cv_particles=600,
+                     cv_iterations=150, refine_n=2000, speed_particles=512, speed_search_particles=64)
+        for k, v in quick.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    args.snrs = [None if s.lower() in ("none", "0", "inf") else float(s) for s in args.snrs]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or ("bench_out/supervised_quick" if args.quick else "bench_out/supervised"))
+    runners = {"cv": run_cv, "tables": run_tables, "table3": run_table3, "speed": run_speed, "refine": run_refine}
+    for section in args.sections:
+        t0 = time.perf_counter()
+        runners[section](args, out)
+        print(f"[{section} done in {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    if args.print or not args.sections:
+        print_tables(args, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

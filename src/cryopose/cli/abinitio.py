@@ -1,0 +1,106 @@
+"""Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al., ICCV-W 2021).
+
+A CNN encoder maps each particle image to its pose; a learnable voxel map is sliced at that pose
+(Fourier-slice projector), multiplied by the particle's CTF and shifted to its origin, and
+compared with the image; encoder and map are trained together from a random start. Then every
+particle's pose is inferred with the encoder and the map is reconstructed from those poses at
+the original box (half maps and FSC).
+
+Writes in OUTDIR: poses.star (RELION 3.1, same particle order and pixel size, rlnAngleRot/Tilt/Psi,
+rlnOriginX/YAngst and rlnCryoposeConfidence), map.mrc, map_half1.mrc, map_half2.mrc, fsc.json,
+encoder.pt (for `cryopose predict`), checkpoint.pt (every epoch and on Ctrl-C; continue with
+--resume), config.yaml (version and command line), summary.json, report.html and its PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+COMMAND = "abinitio"
+HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel map)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``abinitio`` options to ``parser``."""
+    parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
+    parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
+    parser.add_argument("--box-size", type=int, default=64,
+                        help="working box in pixels; images are Fourier-cropped to it (default 64, "
+                             "or the images' box if smaller)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of the encoder "
+                                                                "(default: TrainingConfig.lr)")
+    parser.add_argument("--volume-lr", type=float, default=None, help="Adam learning rate of the map "
+                                                                       "(default: TrainingConfig.volume_lr)")
+    parser.add_argument("--pose-param", default="s2s2", choices=("s2s2", "quaternion", "euler"),
+                        help="rotation parameterisation of the pose head (default s2s2)")
+    parser.add_argument("--hypotheses", type=int, default=None,
+                        help="pose hypotheses per image, loss on the best (default: ModelConfig.n_hypotheses)")
+    parser.add_argument("--no-symmetric-loss", action="store_true",
+                        help="turn off cryoAI's symmetrised loss (image and its 180° turn)")
+    parser.add_argument("--no-frequency-marching", action="store_true",
+                        help="use every frequency from the start")
+    parser.add_argument("--shift-head", action="store_true",
+                        help="learn a per-image shift correction (added to the file's origins)")
+    parser.add_argument("--symmetry", default="C1", metavar="SYM",
+                        help="point group imposed on the map (RELION symbols; default C1)")
+    parser.add_argument("--invert-contrast", action="store_true", help="particles are dark (multiply by -1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUTDIR (same options)")
+    parser.add_argument("--no-reconstruct", action="store_true", help="skip the final reconstruction")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~cryopose.training.config.AbinitioConfig` the options describe."""
+    from ..training.config import AbinitioConfig, ModelConfig, TrainingConfig
+
+    model_kw = {"pose_param": args.pose_param, "shift_head": bool(args.shift_head), "symmetry": args.symmetry}
+    if args.hypotheses is not None:
+        model_kw["n_hypotheses"] = args.hypotheses
+    train_kw = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+                "symmetric_loss": not args.no_symmetric_loss, "num_threads": args.threads}
+    if args.lr is not None:
+        train_kw["lr"] = args.lr
+    if args.volume_lr is not None:
+        train_kw["volume_lr"] = args.volume_lr
+    if args.no_frequency_marching:
+        train_kw["march_fraction"] = 0.0
+    return AbinitioConfig(box_size=args.box_size, invert_contrast=bool(args.invert_contrast),
+                          model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
+                          reconstruct=not args.no_reconstruct)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``cryopose abinitio``; returns the exit status."""
+    from ..pipelines.abinitio import run_abinitio
+    from .common import write_run_config
+
+    config = config_from_args(args)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        from ..errors import UserError
+
+        raise UserError(f"-o {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume and (out / "checkpoint.pt").exists():
+        from ..errors import UserError
+
+        raise UserError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
+    write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
+                     extra={"particles": str(args.particles), "resume": bool(args.resume)})
+    result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
+                          ctf_star=args.ctf, resume=args.resume, progress=not args.no_progress,
+                          report=not args.no_report)
+    res = result.resolution_fsc0p143_angstrom
+    print(f"inferred poses of {len(result.confidence)} particles (median confidence "
+          f"{float(result.confidence.median()):.2f})" + ("" if res is None else f"; half-map FSC 0.143 at {res:.2f} Å"))
+    print(f"wrote {result.poses_star}" + ("" if result.map_path is None else f", {result.map_path}") +
+          f", {result.encoder_path}" + ("" if result.report_path is None else f", {result.report_path}"))
+    return 0

@@ -1,0 +1,131 @@
+"""Reference-based poses for a whole data set: search a labelled subset, train the supervised
+regressor (Lian et al. 2022) on it, infer the rest, reconstruct the map and report.
+
+Writes OUTDIR/particles.star (final poses; rlnCryoposePoseSource 0 = search, 1 = network,
+2 = network + local search), OUTDIR/map.mrc, half1.mrc, half2.mrc (and map_network_only.mrc
+with --local-refine), OUTDIR/model.pt
+(model_kind "supervised"), OUTDIR/report.json (timings, per-particle speed of search vs
+inference, FSC resolutions, known-pose resolution and pose errors when the input STAR has
+poses), OUTDIR/fsc.png and OUTDIR/config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .train_supervised import add_model_arguments, model_configs
+
+COMMAND = "refine"
+HELP = "search a labelled subset, train the supervised regressor, infer the rest, reconstruct"
+
+_SOURCE_CODES = {"search": 0, "network": 1, "network+local": 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``refine`` options to ``parser``."""
+    parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
+    parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    parser.add_argument("--labeled-fraction", type=float, default=0.2,
+                        help="fraction of particles labelled by search (default 0.2)")
+    parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
+    parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å")
+    parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
+    parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
+    parser.add_argument("--network-box", type=int, metavar="PX",
+                        help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
+    parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    s = parser.add_argument_group("search of the labelled subset")
+    s.add_argument("--step", type=float, default=15.0, metavar="DEG", help="global grid step (default 15)")
+    s.add_argument("--final-step", type=float, default=1.875, metavar="DEG", help="finest local step (default 1.875)")
+    s.add_argument("--shift-range", type=float, default=0.0, metavar="A", help="largest |shift| searched, Å")
+    s.add_argument("--max-resolution", type=float, metavar="A", help="search band limit, Å")
+    s.add_argument("--local-refine", action="store_true",
+                   help="polish the network's predictions by a local search (from --local-step)")
+    s.add_argument("--local-step", type=float, default=3.75, metavar="DEG", help="first step of that local search")
+    add_model_arguments(parser)
+
+
+def run(args) -> int:
+    """Run ``cryopose refine``."""
+    from ..io.atomic import atomic_write_text
+    from ..search.run import load_reference
+    from ..io.mrc import write_map
+    from ..io.particles import load_particles
+    from ..io.star import write_star
+    from ..metrics.fsc import plot_fsc
+    from ..pipelines.refine import RefineConfig, refine
+    from ..search.projection_matching import SearchConfig
+    from ..search.run import working_grid
+    from ..training.supervised import save_checkpoint
+    from .common import prepare_output_dir, write_run_config
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = prepare_output_dir(args.output)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
+                         particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
+    box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,
+                          args.box_size)
+    mcfg, tcfg = model_configs(args, args.network_box or box, args.symmetry)
+    scfg = SearchConfig(step_deg=args.step, final_step_deg=args.final_step, symmetry=args.symmetry,
+                        shift_range_angstrom=args.shift_range, max_resolution_angstrom=args.max_resolution)
+    config = RefineConfig(labeled_fraction=args.labeled_fraction, search=scfg, model=mcfg, train=tcfg,
+                          cv_w=args.cv_w, cv_iterations=args.cv_iterations, cv_max_particles=args.cv_max_particles,
+                          local_refine=args.local_refine, local_refine_step_deg=args.local_step,
+                          box_size=args.box_size, network_box_size=args.network_box,
+                          invert_contrast=args.invert_contrast, seed=args.seed)
+    res = refine(stack, meta, ref, config=config, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    codes = np.array([_SOURCE_CODES[s] for s in res.pose_source], dtype=np.int64)
+    write_star(out / "particles.star", res.metadata, extra_columns={"rlnCryoposePoseSource": codes})
+    rec = res.reconstruction
+    px = rec.pixel_size_angstrom  # the working grid
+    write_map(out / "map.mrc", rec.volume, px)
+    if res.network_only_reconstruction is not None:
+        write_map(out / "map_network_only.mrc", res.network_only_reconstruction.volume, px)
+    if rec.half_maps is not None:
+        write_map(out / "half1.mrc", rec.half_maps[0], px)
+        write_map(out / "half2.mrc", rec.half_maps[1], px)
+        curves = {"refine (half maps)": (rec.fsc_frequency_per_angstrom, rec.fsc)}
+        if res.known_pose_reconstruction is not None and res.known_pose_reconstruction.fsc is not None:
+            k = res.known_pose_reconstruction
+            curves["known poses (half maps)"] = (k.fsc_frequency_per_angstrom, k.fsc)
+        try:
+            plot_fsc(curves, out / "fsc.png", title="cryopose refine")
+        except Exception as err:  # a figure must never lose the run's results
+            print(f"  (no fsc.png: {err})", file=sys.stderr)
+    w = res.cv.best_w if res.cv is not None else tcfg.w
+    save_checkpoint(out / "model.pt", res.model, train_config=tcfg, pixel_size_angstrom=px, symmetry=args.symmetry,
+                    extra={"w": w, "test_metrics": res.train.test_metrics})
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    atomic_write_text(out / "report.json", json.dumps(clean(res.report), indent=2))
+    write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
+                     extra={"particles": args.particles, "reference": args.reference})
+    r = res.report
+    known = r.get("known_pose_resolution_fsc0p143_angstrom")
+    ktext = f" (known poses: {known:.2f} Å)" if known is not None else ""
+    sp = r["per_particle_seconds"]
+    print(f"cryopose refine: {r['n_labeled']} searched + {r['n_unlabeled']} inferred particles; resolution "
+          f"{r['resolution_fsc0p143_angstrom']:.2f} Å at FSC 0.143{ktext}; search {1000 * sp['search']:.2f} ms/particle, "
+          f"inference {1000 * sp['inference']:.3f} ms/particle; wrote {out}", file=sys.stdout)
+    return 0

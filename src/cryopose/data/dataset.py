@@ -1,0 +1,142 @@
+"""Particle data at the working box, batch by batch: images, CTFs and shifts for training.
+
+:class:`ParticleDataset` wraps a lazily read :class:`~cryopose.io.particles.ParticleStack` (or any
+object with ``len`` and ``[indices] → (B, n, n)`` tensors, e.g. :class:`TensorStack`) and its
+:class:`~cryopose.io.particles.ParticleMetadata`. A batch is read, optionally contrast-inverted,
+Fourier-cropped to the working box ``m`` (pixel size ``p · n / m``), normalised
+(:mod:`cryopose.data.transforms`) and returned with the particles' CTFs evaluated on the
+working grid and their shifts converted from Å to working pixels. When the preprocessed data
+fit in ``cache_limit_mb`` they are computed once (chunk by chunk, so the source is never held
+whole) and kept; otherwise every batch is read from disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..conventions import shifts_angstrom_to_pixels
+from ..ctf import compute_ctf
+from ..errors import UserError
+from .transforms import Normalization, downsample, estimate_normalization, invert_contrast, normalize
+
+__all__ = ["ParticleBatch", "ParticleDataset", "TensorStack"]
+
+
+class TensorStack:
+    """In-memory images ``(N, n, n)`` behaving like a :class:`ParticleStack` (``len``, ``[idx]``)."""
+
+    def __init__(self, images: torch.Tensor):
+        if images.ndim != 3 or images.shape[1] != images.shape[2]:
+            raise ValueError(f"images must be (N, n, n), got {tuple(images.shape)}")
+        self.images = images.float()
+        self.box_size = int(images.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.images[torch.as_tensor(np.asarray(index), dtype=torch.long)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticleBatch:
+    """A batch at the working box.
+
+    Attributes:
+        indices: ``(B,)`` int64 particle positions in the data set.
+        images: ``(B, m, m)`` float32 normalised images.
+        ctf: ``(B, m, m)`` CTF on the centred working grid, or ``None`` without CTF metadata.
+        shifts_px: ``(B, 2)`` RELION origins in working pixels, or ``None`` without shifts.
+    """
+
+    indices: torch.Tensor
+    images: torch.Tensor
+    ctf: torch.Tensor | None
+    shifts_px: torch.Tensor | None
+
+
+class ParticleDataset:
+    """Particles preprocessed to a working box.
+
+    Args:
+        stack: Image source: ``len(stack)`` and ``stack[indices] → (B, n, n)`` float tensors.
+        metadata: Matching metadata (pixel size, optional CTF and shifts).
+        box_size: Working box ``m <= n`` (Fourier crop); ``None`` keeps ``n``.
+        invert: Invert contrast first (dark particles).
+        use_ctf: Evaluate the CTF from ``metadata.ctf`` (ignored when there is none).
+        use_shifts: Use ``metadata.shifts_angstrom`` (ignored when there are none).
+        normalization: Fixed normalisation; by default estimated from up to 1,000 particles.
+        cache_limit_mb: Keep the preprocessed images in memory when they fit.
+        chunk_size: Images read at a time when caching or estimating.
+
+    Raises:
+        UserError: Empty data set, a working box larger than the images or below 8 px.
+    """
+
+    def __init__(self, stack, metadata, *, box_size: int | None = None, invert: bool = False,
+                 use_ctf: bool = True, use_shifts: bool = True, normalization: Normalization | None = None,
+                 cache_limit_mb: float = 1024.0, chunk_size: int = 1000):
+        n_src = int(getattr(stack, "box_size", None) or metadata.box_size)
+        if len(stack) == 0:
+            raise UserError("the particle set is empty")
+        if len(stack) != len(metadata):
+            raise UserError(f"{len(stack)} images but {len(metadata)} metadata rows")
+        m = n_src if box_size is None else int(box_size)
+        if m > n_src:
+            raise UserError(f"working box {m} px is larger than the images ({n_src} px)")
+        if m < 8:
+            raise UserError(f"working box {m} px is too small (at least 8 px)")
+        self.stack, self.metadata = stack, metadata
+        self.source_box_size = n_src
+        self.box_size = m
+        self.pixel_size_angstrom = float(metadata.pixel_size_angstrom) * n_src / m
+        self.invert = bool(invert)
+        self.ctf = metadata.ctf if use_ctf else None
+        self.shifts_angstrom = metadata.shifts_angstrom if use_shifts else None
+        self.chunk_size = int(chunk_size)
+        self._cache: torch.Tensor | None = None
+        if normalization is None:
+            sample = np.linspace(0, len(stack) - 1, min(len(stack), 1000)).round().astype(np.int64)
+            normalization = estimate_normalization(self._raw(np.unique(sample)))
+        self.normalization = normalization
+        if len(stack) * m * m * 4 / 2**20 <= cache_limit_mb:
+            parts = [self._prepared(np.arange(s, min(s + self.chunk_size, len(stack))))
+                     for s in range(0, len(stack), self.chunk_size)]
+            self._cache = torch.cat(parts)
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def _raw(self, idx: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(self.stack[idx]).float()
+        if self.invert:
+            x = invert_contrast(x)
+        return downsample(x, self.box_size) if self.box_size != self.source_box_size else x
+
+    def _prepared(self, idx: np.ndarray) -> torch.Tensor:
+        return normalize(self._raw(idx), self.normalization)
+
+    def images(self, indices) -> torch.Tensor:
+        """Normalised working-box images ``(B, m, m)`` of the given particles."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if self._cache is not None:
+            return self._cache[torch.from_numpy(idx)]
+        order = np.argsort(idx, kind="stable")  # read stacks in order, return in the caller's
+        out = torch.empty(idx.shape[0], self.box_size, self.box_size)
+        out[torch.from_numpy(order)] = self._prepared(idx[order])
+        return out
+
+    def batch(self, indices) -> ParticleBatch:
+        """Everything the model needs for these particles (:class:`ParticleBatch`)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        t = torch.from_numpy(idx)
+        ctf = None
+        if self.ctf is not None:
+            ctf = compute_ctf(self.ctf[t], self.box_size, self.pixel_size_angstrom)
+        shifts = None
+        if self.shifts_angstrom is not None:
+            shifts = shifts_angstrom_to_pixels(self.shifts_angstrom[t].float(), self.pixel_size_angstrom)
+        return ParticleBatch(indices=t, images=self.images(idx), ctf=ctf, shifts_px=shifts)

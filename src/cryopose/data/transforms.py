@@ -1,0 +1,104 @@
+"""Pure preprocessing transforms on image batches ``(B, n, n)`` (torch, no state).
+
+Conventions (:mod:`cryopose.conventions`): images ``(..., y, x)``, origin at ``n // 2``, centred
+transforms with DC at ``n // 2``. Contrast is changed only by :func:`invert_contrast`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..fourier import centered_fft2, centered_ifft2, fourier_downsample_images, frequency_grid_2d
+
+__all__ = [
+    "Normalization",
+    "invert_contrast",
+    "downsample",
+    "background_mean",
+    "estimate_normalization",
+    "normalize",
+    "rotate_half_turn",
+    "low_pass",
+    "circular_mask",
+]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Normalization:
+    """Image normalisation ``(x − background mean of x) / std``.
+
+    Attributes:
+        std: Global scale (standard deviation of background-subtracted images, working box).
+        background_radius: Background is the region outside this radius, as a fraction of
+            ``n / 2``; its mean is subtracted per image.
+    """
+
+    std: float
+    background_radius: float = 0.85
+
+
+def invert_contrast(images: torch.Tensor) -> torch.Tensor:
+    """Multiply by −1 (dark particles → bright particles)."""
+    return -images
+
+
+def downsample(images: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Fourier-crop ``(B, n, n)`` images to ``(B, m, m)`` (pixel size grows by ``n / m``)."""
+    return fourier_downsample_images(images, int(box_size))
+
+
+def circular_mask(n: int, radius: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(n, n)`` mask: 1 where the distance to ``n // 2`` is below ``radius`` pixels."""
+    ky, kx = frequency_grid_2d(n, device=device, dtype=dtype)
+    return ((kx * kx + ky * ky) < radius * radius).to(dtype)
+
+
+def background_mean(images: torch.Tensor, radius_fraction: float = 0.85) -> torch.Tensor:
+    """Mean of each image outside a circle of ``radius_fraction · n / 2`` pixels: ``(B,)``."""
+    n = images.shape[-1]
+    outside = 1.0 - circular_mask(n, radius_fraction * n / 2, device=images.device, dtype=images.dtype)
+    if outside.sum() == 0:
+        return images.mean(dim=(-2, -1))
+    return (images * outside).sum(dim=(-2, -1)) / outside.sum()
+
+
+def estimate_normalization(images: torch.Tensor, *, background_radius: float = 0.85) -> Normalization:
+    """Normalisation from a sample of images ``(B, n, n)`` (already at the working box).
+
+    Raises:
+        ValueError: If the sample is empty or constant.
+    """
+    if images.shape[0] == 0:
+        raise ValueError("cannot estimate an image normalisation from zero images")
+    x = images - background_mean(images, background_radius)[:, None, None]
+    std = float(x.double().std())
+    if not (std > 0):
+        raise ValueError("the particle images are constant; cannot normalise them")
+    return Normalization(std=std, background_radius=background_radius)
+
+
+def normalize(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    """Subtract each image's background mean and divide by ``norm.std``."""
+    return (images - background_mean(images, norm.background_radius)[:, None, None]) / norm.std
+
+
+def rotate_half_turn(images: torch.Tensor) -> torch.Tensor:
+    """Rotate images by 180° about pixel ``n // 2``: ``out[y, x] = in[−y, −x]`` (wrapping).
+
+    For even ``n`` the flip is followed by a one-pixel roll so the centre stays at ``n // 2``;
+    the row and column at index 0 wrap onto themselves.
+    """
+    out = torch.flip(images, (-2, -1))
+    if images.shape[-1] % 2 == 0:
+        out = torch.roll(out, (1, 1), (-2, -1))
+    return out
+
+
+def low_pass(images: torch.Tensor, radius: float) -> torch.Tensor:
+    """Keep centred frequencies with ``|k| < radius`` (cycles per box); hard cut-off."""
+    n = images.shape[-1]
+    ky, kx = frequency_grid_2d(n, device=images.device, dtype=images.dtype)
+    keep = ((kx * kx + ky * ky) < radius * radius).to(images.dtype)
+    return centered_ifft2(centered_fft2(images) * keep).real

@@ -1,0 +1,260 @@
+"""Supervised orientation regression network (Lian, Huang, Zhang & Ling, Acta Cryst. D 78, 2022).
+
+The paper's network is a VGG16 convolutional feature extractor (ImageNet-pretrained there),
+two further convolutional layers, a max pooling and a fully connected regressor whose output,
+an unnormalised 4-vector, is normalised to a unit quaternion (axis-angle is compared as an
+alternative, their Table 3). Pretrained weights are not available here (and ImageNet features
+of 3-channel photographs are of doubtful value for single-channel cryo-EM images), so the
+VGG-style extractor is trained from scratch:
+
+=====================  ==========================================================================
+stage                  layers (``w`` = ``config.width``)
+=====================  ==========================================================================
+input                  ``(B, n, n)`` image, standardised per image (zero mean, unit std)
+VGG blocks 1…``d``     ``[conv 3×3 → BN → ReLU] × convs_per_block → max-pool 2×2``, channels
+                       ``w, 2w, 4w, 8w, 8w`` (VGG16 doubles up to 512 = 8·64; ``d`` =
+                       ``n_blocks``)
+two further convs      ``conv 3×3 → BN → ReLU`` twice, ``head_channels`` channels
+max pooling            2×2, then flatten (``head_channels · s²`` features, ``s = n / 2^(d+1)``;
+                       spatial layout is kept, as the paper's pooled 7×7 VGG grid does)
+regressor              ``Linear(·, hidden) → ReLU → Linear(hidden, 4 | 3)``
+output                 quaternion ``q / |q|`` (scalar first) or rotation vector (radians)
+=====================  ==========================================================================
+
+Rotations are RELION matrices (:mod:`cryopose.conventions`); the quaternion maps to ``R`` by
+:func:`cryopose.rotations.quaternion_to_rotmat`, the rotation vector by
+:func:`cryopose.rotations.axis_angle_to_rotmat`. Batch normalisation is not in VGG16 (it came
+later) but makes training from scratch stable; ``batch_norm=False`` removes it.
+
+:func:`load_pose_model` reads a checkpoint written by
+:func:`cryopose.training.supervised.save_checkpoint` (``model_kind: "supervised"``) and returns
+a callable ``images -> (rotmats, None)`` for ``cryopose predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import torch
+from torch import nn
+
+from ..fourier import fourier_downsample_images
+from ..rotations import axis_angle_to_rotmat, quaternion_to_rotmat
+
+__all__ = [
+    "MODEL_KIND",
+    "REPRESENTATIONS",
+    "SupervisedModelConfig",
+    "OrientationRegressor",
+    "rotvec_to_quaternion",
+    "SupervisedPosePredictor",
+    "load_pose_model",
+]
+
+#: Value of ``model_kind`` in checkpoints of this module.
+MODEL_KIND = "supervised"
+#: Output parametrisations of the regressor.
+REPRESENTATIONS = ("quaternion", "axis_angle")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SupervisedModelConfig:
+    """Architecture of :class:`OrientationRegressor`.
+
+    Attributes:
+        box_size: Input image edge ``n`` in pixels (>= ``2**(n_blocks + 1)``).
+        representation: ``"quaternion"`` (paper default) or ``"axis_angle"``.
+        width: Channels of the first VGG block (VGG16: 64).
+        n_blocks: Number of VGG blocks (each halves the image; VGG16: 5). Default
+            ``floor(log2(n / 4))``, leaving a 4×4 grid for a power-of-two box (2×2 after the
+            final pooling): 3 blocks at 32 px, 4 at 64 px.
+        convs_per_block: Convolutions per block (VGG16: 2, 2, 3, 3, 3; here one number).
+        head_channels: Channels of the two further convolutions.
+        hidden: Units of the fully connected hidden layer.
+        batch_norm: Batch normalisation after every convolution.
+    """
+
+    box_size: int
+    representation: str = "quaternion"
+    width: int = 32
+    n_blocks: int | None = None
+    convs_per_block: int = 2
+    head_channels: int = 256
+    hidden: int = 512
+    batch_norm: bool = True
+
+    def __post_init__(self):
+        if self.n_blocks is None:
+            object.__setattr__(self, "n_blocks", max(1, int(math.floor(math.log2(max(int(self.box_size), 8) / 4)))))
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        if int(self.box_size) < 2 ** (int(self.n_blocks) + 1):
+            raise ValueError(f"box {self.box_size} px is too small for {self.n_blocks} pooling blocks and the "
+                             "final pooling")
+        for name in ("width", "n_blocks", "convs_per_block", "head_channels", "hidden"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def final_grid(self) -> int:
+        """Edge of the feature grid after the final pooling, ``n // 2^(n_blocks + 1)``."""
+        return int(self.box_size) // 2 ** (int(self.n_blocks) + 1)
+
+    @property
+    def output_size(self) -> int:
+        """4 for quaternions, 3 for rotation vectors."""
+        return 4 if self.representation == "quaternion" else 3
+
+
+def _conv(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(c_out))
+    layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+def rotvec_to_quaternion(rotvec: torch.Tensor) -> torch.Tensor:
+    """Rotation vectors ``(..., 3)`` (radians) → unit quaternions ``(..., 4)`` ``(w, x, y, z)``.
+
+    ``q = (cos(θ/2), sin(θ/2) ω/θ)`` with ``θ = |ω|``; the series ``sin(θ/2)/θ ≈ 1/2 − θ²/48``
+    below ``θ² = 1e-6`` keeps it and its gradient finite at 0. Same rotation as
+    :func:`cryopose.rotations.axis_angle_to_rotmat`.
+    """
+    t2 = (rotvec * rotvec).sum(-1, keepdim=True)
+    small = t2 < 1e-6
+    t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
+    half_sinc = torch.where(small, 0.5 - t2 / 48.0, torch.sin(t / 2) / t)
+    w = torch.where(small, 1.0 - t2 / 8.0, torch.cos(t / 2))
+    return torch.cat([w, rotvec * half_sinc], dim=-1)
+
+
+class OrientationRegressor(nn.Module):
+    """VGG-style CNN regressing a particle image's orientation (Lian et al. 2022).
+
+    Args:
+        config: :class:`SupervisedModelConfig`.
+
+    Forward:
+        ``images (B, n, n)`` → raw outputs ``(B, 4)`` (unnormalised quaternion) or ``(B, 3)``
+        (rotation vector). Use :meth:`to_quaternion` and :meth:`to_rotmat` to decode.
+    """
+
+    def __init__(self, config: SupervisedModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        layers: list[nn.Module] = []
+        c_in = 1
+        for b in range(c.n_blocks):
+            c_out = c.width * min(2 ** b, 8)
+            for _ in range(c.convs_per_block):
+                layers += _conv(c_in, c_out, c.batch_norm)
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head_convs = nn.Sequential(*_conv(c_in, c.head_channels, c.batch_norm),
+                                        *_conv(c.head_channels, c.head_channels, c.batch_norm))
+        self.pool = nn.MaxPool2d(2)
+        self.regressor = nn.Sequential(nn.Linear(c.head_channels * c.final_grid**2, c.hidden), nn.ReLU(inplace=True),
+                                       nn.Linear(c.hidden, c.output_size))
+
+    @staticmethod
+    def standardize(images: torch.Tensor) -> torch.Tensor:
+        """Per-image zero mean, unit standard deviation (scale-free input)."""
+        mean = images.mean((-2, -1), keepdim=True)
+        std = images.std((-2, -1), keepdim=True).clamp_min(1e-8)
+        return (images - mean) / std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n = self.config.box_size
+        if images.ndim != 3 or images.shape[-1] != n or images.shape[-2] != n:
+            raise ValueError(f"expected images (B, {n}, {n}), got {tuple(images.shape)}")
+        x = self.standardize(images.float())[:, None].contiguous(memory_format=torch.channels_last)
+        x = self.head_convs(self.features(x))
+        return self.regressor(self.pool(x).flatten(1))
+
+    def to_quaternion(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw outputs → unit quaternions ``(B, 4)`` ``(w, x, y, z)`` (differentiable)."""
+        if self.config.representation == "quaternion":
+            return raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return rotvec_to_quaternion(raw)
+
+    def to_rotmat(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw outputs → RELION rotation matrices ``(B, 3, 3)`` (differentiable)."""
+        if self.config.representation == "quaternion":
+            return quaternion_to_rotmat(raw)
+        return axis_angle_to_rotmat(raw)
+
+
+class SupervisedPosePredictor:
+    """Callable ``images (B, n, n) -> (rotmats (B, 3, 3), None)`` around a trained regressor.
+
+    Images whose box differs from the model's are Fourier-resampled to it first (same field of
+    view assumed, e.g. the full-size particles of a model trained on downsampled ones). No
+    shifts are predicted (the paper's network regresses orientation only), hence ``None``.
+
+    Attributes:
+        model: The :class:`OrientationRegressor` (eval mode).
+        box_size: Model input box.
+        pixel_size_angstrom: Pixel size the model was trained at (Å), or ``None``.
+        symmetry: Point group of the training reference.
+        model_kind: ``"supervised"``.
+        batch_size: Images per forward pass.
+    """
+
+    model_kind = MODEL_KIND
+
+    def __init__(self, model: OrientationRegressor, *, pixel_size_angstrom: float | None = None,
+                 symmetry: str = "C1", batch_size: int = 256):
+        self.model = model.eval()
+        self.box_size = model.config.box_size
+        self.pixel_size_angstrom = pixel_size_angstrom
+        self.symmetry = symmetry
+        self.batch_size = int(batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor):
+        x = torch.as_tensor(images).float()
+        if x.ndim == 2:
+            x = x[None]
+        if x.shape[-1] != self.box_size:
+            if x.shape[-1] < self.box_size:
+                raise ValueError(f"images of {x.shape[-1]} px are smaller than the model's {self.box_size} px box")
+            x = fourier_downsample_images(x, self.box_size)
+        dev = next(self.model.parameters()).device
+        out = []
+        for start in range(0, x.shape[0], self.batch_size):
+            raw = self.model(x[start:start + self.batch_size].to(dev))
+            out.append(self.model.to_rotmat(raw).cpu())
+        rot = torch.cat(out) if out else torch.zeros(0, 3, 3)
+        return rot, None
+
+
+def load_pose_model(path: str | os.PathLike, *, map_location="cpu") -> SupervisedPosePredictor:
+    """Load a supervised checkpoint as a pose predictor.
+
+    Args:
+        path: ``.pt`` file written by :func:`cryopose.training.supervised.save_checkpoint`.
+        map_location: Device for the weights.
+
+    Returns:
+        :class:`SupervisedPosePredictor`: ``predictor(images) -> (rotmats, None)``.
+
+    Raises:
+        FileNotFoundError: Missing file.
+        ValueError: The checkpoint's ``model_kind`` is not ``"supervised"``.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model checkpoint: {path}")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    kind = ckpt.get("model_kind") if isinstance(ckpt, dict) else None
+    if kind != MODEL_KIND:
+        raise ValueError(f"{path}: model_kind is {kind!r}, expected {MODEL_KIND!r}")
+    model = OrientationRegressor(SupervisedModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return SupervisedPosePredictor(model, pixel_size_angstrom=ckpt.get("pixel_size_angstrom"),
+                                   symmetry=ckpt.get("symmetry", "C1"))
+

@@ -1,0 +1,1 @@
+"""Data-set level workflows that chain search, training, inference and reconstruction."""

@@ -1,0 +1,340 @@
+"""Reference-based pose estimation for a whole data set: search a labelled subset, train the
+supervised regressor on it, infer the rest, reconstruct (``cryopose refine``), and the data-set
+level training that ``cryopose train-supervised`` runs.
+
+Pipeline (the use case of Lian et al., Acta Cryst. D 78, 2022: label a fraction of the
+particles by a classical search, let the network do the rest in one forward pass each):
+
+1. Put particles and reference on one working grid
+   (:func:`cryopose.search.run.working_grid`; lazy Fourier-cropping of the particles).
+2. Draw ``labeled_fraction`` of the particles (seeded) and find their poses by
+   :func:`cryopose.search.projection_matching.search_poses` (CTF- and symmetry-aware).
+3. Train :class:`cryopose.models.supervised.OrientationRegressor` on them with the search poses
+   as labels (:func:`cryopose.training.supervised.train_supervised`; optionally choosing ``w``
+   by five-fold cross-validation first), 4:1 train/test split inside the labelled subset.
+4. Predict the orientation of every other particle; optionally polish the predictions by a
+   local search (:func:`cryopose.search.projection_matching.local_search`, ``local_refine``).
+   The network predicts no shifts: unlabelled particles keep shift 0 unless polished.
+5. Reconstruct (:func:`cryopose.reconstruction.reconstruct`, half maps, FSC) with labelled
+   particles at their search poses and the rest at predicted poses (and, with polishing, also
+   at the unpolished predictions). If the input metadata carries poses (e.g. simulation ground
+   truth), reconstruct with them too (the known-pose map of the same particles on the same
+   grid, same half-set split) and report pose errors against them. Besides the half-map FSC,
+   each map's FSC = 0.5 resolution against the reference is reported: half maps built from
+   consistently wrong poses can agree with each other, but not with the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io.mrc import MapData
+from ..io.particles import ParticleMetadata
+from ..metrics.pose_error import symmetry_aware_errors
+from ..models.supervised import OrientationRegressor, SupervisedModelConfig
+from ..search.projection_matching import SearchConfig, local_search, search_poses
+from ..search.run import ResampledImages, working_grid
+from ..simulate.volumes import resample_volume
+from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
+                                   predict_rotmats, train_supervised)
+
+__all__ = ["WorkingData", "prepare_working_data", "train_on_dataset", "RefineConfig", "RefineResult", "refine"]
+
+
+@dataclasses.dataclass
+class WorkingData:
+    """Particles and reference on one grid.
+
+    Attributes:
+        images: Lazy particle images on the working grid (:class:`ResampledImages`).
+        metadata: The particles' metadata with ``pixel_size_angstrom`` and ``box_size`` of the
+            working grid (poses, shifts in Å and CTF unchanged).
+        reference: ``(m, m, m)`` float32 reference on the working grid.
+        box_size: ``m``.
+        pixel_size_angstrom: Working pixel size, Å.
+    """
+
+    images: ResampledImages
+    metadata: ParticleMetadata
+    reference: torch.Tensor
+    box_size: int
+    pixel_size_angstrom: float
+
+
+def prepare_working_data(stack, metadata: ParticleMetadata, reference: MapData, *, box_size: int | None = None,
+                         invert_contrast: bool = False) -> WorkingData:
+    """Put particles (lazily) and reference on the working grid of :func:`working_grid`."""
+    n_p = int(metadata.box_size or stack.box_size)
+    vol = np.asarray(reference.volume, dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise UserError(f"the reference must be a cubic map, got shape {vol.shape}")
+    m, a = working_grid(n_p, float(metadata.pixel_size_angstrom), float(reference.pixel_size_angstrom), box_size)
+    ref = torch.from_numpy(np.ascontiguousarray(resample_volume(vol, float(reference.pixel_size_angstrom), a, m)))
+    images = ResampledImages(stack, m, invert_contrast=invert_contrast)
+    return WorkingData(images, metadata.replace(pixel_size_angstrom=a, box_size=m), ref, m, a)
+
+
+def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tensor, *,
+                     model_config: SupervisedModelConfig, train_config: SupervisedTrainConfig,
+                     cv_w: bool = False, cv_w_values=None, cv_iterations: int | None = None,
+                     cv_max_particles: int | None = None, cv_folds: int = 5,
+                     progress=None) -> tuple[TrainResult, CVResult | None]:
+    """Train the supervised regressor, optionally choosing ``w`` by cross-validation first.
+
+    The 4:1 train/test split is drawn once (``train_config.seed``); cross-validation runs on
+    (at most ``cv_max_particles`` of) the training split only, with ``cv_iterations`` steps per
+    fold (default ``train_config.iterations``), and the final model is trained on the whole
+    training split with the chosen ``w`` and evaluated on the untouched test split.
+
+    Returns:
+        ``(train_result, cv_result or None)``.
+    """
+    from ..training.supervised import DEFAULT_W_GRID, split_train_test
+
+    n = len(images)
+    train_idx, test_idx = split_train_test(n, train_config.test_fraction, seed=train_config.seed)
+    cv = None
+    cfg = train_config
+    if cv_w:
+        sub = train_idx
+        if cv_max_particles is not None and sub.size > cv_max_particles:
+            sub = np.sort(np.random.default_rng(train_config.seed + 2).choice(sub, cv_max_particles, replace=False))
+        cv_cfg = dataclasses.replace(train_config, iterations=int(cv_iterations or train_config.iterations))
+        cv = cross_validate_w(images, label_rotmats, reference, model_config=model_config, config=cv_cfg,
+                              indices=sub, w_values=cv_w_values or DEFAULT_W_GRID, n_folds=cv_folds,
+                              progress=progress)
+        cfg = dataclasses.replace(train_config, w=cv.best_w)
+    res = train_supervised(images, label_rotmats, reference, model_config=model_config, config=cfg,
+                           train_indices=train_idx, test_indices=test_idx,
+                           progress=None if progress is None else (lambda s, r: progress(
+                               f"step {s}: loss {r['loss']:.4f} (QD {r['loss_qd']:.4f}, reproj {r['loss_reproj']:.4f})")))
+    return res, cv
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefineConfig:
+    """Options of :func:`refine`.
+
+    Attributes:
+        labeled_fraction: Fraction of particles labelled by search (paper's use case; 0.2).
+        search: Options of the labelling search (its ``symmetry`` is the map's).
+        model: Network architecture (``box_size`` is set to the working box).
+        train: Training options (``symmetry`` is set from ``search``).
+        cv_w: Choose ``w`` by five-fold cross-validation.
+        cv_iterations: Steps per cross-validation fold (default ``train.iterations``).
+        cv_max_particles: Cap on the particles cross-validated.
+        local_refine: Polish network predictions by a local search from ``local_refine_step_deg``.
+        local_refine_step_deg: First step of that local search, degrees.
+        box_size: Working box of search and reconstruction (default from :func:`working_grid`).
+        network_box_size: Box of the network's input (Fourier-cropped from the working grid,
+            same field of view; default the working box), e.g. 32 for a 64 px data set.
+        invert_contrast: The particles are dark.
+        reconstruct_known_poses: Also reconstruct with the input metadata's poses when present.
+        seed: Seeds the labelled subset.
+    """
+
+    labeled_fraction: float = 0.2
+    search: SearchConfig = SearchConfig()
+    model: SupervisedModelConfig | None = None
+    train: SupervisedTrainConfig = SupervisedTrainConfig()
+    cv_w: bool = False
+    cv_iterations: int | None = None
+    cv_max_particles: int | None = None
+    local_refine: bool = False
+    local_refine_step_deg: float = 3.75
+    box_size: int | None = None
+    network_box_size: int | None = None
+    invert_contrast: bool = False
+    reconstruct_known_poses: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise UserError(f"--labeled-fraction must be in (0, 1], got {self.labeled_fraction}")
+
+
+@dataclasses.dataclass
+class RefineResult:
+    """Output of :func:`refine`.
+
+    Attributes:
+        metadata: The input particles (their own pixel size, box and stacks) with the final
+            poses and shifts (Å).
+        pose_source: ``(N,)`` str: ``"search"`` or ``"network"`` (``"network+local"`` when polished).
+        labeled_indices: Positions of the searched particles.
+        reconstruction: :class:`cryopose.reconstruction.backprojection.ReconstructionResult`.
+        known_pose_reconstruction: The same with the input poses, or ``None``.
+        network_only_reconstruction: With ``local_refine``, the map from the unpolished
+            network predictions (unlabelled particles at shift 0), else ``None``.
+        model: The trained regressor.
+        train: :class:`TrainResult`; ``cv``: :class:`CVResult` or ``None``.
+        report: JSON-ready summary (timings, resolutions, errors).
+    """
+
+    metadata: ParticleMetadata
+    pose_source: np.ndarray
+    labeled_indices: np.ndarray
+    reconstruction: object
+    known_pose_reconstruction: object
+    network_only_reconstruction: object
+    model: OrientationRegressor
+    train: TrainResult
+    cv: CVResult | None
+    report: dict
+
+
+def _errors(est: torch.Tensor, ref: torch.Tensor | None, symmetry: str) -> dict | None:
+    if ref is None or est.shape[0] == 0:
+        return None
+    e = symmetry_aware_errors(est.double(), ref.double(), symmetry=symmetry)
+    return {"n": int(e.shape[0]), "median_error_deg": float(e.median()), "mean_error_deg": float(e.mean()),
+            "fraction_below_5deg": float((e < 5).double().mean())}
+
+
+def _vs_reference(rec, reference: torch.Tensor) -> float:
+    """FSC = 0.5 resolution (Å) of a reconstruction against the reference map (a benchmark aid:
+    unlike the half-map FSC it sees poses that are consistently wrong)."""
+    from ..metrics.fsc import fsc_report
+
+    return float(fsc_report(rec.volume, reference, rec.pixel_size_angstrom)["resolution_fsc0p5_angstrom"])
+
+
+def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: RefineConfig = RefineConfig(),
+           progress=None) -> RefineResult:
+    """Search a labelled subset, train, infer the rest, reconstruct (see the module docstring).
+
+    Args:
+        stack: Particle images (:class:`~cryopose.io.particles.ParticleStack` or tensor).
+        metadata: Their metadata (pixel size, CTF; poses if known, used only for the report).
+        reference: Reference map with its voxel size.
+        config: :class:`RefineConfig`.
+        progress: Called with one-line messages.
+
+    Returns:
+        :class:`RefineResult`.
+
+    Raises:
+        UserError: Too few particles to label, train and test (at least 10 labelled).
+    """
+    from ..reconstruction.backprojection import reconstruct
+
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    wd = prepare_working_data(stack, metadata, reference, box_size=config.box_size,
+                              invert_contrast=config.invert_contrast)
+    n = len(wd.metadata)
+    n_lab = int(math.ceil(config.labeled_fraction * n))
+    if n_lab < 10:
+        raise UserError(f"{n} particles × labeled fraction {config.labeled_fraction} gives {n_lab} labelled "
+                        "particles; at least 10 are needed to train and test")
+    rng = np.random.default_rng(config.seed)
+    labeled = np.sort(rng.choice(n, n_lab, replace=False))
+    unlabeled = np.setdiff1d(np.arange(n), labeled)
+    sym = config.search.symmetry
+    meta_w = wd.metadata
+    ctf = meta_w.ctf
+    # 1. search the labelled subset
+    say(f"searching {n_lab} of {n} particles on a {wd.box_size} px grid")
+    lab_images = wd.images.subset(labeled)
+    t1 = time.perf_counter()
+    sres = search_poses(lab_images, wd.reference, wd.pixel_size_angstrom, ctf=None if ctf is None else ctf[labeled],
+                        config=config.search)
+    t_search = time.perf_counter() - t1
+    # 2. train on the search labels
+    net_box = int(config.network_box_size or wd.box_size)
+    if net_box > wd.box_size:
+        raise UserError(f"network box {net_box} is larger than the working box {wd.box_size}")
+    net_images = ResampledImages(wd.images.source, net_box, invert_contrast=config.invert_contrast)
+    mcfg = config.model or SupervisedModelConfig(box_size=net_box)
+    mcfg = dataclasses.replace(mcfg, box_size=net_box)
+    tcfg = dataclasses.replace(config.train, symmetry=sym)
+    t2 = time.perf_counter()
+    train, cv = train_on_dataset(net_images.subset(labeled), sres.rotmats, wd.reference, model_config=mcfg, train_config=tcfg,
+                                 cv_w=config.cv_w, cv_iterations=config.cv_iterations,
+                                 cv_max_particles=config.cv_max_particles, progress=say)
+    t_train = time.perf_counter() - t2
+    # 3. infer the rest
+    t3 = time.perf_counter()
+    rest_images = wd.images.subset(unlabeled)
+    pred = predict_rotmats(train.model, net_images.subset(unlabeled)) if unlabeled.size else torch.zeros(0, 3, 3)
+    t_infer = time.perf_counter() - t3
+    pred_raw = pred
+    pred_shifts = torch.zeros(unlabeled.size, 2)
+    source = np.array(["search"] * n, dtype=object)
+    source[unlabeled] = "network"
+    t_local = 0.0
+    if config.local_refine and unlabeled.size:
+        t4 = time.perf_counter()
+        lres = local_search(rest_images, wd.reference, wd.pixel_size_angstrom, pred,
+                            ctf=None if ctf is None else ctf[unlabeled], config=config.search,
+                            start_step_deg=config.local_refine_step_deg)
+        pred, pred_shifts = lres.rotmats, lres.shifts_angstrom
+        source[unlabeled] = "network+local"
+        t_local = time.perf_counter() - t4
+    rot = torch.empty(n, 3, 3)
+    sh = torch.zeros(n, 2)
+    rot[torch.as_tensor(labeled)] = sres.rotmats
+    sh[torch.as_tensor(labeled)] = sres.shifts_angstrom
+    if unlabeled.size:
+        rot[torch.as_tensor(unlabeled)] = pred.float()
+        sh[torch.as_tensor(unlabeled)] = pred_shifts.float()
+    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=sh)  # poses and Å shifts do not depend on the grid
+    # 4. reconstruct on the working grid (same half-set split for every map)
+    say("reconstructing")
+
+    def rec_with(r, t):
+        return reconstruct(wd.images, meta_w.replace(rotmats=r, shifts_angstrom=t), symmetry=sym,
+                           generator=torch.Generator().manual_seed(config.seed), progress=False)
+
+    t5 = time.perf_counter()
+    rec = rec_with(rot, sh)
+    t_rec = time.perf_counter() - t5
+    net_only = None
+    if config.local_refine and unlabeled.size:
+        rot_n, sh_n = rot.clone(), sh.clone()
+        rot_n[torch.as_tensor(unlabeled)] = pred_raw.float()
+        sh_n[torch.as_tensor(unlabeled)] = 0.0
+        net_only = rec_with(rot_n, sh_n)
+    known = None
+    truth = metadata.rotmats
+    if config.reconstruct_known_poses and truth is not None:
+        known = rec_with(truth, metadata.shifts_angstrom)
+    per_search = sres.seconds["per_particle"]
+    per_infer = t_infer / max(unlabeled.size, 1)
+    report = {
+        "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
+        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom, "symmetry": sym,
+        "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
+        "cv": None if cv is None else cv.as_dict(),
+        "test_metrics_vs_search_labels": train.test_metrics,
+        "seconds": {"search": t_search, "train": t_train, "inference": t_infer, "local_refine": t_local,
+                    "reconstruct": t_rec, "total": time.perf_counter() - t0},
+        "per_particle_seconds": {"search": per_search, "inference": per_infer,
+                                 "speedup_inference_vs_search": per_search / per_infer if per_infer > 0 else None},
+        "resolution_fsc0p143_angstrom": rec.resolution_fsc0p143_angstrom,
+        "resolution_fsc0p5_angstrom": rec.resolution_fsc0p5_angstrom,
+        "vs_reference_fsc0p5_angstrom": _vs_reference(rec, wd.reference),
+    }
+    if net_only is not None:
+        report["network_only_resolution_fsc0p143_angstrom"] = net_only.resolution_fsc0p143_angstrom
+        report["network_only_vs_reference_fsc0p5_angstrom"] = _vs_reference(net_only, wd.reference)
+    if known is not None:
+        report["known_pose_resolution_fsc0p143_angstrom"] = known.resolution_fsc0p143_angstrom
+        report["known_pose_resolution_fsc0p5_angstrom"] = known.resolution_fsc0p5_angstrom
+        report["resolution_ratio_fsc0p143"] = rec.resolution_fsc0p143_angstrom / known.resolution_fsc0p143_angstrom
+        report["known_pose_vs_reference_fsc0p5_angstrom"] = _vs_reference(known, wd.reference)
+        tl = truth[torch.as_tensor(labeled)]
+        report["pose_errors_vs_input"] = {
+            "search": _errors(sres.rotmats, tl, sym),
+            "network": _errors(pred_raw, truth[torch.as_tensor(unlabeled)] if unlabeled.size else None, sym),
+            "network+local": _errors(pred, truth[torch.as_tensor(unlabeled)], sym)
+            if config.local_refine and unlabeled.size else None,
+            "all": _errors(rot, truth, sym),
+        }
+    return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)

@@ -1,0 +1,111 @@
+"""HTML report of an ab initio run: a self-contained page next to its PNG figures.
+
+:func:`write_abinitio_report` draws the figures of :mod:`cryopose.report.figures` (loss curve,
+half-map FSC, angular distribution, central slices, particles beside their predicted
+projections) into ``OUTDIR`` and writes ``OUTDIR/report.html`` referring to them by relative
+path, with a table of the run's numbers and its configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fourier import centered_ifft2
+from .figures import plot_angular_distribution, plot_central_slices, plot_image_pairs, plot_loss_curve
+
+__all__ = ["write_abinitio_report", "render_html"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: dict | None = None) -> str:
+    """A minimal HTML page: a key/value table, figures (caption, relative path), the config."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+        "td{padding:2px 10px;border-bottom:1px solid #ddd}img{max-width:100%}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1><table>",
+    ]
+    parts += [f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items()]
+    parts.append("</table>")
+    for caption, src in figures:
+        parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
+    if config is not None:
+        parts.append("<h2>configuration</h2><pre>" + html.escape(json.dumps(config, indent=2, default=str)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+@torch.no_grad()
+def _pairs(trainer, dataset, inference, k: int = 8):
+    """``k`` particles (spread over the data set) and the model's predictions at their poses."""
+    idx = np.linspace(0, len(dataset) - 1, min(k, len(dataset))).round().astype(np.int64)
+    batch = dataset.batch(idx)
+    model = trainer.model
+    vft = model.volume.prepare()
+    t = torch.from_numpy(idx)
+    shifts = inference.shifts_px[t] if inference.shifts_px is not None else batch.shifts_px
+    pred = model.render(vft, inference.rotmats[t].float()[:, None], ctf=batch.ctf, shifts_px=shifts)
+    proj = centered_ifft2(pred[:, 0] * dataset.box_size).real
+    return batch.images, proj
+
+
+def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstruction, config, summary: dict) -> Path:
+    """Draw the figures and write ``outdir/report.html``.
+
+    Args:
+        outdir: Run folder.
+        trainer: The :class:`cryopose.training.trainer.Trainer` (history, model).
+        dataset: The working-box :class:`cryopose.data.dataset.ParticleDataset`.
+        inference: :class:`cryopose.training.trainer.PoseInference` of the particles.
+        reconstruction: :class:`cryopose.reconstruction.ReconstructionResult` or ``None``.
+        config: The run's :class:`cryopose.training.config.AbinitioConfig`.
+        summary: Numbers for the table.
+
+    Returns:
+        Path of ``report.html``.
+    """
+    from ..io.atomic import atomic_write_text
+
+    outdir = Path(outdir)
+    figs: list[tuple[str, str]] = []
+    h = trainer.history
+    if h["epoch"]:
+        plot_loss_curve(h["epoch"], h["loss"], h["radius"], outdir / "loss.png")
+        figs.append(("loss curve", "loss.png"))
+    if reconstruction is not None and reconstruction.fsc is not None:
+        from ..metrics.fsc import plot_fsc
+
+        plot_fsc({"half maps": (reconstruction.fsc_frequency_per_angstrom, reconstruction.fsc)},
+                 outdir / "fsc.png", title="half-map FSC of map.mrc")
+        figs.append(("half-map FSC", "fsc.png"))
+    plot_angular_distribution(inference.rotmats, outdir / "angles.png")
+    figs.append(("angular distribution of the inferred poses", "angles.png"))
+    if reconstruction is not None:
+        plot_central_slices(reconstruction.volume, outdir / "slices.png", title="map.mrc central slices")
+    else:
+        plot_central_slices(trainer.model.volume.density().detach(), outdir / "slices.png",
+                            title="learned volume (working box) central slices")
+    figs.append(("central slices", "slices.png"))
+    images, proj = _pairs(trainer, dataset, inference)
+    plot_image_pairs(images, proj, outdir / "projections.png")
+    figs.append(("particles and the learned volume's projections at their inferred poses (CTF applied)",
+                 "projections.png"))
+    rows = dict(summary)
+    path = outdir / "report.html"
+    atomic_write_text(path, render_html("cryopose abinitio (CryoPoseNet)", rows, figs,
+                                        dataclasses.asdict(config)))
+    return path

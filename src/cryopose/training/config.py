@@ -1,0 +1,170 @@
+"""Frozen, keyword-only configurations of CryoPoseNet ab initio runs.
+
+:class:`ModelConfig` fixes the network and the volume, :class:`TrainingConfig` the optimisation,
+:class:`AbinitioConfig` the whole run (data preprocessing, model, training, final
+reconstruction). Defaults are the settings measured to converge in ``benchmarks/abinitio.py``
+(see ``docs`` there and the module docstring of :mod:`cryopose.training.trainer`). Every config
+checks its values on construction and raises :class:`cryopose.errors.UserError` with a message
+naming the bad option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..errors import UserError
+from ..models.pose_heads import POSE_PARAMETERISATIONS
+
+__all__ = ["ModelConfig", "TrainingConfig", "AbinitioConfig", "config_from_dict"]
+
+
+def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        raise UserError(f"{name} must be {kind} {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Network and volume of CryoPoseNet.
+
+    Attributes:
+        pose_param: Rotation parameterisation of the pose head: ``"s2s2"`` (default, continuous
+            6D), ``"quaternion"`` or ``"euler"``.
+        n_hypotheses: Pose hypotheses per image; the loss keeps the best (1 = the paper).
+        shift_head: Predict a per-image shift correction added to the metadata's shifts.
+        max_shift_angstrom: Bound of the shift head per axis, Å.
+        channels: Filters of the three conv blocks (paper: 32, 64, 128).
+        hidden: MLP widths (paper: 512, 512).
+        batch_norm: Batch normalisation in the encoder (not in the paper).
+        volume_init: ``"noise"`` (i.i.d. Gaussian) or ``"zeros"``.
+        volume_init_std: Std of the noise start, in units of the volume scale.
+        mask_radius: Radius of the soft spherical support of the volume as a fraction of
+            ``n / 2`` (``None`` = no support mask).
+        symmetry: Point group imposed on the volume (RELION symbols; ``"C1"`` = none).
+    """
+
+    pose_param: str = "s2s2"
+    n_hypotheses: int = 1
+    shift_head: bool = False
+    max_shift_angstrom: float = 20.0
+    channels: tuple[int, ...] = (32, 64, 128)
+    hidden: tuple[int, ...] = (512, 512)
+    batch_norm: bool = False
+    volume_init: str = "noise"
+    volume_init_std: float = 0.1
+    mask_radius: float | None = 0.9
+    symmetry: str = "C1"
+
+    def __post_init__(self):
+        if self.pose_param not in POSE_PARAMETERISATIONS:
+            raise UserError(f"--pose-param must be one of {', '.join(sorted(POSE_PARAMETERISATIONS))}, "
+                            f"got {self.pose_param!r}")
+        _positive("n_hypotheses", self.n_hypotheses, integer=True)
+        _positive("max_shift_angstrom", self.max_shift_angstrom)
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        object.__setattr__(self, "hidden", tuple(int(c) for c in self.hidden))
+        if len(self.channels) < 1 or len(self.hidden) < 1 or min(self.channels + self.hidden) < 1:
+            raise UserError("encoder channels and hidden widths must be positive")
+        if self.volume_init not in ("noise", "zeros"):
+            raise UserError(f"volume_init must be 'noise' or 'zeros', got {self.volume_init!r}")
+        _positive("volume_init_std", self.volume_init_std, allow_zero=True)
+        if self.mask_radius is not None and not (0 < self.mask_radius <= 1.5):
+            raise UserError(f"mask_radius must be in (0, 1.5] (fraction of half the box), got {self.mask_radius}")
+        from ..symmetry import canonical_symbol
+
+        object.__setattr__(self, "symmetry", canonical_symbol(self.symmetry))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """Optimisation of CryoPoseNet (Adam on encoder and volume jointly).
+
+    Attributes:
+        epochs: Passes over the particles.
+        batch_size: Images per step.
+        lr: Adam learning rate of the encoder and heads.
+        volume_lr: Adam learning rate of the volume parameters (dimensionless, see
+            :class:`cryopose.models.volume.VoxelVolume`).
+        symmetric_loss: cryoAI's symmetrised loss (Levy et al. 2022): also encode the image
+            turned by 180° and keep the better of the two poses.
+        hypothesis_mean_weight: Weight of the mean over candidate poses added to the best one.
+        lr_final_fraction: Both learning rates follow a cosine from their value to this fraction
+            of it over the run (1 = constant).
+        march_start: Frequency marching: loss radius at the start, fraction of Nyquist.
+        march_fraction: Fraction of the training steps over which the radius grows linearly to
+            Nyquist (0 = no marching).
+        seed: Seed of every random choice (initialisation, batch order).
+        num_threads: ``torch.set_num_threads`` during training (``None``: the idle cores, re-read
+            every epoch, see :func:`cryopose.training.trainer.idle_cores`).
+        log_every: Steps between loss-history entries.
+    """
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-4
+    volume_lr: float = 1e-2
+    symmetric_loss: bool = True
+    hypothesis_mean_weight: float = 0.0
+    lr_final_fraction: float = 1.0
+    march_start: float = 0.25
+    march_fraction: float = 0.5
+    seed: int = 0
+    num_threads: int | None = None
+    log_every: int = 10
+
+    def __post_init__(self):
+        _positive("--epochs", self.epochs, integer=True)
+        _positive("--batch-size", self.batch_size, integer=True)
+        _positive("--lr", self.lr)
+        _positive("volume_lr", self.volume_lr)
+        _positive("hypothesis_mean_weight", self.hypothesis_mean_weight, allow_zero=True)
+        if not (0 < self.lr_final_fraction <= 1):
+            raise UserError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction}")
+        if not (0 < self.march_start <= 1):
+            raise UserError(f"march_start must be in (0, 1], got {self.march_start}")
+        if not (0 <= self.march_fraction <= 1):
+            raise UserError(f"march_fraction must be in [0, 1], got {self.march_fraction}")
+        if not isinstance(self.seed, int):
+            raise UserError(f"--seed must be an integer, got {self.seed!r}")
+        if self.num_threads is not None:
+            _positive("num_threads", self.num_threads, integer=True)
+        _positive("log_every", self.log_every, integer=True)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AbinitioConfig:
+    """A whole ab initio run.
+
+    Attributes:
+        box_size: Working box in pixels (images Fourier-cropped to it); ``None`` keeps the
+            images' box. The final map is reconstructed at the original box.
+        invert_contrast: Particles are dark on a bright background (multiply by −1 first).
+        model: :class:`ModelConfig`.
+        training: :class:`TrainingConfig`.
+        reconstruct: Reconstruct ``map.mrc`` and half maps from the inferred poses at the end.
+    """
+
+    box_size: int | None = 64
+    invert_contrast: bool = False
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    reconstruct: bool = True
+
+    def __post_init__(self):
+        if self.box_size is not None:
+            _positive("--box-size", self.box_size, integer=True)
+            if self.box_size < 16:
+                raise UserError(f"--box-size must be at least 16 px, got {self.box_size}")
+
+
+def config_from_dict(doc: dict) -> AbinitioConfig:
+    """Rebuild an :class:`AbinitioConfig` from ``dataclasses.asdict`` output (checkpoints)."""
+    doc = dict(doc)
+    model = ModelConfig(**doc.pop("model", {}))
+    training = TrainingConfig(**doc.pop("training", {}))
+    return AbinitioConfig(model=model, training=training, **doc)

@@ -1,0 +1,688 @@
+"""Training of the VAE-GAN latent model (Miolane et al., CVPR-W 2020, Sec. 3.1).
+
+Loss of one minibatch of ``B`` images scaled to [0, 1] (:class:`ImageScaling`):
+
+``L = L_rec + λ_reg · KL + λ_GAN · L_GAN + λ_cone · L_cone``
+
+* ``L_rec``: binary cross-entropy between the decoder's sigmoid output and the image,
+  **summed over pixels** and averaged over the batch (nats per image);
+* ``KL = KL(N(μ, σ²) ‖ N(0, I))`` summed over the ``L`` latent dimensions, averaged over the
+  batch;
+* ``L_GAN``: the decoder's non-saturating GAN loss ``−log D(x̂) − log D(Dec(z_p))`` on the
+  reconstructions ``x̂`` and on decodings of prior samples ``z_p ~ N(0, I)`` (VAE-GAN of Larsen
+  et al. 2016). The discriminator is trained in alternation on ``−log D(x) − log(1 − D(x̂)) −
+  log(1 − D(Dec(z_p)))``; with ``λ_GAN = 0`` the discriminator is not used (plain VAE);
+* ``L_cone = mean (μ₁² + μ₂² − μ₃²)²`` on the latent means (the paper's cone prior);
+* ``L_equi`` (an addition, ``λ_equivariance > 0``): the rotation-equivariance prior of
+  :func:`vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
+  Without it (``λ_equivariance = 0``, the paper's model) the in-plane orbits are closed curves
+  but rarely circles about the PCA axis in CPU-sized training runs (``benchmarks/inplane.py``).
+
+The paper's code averages the BCE over pixels; here it is summed, so the paper's weights
+correspond to ``λ · m²`` here (``m × m`` network inputs); see :class:`LatentTrainConfig`.
+
+Optimiser Adam ``(β₁, β₂) = (0.9, 0.999)``, batch 16 (paper). The data set is split once
+(seeded) into training and validation images; the validation loss (``L_rec + λ_reg KL +
+λ_cone L_cone`` with ``z = μ``, the GAN and equivariance terms left out) is what
+:func:`hyperparameter_search` (Optuna, optional extra ``cryopose[hpo]``) minimises — at
+``λ_reg = 1`` so that trials compare on one scale — over the learning rate, decoder depth,
+``λ_reg`` and ``λ_GAN``.
+
+Images are read one batch at a time from any ``source`` with ``len()`` and
+``source[index_array] -> (B, n, n)`` (a :class:`cryopose.io.particles.ParticleStack` or a
+tensor), optionally Fourier-downsampled to ``train_box_size`` (a CPU-time choice; the paper
+trains at the data's box) and contrast-inverted, then scaled to [0, 1] by the data set's
+quantiles. Checkpoints (model, optimisers, epoch, history, random state) are written
+atomically after every epoch and a run resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import UserError
+from ..fourier import fourier_downsample_images
+from ..models.vaegan import VAEGAN, VAEGANConfig
+
+__all__ = [
+    "ImageScaling",
+    "LatentTrainConfig",
+    "LatentTrainResult",
+    "fit_scaling",
+    "prepare_batch",
+    "vaegan_losses",
+    "train_vaegan",
+    "LatentCodes",
+    "encode_latents",
+    "reconstruct",
+    "save_latent_checkpoint",
+    "load_latent_checkpoint",
+    "hyperparameter_search",
+    "CHECKPOINT_NAME",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_KIND = "cryopose.vaegan"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageScaling:
+    """Affine map of (preprocessed) pixel values to [0, 1]: ``clip((x − low) / (high − low), 0, 1)``.
+
+    Attributes:
+        low, high: Pixel values mapped to 0 and 1 (data set quantiles, :func:`fit_scaling`).
+    """
+
+    low: float
+    high: float
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale and clip ``x`` to [0, 1]."""
+        return ((x - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LatentTrainConfig:
+    """Options of :func:`train_vaegan`.
+
+    The loss weights are relative to the BCE **summed** over the pixels of an image (nats per
+    image). The paper's code averages the BCE over pixels instead, so its ``λ`` correspond to
+    ``λ · m²`` here for ``m × m`` network inputs; its cone weight 1 is therefore a strong cone
+    (the default 100 here, at 32 px). The defaults were chosen on simulated in-plane data
+    (``benchmarks/inplane.py``); ``lambda_equivariance=0`` is the paper's model.
+
+    Attributes:
+        latent_dim: Latent dimension ``L`` (paper: 3 or 4).
+        train_box_size: Fourier-downsample the images to this edge before the networks
+            (``None``: the data's box). Not in the paper; it makes CPU training 4× faster at 32 px.
+        channels: First-layer filters of encoder/decoder (:class:`VAEGANConfig`).
+        decoder_depth: Decoder layers (``None``: the minimum for the box).
+        epochs: Passes over the training images.
+        batch_size: Images per step (paper: 16).
+        learning_rate: Adam learning rate.
+        betas: Adam ``(β₁, β₂)`` (paper: ``(0.9, 0.999)``).
+        final_lr_fraction: Cosine decay of the learning rate over the epochs down to this
+            fraction of it (1 = constant, as in the paper).
+        lambda_reg: Weight of the KL term.
+        lambda_gan: Weight of the generator's GAN loss (0 = plain VAE, no discriminator).
+        lambda_cone: Weight of the cone prior (paper: 1).
+        lambda_equivariance: Weight of the rotation-equivariance prior (not in the paper; 0 =
+            off): see :func:`vaegan_losses`.
+        equivariance_order: ``k`` of the prior: ``(μ₁, μ₂)`` turns by ``−k θ`` when the image
+            turns by ``θ``. Use the ``k`` of a ``k``-fold symmetric view (its images repeat
+            every ``360°/k``, so only the quotient angle can be encoded).
+        equivariance_normalization: ``"total"`` or ``"split"`` (see :func:`_equivariance`).
+        mask_radius_fraction: Multiply every image by a soft circular mask of this radius
+            (fraction of ``n/2``) so that in-plane rotations keep the image inside the box
+            (``None`` = no mask).
+        kl_warmup_epochs: Ramp ``λ_reg`` linearly from 0 over this many epochs (0 = off).
+        validation_fraction: Held-out fraction for the validation loss, in [0, 0.5].
+        invert_contrast: Multiply images by −1 first (dark particles → bright).
+        scaling_quantiles: Pixel quantiles mapped to 0 and 1.
+        scaling_sample: Images used to estimate the quantiles.
+        seed: Seed of the split, initialisation, batches and latent noise.
+
+    Raises:
+        UserError: Values out of range (on construction).
+    """
+
+    latent_dim: int = 3
+    train_box_size: int | None = 32
+    channels: int = 16
+    decoder_depth: int | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    final_lr_fraction: float = 0.05
+    lambda_reg: float = 0.01
+    lambda_gan: float = 0.0
+    lambda_cone: float = 100.0
+    lambda_equivariance: float = 10.0
+    equivariance_order: int = 1
+    equivariance_normalization: str = "total"
+    mask_radius_fraction: float | None = 1.0
+    kl_warmup_epochs: int = 0
+    validation_fraction: float = 0.1
+    invert_contrast: bool = False
+    scaling_quantiles: tuple[float, float] = (0.001, 0.999)
+    scaling_sample: int = 512
+    seed: int = 0
+
+    def __post_init__(self):
+        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        put("betas", tuple(float(b) for b in self.betas))
+        put("scaling_quantiles", tuple(float(q) for q in self.scaling_quantiles))
+        if int(self.latent_dim) < 3:
+            raise UserError(f"latent dimension must be >= 3 (the cone needs three axes), got {self.latent_dim}")
+        if self.train_box_size is not None and int(self.train_box_size) < 8:
+            raise UserError(f"training box must be >= 8 px, got {self.train_box_size}")
+        if int(self.epochs) < 1 or int(self.batch_size) < 2:
+            raise UserError(f"need epochs >= 1 and batch size >= 2, got {self.epochs} and {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise UserError(f"learning rate must be positive, got {self.learning_rate}")
+        if self.mask_radius_fraction is not None and not (0.0 < self.mask_radius_fraction <= 1.5):
+            raise UserError(f"mask radius fraction must be in (0, 1.5], got {self.mask_radius_fraction}")
+        for name in ("lambda_reg", "lambda_gan", "lambda_cone", "lambda_equivariance"):
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise UserError(f"{name} must be >= 0, got {v}")
+        if self.equivariance_normalization not in ("total", "split"):
+            raise UserError(f"equivariance normalisation must be total or split, got {self.equivariance_normalization!r}")
+        if int(self.equivariance_order) < 1:
+            raise UserError(f"equivariance order must be >= 1, got {self.equivariance_order}")
+        if not (0.0 < self.final_lr_fraction <= 1.0):
+            raise UserError(f"final learning-rate fraction must be in (0, 1], got {self.final_lr_fraction}")
+        if not (0.0 <= self.validation_fraction <= 0.5):
+            raise UserError(f"validation fraction must be in [0, 0.5], got {self.validation_fraction}")
+        lo, hi = self.scaling_quantiles
+        if not (0.0 <= lo < hi <= 1.0):
+            raise UserError(f"scaling quantiles must satisfy 0 <= low < high <= 1, got {self.scaling_quantiles}")
+
+    def model_config(self, box_size: int) -> VAEGANConfig:
+        """The :class:`VAEGANConfig` for images of ``box_size`` px (after downsampling)."""
+        from ..models.vaegan import conv_plan
+
+        m = self.network_box(box_size)
+        depth = self.decoder_depth if self.decoder_depth is not None else len(conv_plan(m)) - 1
+        try:
+            return VAEGANConfig(box_size=m, latent_dim=int(self.latent_dim), channels=int(self.channels),
+                                decoder_depth=int(depth))
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
+    def network_box(self, box_size: int) -> int:
+        """Edge of the images the networks see."""
+        return int(box_size) if self.train_box_size is None else min(int(box_size), int(self.train_box_size))
+
+
+@dataclasses.dataclass
+class LatentTrainResult:
+    """Outcome of :func:`train_vaegan`.
+
+    Attributes:
+        model: The trained :class:`VAEGAN` (eval mode).
+        scaling: The pixel scaling it was trained with.
+        config: The training options.
+        history: One dict per epoch (losses, validation loss, seconds).
+        train_indices, validation_indices: The split (0-based positions in ``source``).
+        box_size: Edge of the input images (before downsampling).
+    """
+
+    model: VAEGAN
+    scaling: ImageScaling
+    config: LatentTrainConfig
+    history: list[dict]
+    train_indices: np.ndarray
+    validation_indices: np.ndarray
+    box_size: int
+
+    @property
+    def validation_loss(self) -> float:
+        """Validation loss of the last epoch (``nan`` without a validation split)."""
+        return float(self.history[-1]["val_loss"]) if self.history else math.nan
+
+
+def _read(source, idx: np.ndarray) -> torch.Tensor:
+    if isinstance(source, torch.Tensor):
+        return source[torch.from_numpy(np.asarray(idx, dtype=np.int64))].to(torch.float32)
+    return torch.as_tensor(source[np.asarray(idx, dtype=np.int64)], dtype=torch.float32)
+
+
+def _preprocess(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
+    if x.ndim == 2:
+        x = x[None]
+    m = config.network_box(x.shape[-1])
+    if m != x.shape[-1]:
+        x = fourier_downsample_images(x, m)
+    if config.invert_contrast:
+        x = -x
+    return x
+
+
+def _mask(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
+    if config.mask_radius_fraction is None:
+        return x
+    from .rotinv import circular_mask
+
+    return x * circular_mask(x.shape[-1], radius_fraction=config.mask_radius_fraction, dtype=x.dtype)
+
+
+def fit_scaling(source, config: LatentTrainConfig, *, indices: np.ndarray | None = None) -> ImageScaling:
+    """Estimate :class:`ImageScaling` from the pixel quantiles of up to ``config.scaling_sample`` images.
+
+    Raises:
+        UserError: If the images are constant (no contrast to scale).
+    """
+    n = len(source)
+    pool = np.arange(n) if indices is None else np.asarray(indices)
+    rng = np.random.default_rng(config.seed)
+    take = np.sort(rng.choice(pool, size=min(len(pool), int(config.scaling_sample)), replace=False))
+    x = _preprocess(_read(source, take), config).flatten()
+    if x.numel() > 4_000_000:
+        x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(config.seed))[:4_000_000]]
+    lo, hi = torch.quantile(x.double(), torch.tensor(config.scaling_quantiles, dtype=torch.float64)).tolist()
+    if not hi > lo:
+        raise UserError("the particle images have no contrast (constant pixel values); nothing to learn")
+    return ImageScaling(low=float(lo), high=float(hi))
+
+
+def prepare_batch(source, idx: np.ndarray, config: LatentTrainConfig, scaling: ImageScaling) -> torch.Tensor:
+    """Read, downsample, invert (if asked), scale to [0, 1] and mask images ``idx``: ``(B, m, m)``.
+
+    The mask multiplies the scaled image, so outside it the pixels are 0, the value that
+    in-plane rotation (:func:`cryopose.training.rotinv.rotate_images`) pads with.
+    """
+    return _mask(scaling.apply(_preprocess(_read(source, idx), config)), config)
+
+
+def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
+
+
+def _cone(mu: torch.Tensor) -> torch.Tensor:
+    return (mu[:, 0] ** 2 + mu[:, 1] ** 2 - mu[:, 2] ** 2).pow(2).mean()
+
+
+def vaegan_losses(model: VAEGAN, x: torch.Tensor, config: LatentTrainConfig, *, generator: torch.Generator | None = None,
+                  lambda_reg: float | None = None) -> dict[str, torch.Tensor]:
+    """Encoder/decoder losses of one batch (see the module docstring).
+
+    Args:
+        model: The VAE-GAN (train or eval mode: eval uses ``z = μ``).
+        x: ``(B, m, m)`` images in [0, 1].
+        config: Loss weights.
+        generator: Source of the latent noise and prior samples.
+        lambda_reg: Override of ``config.lambda_reg`` (KL warm-up).
+
+    Returns:
+        Dict with ``total``, ``rec``, ``kl``, ``cone``, ``gan`` (0 when ``λ_GAN = 0``) and the
+        detached ``recon`` (sigmoid images) and ``prior`` (decoded prior samples or ``None``).
+    """
+    lam_reg = config.lambda_reg if lambda_reg is None else lambda_reg
+    logits, mu, logvar, _ = model(x, generator)
+    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
+    kl = _kl(mu, logvar)
+    cone = _cone(mu)
+    total = rec + lam_reg * kl + config.lambda_cone * cone
+    gan = torch.zeros((), dtype=x.dtype)
+    prior = None
+    equi = torch.zeros((), dtype=x.dtype)
+    if config.lambda_equivariance > 0 and model.training:
+        equi = _equivariance(model, x, mu, generator, order=int(config.equivariance_order),
+                             split=config.equivariance_normalization == "split")
+        total = total + config.lambda_equivariance * equi
+    if config.lambda_gan > 0 and model.training:
+        zp = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+        prior = torch.sigmoid(model.decoder(zp))
+        recon = torch.sigmoid(logits)
+        disc = model.discriminator
+        for p in disc.parameters():
+            p.requires_grad_(False)
+        gan = F.softplus(-disc(recon)).mean() + F.softplus(-disc(prior)).mean()
+        for p in disc.parameters():
+            p.requires_grad_(True)
+        total = total + config.lambda_gan * gan
+        prior = prior.detach()
+    return {"total": total, "rec": rec, "kl": kl, "cone": cone, "gan": gan, "equi": equi,
+            "recon": torch.sigmoid(logits.detach()), "prior": prior}
+
+
+def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: torch.Generator | None, *,
+                  order: int = 1, split: bool = False) -> torch.Tensor:
+    """Rotation-equivariance prior (an addition to the paper).
+
+    Each image is turned by a random ``θ`` (:func:`cryopose.training.rotinv.rotate_images`,
+    which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with
+    ``(μ₁, μ₂)`` turned by ``−k θ`` and ``μ₃…`` unchanged, so that the polar angle of ``(μ₁, μ₂)``
+    moves with ``k ψ`` and the in-plane orbit is a circle about the ``μ₃`` axis (``k = order``,
+    1 unless the view is ``k``-fold symmetric). ``split=False``: the squared error divided by
+    ``mean |μ|²`` (so that shrinking the whole latent does not satisfy it); ``split=True``: the
+    errors of ``(μ₁, μ₂)`` and of ``(μ₃, …)`` each divided by their own mean square, so that
+    shrinking ``(μ₁, μ₂)`` alone does not pay either.
+    """
+    from .rotinv import random_angles, rotate_images
+
+    theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
+    mu_rot, _ = model.encoder(rotate_images(x, theta))
+    c, s = torch.cos(order * theta), torch.sin(order * theta)
+    # turn (μ1, μ2) by −kθ: (c μ1 + s μ2, −s μ1 + c μ2)
+    target = mu.clone()
+    target[:, 0] = c * mu[:, 0] + s * mu[:, 1]
+    target[:, 1] = -s * mu[:, 0] + c * mu[:, 1]
+    d = (mu_rot - target).pow(2)
+    sq = mu.detach().pow(2)
+    if not split:
+        return d.sum(1).mean() / (sq.sum(1).mean() + 1e-6)
+    err = d[:, :2].sum(1).mean() / (sq[:, :2].sum(1).mean() + 1e-6)
+    return err + d[:, 2:].sum(1).mean() / (sq[:, 2:].sum(1).mean() + 1e-6)
+
+
+def _discriminator_loss(model: VAEGAN, x: torch.Tensor, recon: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    d = model.discriminator
+    return F.softplus(-d(x)).mean() + F.softplus(d(recon)).mean() + F.softplus(d(prior)).mean()
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(fraction * n)) if fraction > 0 else 0
+    if n_val >= n:
+        n_val = n - 1
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@torch.no_grad()
+def _validate(model: VAEGAN, source, idx: np.ndarray, config: LatentTrainConfig, scaling: ImageScaling,
+              batch_size: int = 256) -> dict[str, float]:
+    if len(idx) == 0:
+        return {"val_loss": math.nan, "val_rec": math.nan, "val_kl": math.nan, "val_cone": math.nan}
+    was = model.training
+    model.eval()
+    sums = {"rec": 0.0, "kl": 0.0, "cone": 0.0}
+    for start in range(0, len(idx), batch_size):
+        part = idx[start:start + batch_size]
+        out = vaegan_losses(model, prepare_batch(source, part, config, scaling), config)
+        for k in sums:
+            sums[k] += float(out[k]) * len(part)
+    model.train(was)
+    m = {k: v / len(idx) for k, v in sums.items()}
+    total = m["rec"] + config.lambda_reg * m["kl"] + config.lambda_cone * m["cone"]
+    return {"val_loss": total, "val_rec": m["rec"], "val_kl": m["kl"], "val_cone": m["cone"]}
+
+
+def save_latent_checkpoint(path, result_or_state: dict) -> None:
+    """Write a checkpoint dict atomically (``torch.save`` to a temporary file, then rename)."""
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(result_or_state, tmp)
+
+
+def _state(model: VAEGAN, opt_g, opt_d, *, config: LatentTrainConfig, scaling: ImageScaling, epoch: int,
+           history: list, split: tuple[np.ndarray, np.ndarray], box_size: int, generator: torch.Generator) -> dict:
+    return {
+        "kind": _KIND,
+        "cryopose_version": __version__,
+        "train_config": dataclasses.asdict(config),
+        "model_config": dataclasses.asdict(model.config),
+        "scaling": dataclasses.asdict(scaling),
+        "model": model.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict() if opt_d is not None else None,
+        "epoch": epoch,
+        "history": history,
+        "train_indices": split[0],
+        "validation_indices": split[1],
+        "box_size": int(box_size),
+        "generator_state": generator.get_state(),
+    }
+
+
+def load_latent_checkpoint(path) -> tuple[VAEGAN, ImageScaling, LatentTrainConfig, dict]:
+    """Load a checkpoint written by :func:`train_vaegan`.
+
+    Returns:
+        ``(model in eval mode, scaling, train config, the raw checkpoint dict)``.
+
+    Raises:
+        UserError: Missing file or not a VAE-GAN checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (run `cryopose latent train` first)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"{path}: cannot read checkpoint ({err.__class__.__name__}: {err})") from None
+    if not isinstance(ck, dict) or ck.get("kind") != _KIND:
+        raise UserError(f"{path}: not a cryopose VAE-GAN checkpoint")
+    tc = dict(ck["train_config"])
+    config = LatentTrainConfig(**tc)
+    model = VAEGAN(VAEGANConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, ImageScaling(**ck["scaling"]), config, ck
+
+
+def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, resume: bool = False,
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 trial_callback: Callable[[int, dict], None] | None = None) -> LatentTrainResult:
+    """Train the VAE-GAN on particle images (Miolane et al. 2020, Sec. 3.1).
+
+    Args:
+        source: Images ``(N, n, n)``: a tensor or a :class:`~cryopose.io.particles.ParticleStack`
+            (read a batch at a time).
+        config: :class:`LatentTrainConfig`.
+        checkpoint_path: Where to write the checkpoint after every epoch (atomic); ``None``
+            writes none.
+        resume: Continue from ``checkpoint_path`` if it exists (same data and config).
+        progress: Show a tqdm progress bar over the steps.
+        log: Called with one line per epoch.
+        trial_callback: Called with ``(epoch, history row)`` after every epoch (Optuna
+            pruning); may raise to stop.
+
+    Returns:
+        :class:`LatentTrainResult`.
+
+    Raises:
+        UserError: Fewer images than two batches, or a checkpoint that does not match.
+    """
+    n = len(source)
+    train_idx, val_idx = _split(n, config.validation_fraction, config.seed)
+    if len(train_idx) < 2 * config.batch_size:
+        raise UserError(f"{n} images are too few to train with batch size {config.batch_size} "
+                        f"(need at least {2 * config.batch_size} training images)")
+    first = _read(source, np.array([0]))
+    box = int(first.shape[-1])
+    torch.manual_seed(config.seed)  # initialisation of the networks
+    model = VAEGAN(config.model_config(box))
+    params_g = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt_g = torch.optim.Adam(params_g, lr=config.learning_rate, betas=config.betas)
+    opt_d = (torch.optim.Adam(model.discriminator.parameters(), lr=config.learning_rate, betas=config.betas)
+             if config.lambda_gan > 0 else None)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    history: list[dict] = []
+    start_epoch = 0
+    scaling = None
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        _, scaling, old_config, ck = load_latent_checkpoint(checkpoint_path)
+        if ck["box_size"] != box or len(ck["train_indices"]) + len(ck["validation_indices"]) != n:
+            raise UserError(f"{checkpoint_path}: checkpoint was trained on other data; use another output folder")
+        if dataclasses.replace(old_config, epochs=config.epochs) != config:
+            raise UserError(f"{checkpoint_path}: checkpoint was trained with other options; only --epochs may change")
+        model.load_state_dict(ck["model"])
+        opt_g.load_state_dict(ck["opt_g"])
+        if opt_d is not None and ck["opt_d"] is not None:
+            opt_d.load_state_dict(ck["opt_d"])
+        gen.set_state(ck["generator_state"])
+        history = list(ck["history"])
+        start_epoch = int(ck["epoch"])
+    if scaling is None:
+        scaling = fit_scaling(source, config, indices=train_idx)
+    steps = len(train_idx) // config.batch_size
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps * max(0, config.epochs - start_epoch), unit="step", desc="latent train",
+               disable=not progress, leave=False)
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        order = train_idx[rng.permutation(len(train_idx))]
+        frac = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
+            1 + math.cos(math.pi * epoch / config.epochs))
+        for opt in (opt_g, opt_d):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = config.learning_rate * frac
+        lam_reg = config.lambda_reg
+        if config.kl_warmup_epochs > 0:
+            lam_reg *= min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "cone": 0.0, "gan": 0.0, "equi": 0.0, "disc": 0.0}
+        for s in range(steps):
+            x = prepare_batch(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size]), config, scaling)
+            out = vaegan_losses(model, x, config, generator=gen, lambda_reg=lam_reg)
+            opt_g.zero_grad(set_to_none=True)
+            out["total"].backward()
+            opt_g.step()
+            if opt_d is not None:
+                dl = _discriminator_loss(model, x, out["recon"], out["prior"])
+                opt_d.zero_grad(set_to_none=True)
+                dl.backward()
+                opt_d.step()
+                sums["disc"] += float(dl.detach())
+            sums["loss"] += float(out["total"].detach())
+            for k in ("rec", "kl", "cone", "gan", "equi"):
+                sums[k] += float(out[k].detach())
+            bar.update(1)
+        row = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}, "lambda_reg": lam_reg}
+        row.update(_validate(model, source, val_idx, config, scaling))
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if log is not None:
+            log(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4g} rec {row['rec']:.4g} "
+                f"kl {row['kl']:.3g} cone {row['cone']:.3g} equi {row['equi']:.3g} val {row['val_loss']:.4g} ({row['seconds']:.1f} s)")
+        if checkpoint_path is not None:
+            save_latent_checkpoint(checkpoint_path, _state(model, opt_g, opt_d, config=config, scaling=scaling,
+                                                           epoch=epoch + 1, history=history,
+                                                           split=(train_idx, val_idx), box_size=box, generator=gen))
+        if trial_callback is not None:
+            trial_callback(epoch + 1, row)
+    bar.close()
+    model.eval()
+    return LatentTrainResult(model=model, scaling=scaling, config=config, history=history,
+                             train_indices=train_idx, validation_indices=val_idx, box_size=box)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentCodes:
+    """Encoder outputs for every image of a data set.
+
+    Attributes:
+        mu: ``(N, L)`` float64 latent means.
+        logvar: ``(N, L)`` float64 latent log-variances.
+        reconstruction_loss: ``(N,)`` float64 BCE (nats, summed over pixels) of the decoding
+            of ``μ`` against the image.
+    """
+
+    mu: np.ndarray
+    logvar: np.ndarray
+    reconstruction_loss: np.ndarray
+
+
+@torch.no_grad()
+def encode_latents(model: VAEGAN, source, config: LatentTrainConfig, scaling: ImageScaling, *,
+                   batch_size: int = 256, progress: bool = False) -> LatentCodes:
+    """Latent means, log-variances and reconstruction losses of every image of ``source``.
+
+    Returns:
+        :class:`LatentCodes`.
+    """
+    model.eval()
+    n = len(source)
+    mus, lvs, recs = [], [], []
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not progress, leave=False):
+        idx = np.arange(start, min(n, start + batch_size))
+        x = prepare_batch(source, idx, config, scaling)
+        mu, lv = model.encoder(x)
+        rec = F.binary_cross_entropy_with_logits(model.decoder(mu), x, reduction="none").flatten(1).sum(1)
+        mus.append(mu.double())
+        lvs.append(lv.double())
+        recs.append(rec.double())
+    return LatentCodes(mu=torch.cat(mus).numpy(), logvar=torch.cat(lvs).numpy(),
+                       reconstruction_loss=torch.cat(recs).numpy())
+
+
+@torch.no_grad()
+def reconstruct(model: VAEGAN, source, idx: np.ndarray, config: LatentTrainConfig,
+                scaling: ImageScaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, reconstructions)`` of images ``idx``, both ``(B, m, m)`` in [0, 1] (``z = μ``)."""
+    model.eval()
+    x = prepare_batch(source, np.asarray(idx), config, scaling)
+    return x, torch.sigmoid(model(x)[0])
+
+
+def hyperparameter_search(source, base: LatentTrainConfig, *, n_trials: int = 10, timeout_s: float | None = None,
+                          search_space: dict | None = None, seed: int = 0,
+                          log: Callable[[str], None] | None = None) -> tuple[LatentTrainConfig, list[dict]]:
+    """Search the learning rate, decoder depth, ``λ_reg`` and ``λ_GAN`` on the validation loss (Optuna).
+
+    Uses Optuna's TPE sampler (seeded) with median pruning per epoch. Optuna is an optional
+    dependency (``pip install cryopose[hpo]``).
+
+    Args:
+        source: Images, as for :func:`train_vaegan`.
+        base: Options kept fixed (epochs, latent dimension, ...).
+        n_trials: Number of trials.
+        timeout_s: Stop starting new trials after this many seconds.
+        search_space: Overrides of the ranges ``{"learning_rate": (lo, hi), "lambda_reg": (lo, hi),
+            "lambda_gan": (lo, hi), "extra_decoder_depth": (lo, hi)}`` (log-uniform for the first
+            three, integers for the last).
+        seed: Sampler seed.
+        log: Called with one line per trial.
+
+    Returns:
+        ``(best config, one dict per trial)``.
+
+    Raises:
+        UserError: If Optuna is not installed, or no trial finished.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("hyper-parameter search needs Optuna: pip install 'cryopose[hpo]' (or pip install optuna)") from None
+    from ..models.vaegan import conv_plan
+
+    space = {"learning_rate": (1e-4, 3e-3), "lambda_reg": (1e-3, 1e-1), "lambda_gan": (1e-3, 1.0),
+             "extra_decoder_depth": (0, 2)}
+    space.update(search_space or {})
+    box = int(_read(source, np.array([0])).shape[-1])
+    min_depth = len(conv_plan(base.network_box(box))) - 1
+    trials: list[dict] = []
+
+    def objective(trial):
+        cfg = dataclasses.replace(
+            base,
+            learning_rate=trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
+            lambda_reg=trial.suggest_float("lambda_reg", *space["lambda_reg"], log=True),
+            lambda_gan=trial.suggest_float("lambda_gan", *space["lambda_gan"], log=True),
+            decoder_depth=min_depth + trial.suggest_int("extra_decoder_depth", *space["extra_decoder_depth"]),
+        )
+
+        def elbo(h):  # the validation loss with λ_reg = 1: one scale for every trial
+            return h["val_rec"] + h["val_kl"] + base.lambda_cone * h["val_cone"]
+
+        def report(epoch, row):
+            trial.report(elbo(row), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        res = train_vaegan(source, cfg, progress=False, trial_callback=report)
+        value = elbo(res.history[-1])
+        trials.append({"number": trial.number, "value": value, **trial.params})
+        if log is not None:
+            log(f"trial {trial.number}: {value:.5g} {trial.params}")
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_warmup_steps=1))
+    study.optimize(objective, n_trials=int(n_trials), timeout=timeout_s)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UserError("hyper-parameter search: no trial finished (raise --hpo-trials or the timeout)")
+    p = study.best_params
+    best = dataclasses.replace(base, learning_rate=p["learning_rate"], lambda_reg=p["lambda_reg"],
+                               lambda_gan=p["lambda_gan"], decoder_depth=min_depth + p["extra_decoder_depth"])
+    return best, trials

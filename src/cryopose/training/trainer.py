@@ -1,0 +1,338 @@
+"""Joint training of the CryoPoseNet encoder and volume, and amortized pose inference.
+
+Each step (Nashed et al., ICCV-W 2021, with the follow-ups of
+:mod:`cryopose.models.cryoposenet`):
+
+1. a batch of normalised working-box images ``Y`` is encoded into ``H`` pose hypotheses (and,
+   with the symmetrised loss, ``Y`` turned by 180° into ``H`` more, mapped back by
+   ``diag(−1, −1, 1)``);
+2. the volume is Fourier-transformed once (:meth:`VoxelVolume.prepare`), sliced at every
+   candidate pose, multiplied by the particle's CTF and shifted to its origin;
+3. the loss is the mean squared Fourier residual over ``1 <= |k| < r`` of each image's best
+   candidate (:mod:`cryopose.training.losses`), ``r`` growing linearly from
+   ``march_start · n/2`` to ``n/2`` over the first ``march_fraction`` of the steps (frequency
+   marching, as cryoAI);
+4. Adam updates encoder (``lr``) and volume (``volume_lr``) together, both rates following a
+   cosine from 1 to ``lr_final_fraction`` of their value over the run.
+
+The batch order comes from one seeded ``torch.Generator``; a checkpoint (written atomically at
+the end of every epoch and when training is interrupted with Ctrl-C) holds the model, the
+optimiser, the generator state, the permutation of the current epoch and the position in it,
+so ``resume`` continues the same run: an interrupted-and-resumed run ends with the same
+parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.dataset import ParticleDataset
+from ..data.transforms import rotate_half_turn
+from ..fourier import centered_fft2
+from ..models.cryoposenet import CryoPoseNet, rotate_half_turn_poses
+from ..rotations import geodesic_distance_deg
+from .checkpoint import save_checkpoint
+from .config import TrainingConfig
+from .losses import best_candidate_loss, candidate_posteriors, fourier_residuals, frequency_band_mask
+
+__all__ = ["Trainer", "PoseInference", "candidate_poses", "infer_poses", "march_radius", "lr_factor", "idle_cores"]
+
+
+def lr_factor(step: int, total_steps: int, config: TrainingConfig) -> float:
+    """Learning-rate multiplier at ``step``: cosine from 1 to ``lr_final_fraction``."""
+    f = config.lr_final_fraction
+    if f >= 1.0 or total_steps <= 1:
+        return 1.0
+    t = min(1.0, step / (total_steps - 1))
+    return f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def idle_cores(own_load: float = 1.0) -> int:
+    """CPU cores not busy with other processes, >= 1.
+
+    ``cpu_count − round(load − own_load)`` with ``load`` the 1-minute load average and
+    ``own_load`` this process's share of it (its threads while it has been computing).
+    Intra-op threads that share a busy core with other processes spin at OpenMP barriers; on a
+    loaded 2-core machine a 2-thread training step was measured 12× slower than a 1-thread
+    one, so the trainer uses only the idle cores unless ``num_threads`` is set.
+    """
+    import os
+
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return n
+    return int(max(1, min(n, n - round(max(0.0, load - own_load)))))
+
+
+def march_radius(step: int, total_steps: int, box_size: int, config: TrainingConfig) -> float:
+    """Loss radius (cycles per box) at ``step``: linear from ``march_start · n/2`` to ``n/2``."""
+    nyq = box_size / 2.0
+    r0 = config.march_start * nyq
+    span = config.march_fraction * total_steps
+    frac = 1.0 if span <= 0 else min(1.0, step / span)
+    return r0 + (nyq - r0) * frac
+
+
+def candidate_poses(model: CryoPoseNet, images: torch.Tensor, *, symmetric: bool):
+    """Candidate poses ``(B, C, 3, 3)`` and shift corrections of a batch.
+
+    ``C = H`` hypotheses, or ``2H`` with the symmetrised loss: the poses of ``Y`` then those of
+    ``R_π Y`` turned back (``diag(−1, −1, 1) @ R``). Shift corrections ``(B, C, 2)`` (working
+    pixels; those of ``R_π Y`` negated) or ``None``.
+    """
+    out = model.encode(images)
+    rot, sh = out.rotmats, out.shifts_px
+    h = rot.shape[1]
+    shifts = None if sh is None else sh[:, None].expand(-1, h, 2)
+    if symmetric:
+        out2 = model.encode(rotate_half_turn(images))
+        rot = torch.cat([rot, rotate_half_turn_poses(out2.rotmats)], dim=1)
+        if sh is not None:
+            shifts = torch.cat([shifts, -out2.shifts_px[:, None].expand(-1, h, 2)], dim=1)
+    return rot, shifts
+
+
+def _predict(model: CryoPoseNet, vft, batch, rot: torch.Tensor, shifts: torch.Tensor | None) -> torch.Tensor:
+    """Predicted transforms ``(B, C, n, n)`` of every candidate (shift corrections per candidate)."""
+    if shifts is None:
+        return model.render(vft, rot, ctf=batch.ctf, shifts_px=batch.shifts_px)
+    b, c = rot.shape[:2]
+    base = batch.shifts_px if batch.shifts_px is not None else torch.zeros(b, 2)
+    total = (base[:, None] + shifts).reshape(b * c, 2)
+    ctf = None if batch.ctf is None else batch.ctf.repeat_interleave(c, dim=0)
+    pred = model.render(vft, rot.reshape(b * c, 1, 3, 3), ctf=ctf, shifts_px=total)
+    return pred.reshape(b, c, *pred.shape[-2:])
+
+
+class Trainer:
+    """Optimise a :class:`CryoPoseNet` on a :class:`ParticleDataset`.
+
+    Args:
+        model: The network and volume (its volume ``scale`` already set).
+        dataset: Working-box particles.
+        config: :class:`TrainingConfig`.
+        checkpoint_path: Where to write the checkpoint (``None``: never).
+        checkpoint_extra: Extra entries stored in every checkpoint (run config, normalisation).
+        progress: Show a tqdm progress bar with the running loss.
+        on_epoch_end: Called as ``f(trainer)`` after each epoch's checkpoint.
+    """
+
+    def __init__(self, model: CryoPoseNet, dataset: ParticleDataset, config: TrainingConfig, *,
+                 checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
+                 progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None):
+        self.model, self.dataset, self.config = model, dataset, config
+        self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.progress = progress
+        self.on_epoch_end = on_epoch_end
+        self.optimizer = torch.optim.Adam([
+            {"params": model.encoder_parameters(), "lr": config.lr},
+            {"params": list(model.volume.parameters()), "lr": config.volume_lr},
+        ])
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.steps_per_epoch = max(1, len(dataset) // config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.epoch = 0
+        self.position = 0  # batches done in the current epoch
+        self.step = 0
+        self.permutation: torch.Tensor | None = None
+        self.history: dict[str, list] = {"step": [], "epoch": [], "loss": [], "radius": [], "seconds": []}
+        self.epoch_losses: list[float] = []
+        self.elapsed = 0.0
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """Everything needed to continue the run (see the module docstring)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "position": self.position,
+            "step": self.step,
+            "permutation": self.permutation,
+            "history": self.history,
+            "epoch_losses": self.epoch_losses,
+            "elapsed": self.elapsed,
+            **self.checkpoint_extra,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state written by :meth:`state_dict` (for ``--resume``)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.position, self.step = int(state["epoch"]), int(state["position"]), int(state["step"])
+        self.permutation = state["permutation"]
+        self.history = state["history"]
+        self.epoch_losses = list(state["epoch_losses"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    def save(self) -> Path | None:
+        """Write the checkpoint atomically (no-op without ``checkpoint_path``)."""
+        if self.checkpoint_path is None:
+            return None
+        return save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    @property
+    def finished(self) -> bool:
+        """All epochs done."""
+        return self.epoch >= self.config.epochs
+
+    # ---------------------------------------------------------------- training
+    def train_step(self, indices: torch.Tensor) -> tuple[float, float]:
+        """One optimisation step on the given particles; returns ``(loss, radius)``."""
+        n = self.dataset.box_size
+        batch = self.dataset.batch(indices.numpy())
+        radius = march_radius(self.step, self.total_steps, n, self.config)
+        mask = frequency_band_mask(n, radius)
+        target = centered_fft2(batch.images) / n
+        scale = lr_factor(self.step, self.total_steps, self.config)
+        for group, base in zip(self.optimizer.param_groups, (self.config.lr, self.config.volume_lr)):
+            group["lr"] = base * scale
+        rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss)
+        vft = self.model.volume.prepare()
+        pred = _predict(self.model, vft, batch, rot, shifts)
+        residuals = fourier_residuals(pred, target, mask)
+        loss, _ = best_candidate_loss(residuals, mean_weight=self.config.hypothesis_mean_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), radius
+
+    def train(self) -> None:
+        """Run (or continue) training to ``config.epochs``.
+
+        Writes the checkpoint after every epoch. On ``KeyboardInterrupt`` the state after the
+        last completed step is written before the exception propagates, so ``resume`` picks
+        up where the run stopped.
+        """
+        from tqdm import tqdm
+
+        threads = torch.get_num_threads()
+        bs = self.config.batch_size
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc="abinitio",
+                   disable=not self.progress, dynamic_ncols=True)
+        t_start = time.perf_counter() - self.elapsed
+        self.model.train()
+        try:
+            while not self.finished:
+                torch.set_num_threads(self.config.num_threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
+                if self.permutation is None or self.position == 0:
+                    self.permutation = torch.randperm(len(self.dataset), generator=self.generator)
+                running: list[float] = []
+                while self.position < self.steps_per_epoch:
+                    idx = self.permutation[self.position * bs:(self.position + 1) * bs]
+                    loss, radius = self.train_step(idx)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
+                                                 "lower --lr or the volume learning rate")
+                    self.position += 1
+                    self.step += 1
+                    running.append(loss)
+                    self.elapsed = time.perf_counter() - t_start
+                    if self.step % self.config.log_every == 0 or self.position == self.steps_per_epoch:
+                        for key, value in (("step", self.step), ("epoch", self.epoch + self.position / self.steps_per_epoch),
+                                           ("loss", float(np.mean(running[-self.config.log_every:]))),
+                                           ("radius", radius), ("seconds", self.elapsed)):
+                            self.history[key].append(value)
+                    bar.update(1)
+                    bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4f}", radius=f"{radius:.1f}")
+                self.epoch_losses.append(float(np.mean(running)) if running else float("nan"))
+                self.epoch += 1
+                self.position = 0
+                self.save()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            bar.close()
+            torch.set_num_threads(threads)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoseInference:
+    """Poses inferred for a data set.
+
+    Attributes:
+        rotmats: ``(N, 3, 3)`` best candidate pose per particle (RELION matrices).
+        shifts_px: ``(N, 2)`` total origins in working pixels (metadata + correction), or
+            ``None`` when neither the metadata nor the model gives shifts.
+        confidence: ``(N,)`` posterior probability (white-noise likelihood, uniform prior over
+            the candidates) of the chosen pose, counting candidates within ``merge_deg`` of it
+            as the same pose.
+        residual: ``(N,)`` mean squared Fourier residual of the chosen pose.
+        noise_variance: The per-coefficient noise variance used for the posteriors.
+    """
+
+    rotmats: torch.Tensor
+    shifts_px: torch.Tensor | None
+    confidence: torch.Tensor
+    residual: torch.Tensor
+    noise_variance: float
+
+
+@torch.no_grad()
+def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool, batch_size: int = 256,
+                merge_deg: float = 10.0, progress: bool = False) -> PoseInference:
+    """Amortized inference: encode every particle, keep its best candidate against the volume.
+
+    Candidates are the model's hypotheses (and their 180°-turned counterparts with
+    ``symmetric``); each is scored by its full-band Fourier residual against the image.
+
+    Args:
+        model: Trained model.
+        dataset: Particles (training or unseen).
+        symmetric: Also score poses of the images turned by 180° (as trained).
+        batch_size: Images per forward pass.
+        merge_deg: Candidates closer than this to the best count as the same pose in the
+            confidence.
+        progress: Show a progress bar.
+
+    Returns:
+        :class:`PoseInference`.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    n = dataset.box_size
+    mask = frequency_band_mask(n, n / 2.0)
+    vft = model.volume.prepare()
+    rots, shifts, residuals, near = [], [], [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="poses", disable=not progress):
+        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
+        rot, sh = candidate_poses(model, batch.images, symmetric=symmetric)
+        pred = _predict(model, vft, batch, rot, sh)
+        res = fourier_residuals(pred, centered_fft2(batch.images) / n, mask)
+        best = res.argmin(dim=1)
+        ar = torch.arange(rot.shape[0])
+        best_rot = rot[ar, best]
+        rots.append(best_rot)
+        residuals.append(res)
+        near.append(geodesic_distance_deg(rot, best_rot[:, None]) < merge_deg)
+        total = batch.shifts_px
+        if sh is not None:
+            corr = sh[ar, best]
+            total = corr if total is None else total + corr
+        if total is not None:
+            shifts.append(total)
+    model.train(was_training)
+    res = torch.cat(residuals)
+    best_res = res.min(dim=1).values
+    sigma2 = float(best_res.median().clamp_min(1e-12))
+    post = candidate_posteriors(res, float(mask.sum()), sigma2)
+    confidence = (post * torch.cat(near).to(post.dtype)).sum(dim=1)
+    return PoseInference(rotmats=torch.cat(rots), shifts_px=torch.cat(shifts) if shifts else None,
+                         confidence=confidence, residual=best_res, noise_variance=sigma2)

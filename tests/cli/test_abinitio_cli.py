@@ -1,0 +1,128 @@
+"""``cryopose abinitio`` and ``cryopose predict`` on a tiny simulated data set (16 px, ~100 particles)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cryopose import __version__
+from cryopose.cli.main import main
+from cryopose.fourier import fourier_downsample_volume
+from cryopose.io.mrc import read_map
+from cryopose.io.particles import load_particles
+from cryopose.pipelines.demo import BETAGAL_MAP, BETAGAL_PIXEL_SIZE, bundled_path
+from cryopose.simulate.simulator import SimulationConfig, simulate_particles
+
+BOX = 16
+APIX = BETAGAL_PIXEL_SIZE * 64 / BOX
+
+
+def _simulate(folder: Path, n: int, seed: int, name: str = "particles") -> Path:
+    vol = torch.from_numpy(read_map(bundled_path(BETAGAL_MAP), pixel_size_angstrom=BETAGAL_PIXEL_SIZE).volume.copy())
+    small = fourier_downsample_volume(vol.double(), BOX).float()
+    cfg = SimulationConfig(snr=1.0, shift_max_angstrom=10.0, defocus_range_angstrom=(15000.0, 25000.0))
+    res = simulate_particles(small, pixel_size_angstrom=APIX, n_particles=n, config=cfg, generator=seed,
+                             output=folder / name)
+    return res.star_path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One finished 1-epoch run (shared by the tests that only read its outputs)."""
+    folder = tmp_path_factory.mktemp("abinitio")
+    star = _simulate(folder, 96, seed=0)
+    out = folder / "run"
+    rc = main(["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "1",
+               "--batch-size", "32", "--hypotheses", "2", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    return folder, star, out
+
+
+def test_abinitio_writes_every_output(run_dir):
+    folder, star, out = run_dir
+    for name in ("poses.star", "map.mrc", "map_half1.mrc", "map_half2.mrc", "fsc.json", "encoder.pt",
+                 "checkpoint.pt", "config.yaml", "summary.json", "report.html", "loss.png", "fsc.png",
+                 "angles.png", "slices.png", "projections.png"):
+        assert (out / name).is_file(), name
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["cryopose_version"] == __version__
+    assert cfg["command_line"].startswith("cryopose abinitio ")
+    assert cfg["config"]["model"]["pose_param"] == "s2s2"
+    html = (out / "report.html").read_text()
+    assert "loss.png" in html and "projections.png" in html
+    m = read_map(out / "map.mrc")
+    assert m.volume.shape == (BOX,) * 3 and m.pixel_size_angstrom == pytest.approx(APIX, rel=1e-4)
+
+
+def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir):
+    _, star, out = run_dir
+    _, truth = load_particles(star)
+    _, est = load_particles(out / "poses.star")
+    assert len(est) == len(truth)
+    assert est.pixel_size_angstrom == pytest.approx(truth.pixel_size_angstrom)
+    assert [Path(p).name for p in est.image_paths] == [Path(p).name for p in truth.image_paths]
+    assert np.array_equal(est.image_indices, truth.image_indices)
+    assert est.rotmats is not None and torch.isfinite(est.rotmats).all()
+    assert torch.allclose(est.shifts_angstrom, truth.shifts_angstrom, atol=1e-3)  # origins from the STAR
+    conf = est.table["rlnCryoposeConfidence"].to_numpy(dtype=float)
+    assert conf.shape == (len(est),) and ((conf > 0) & (conf <= 1 + 1e-6)).all()
+    assert "rlnAngleRot" in est.table.columns and "rlnOriginXAngst" in est.table.columns
+
+
+def test_predict_on_unseen_particles(run_dir, tmp_path):
+    folder, _, out = run_dir
+    new = _simulate(tmp_path, 20, seed=5, name="unseen")
+    rc = main(["predict", str(out / "encoder.pt"), str(new), "-o", str(tmp_path / "pred.star"), "--no-progress"])
+    assert rc == 0
+    _, meta = load_particles(tmp_path / "pred.star")
+    assert len(meta) == 20 and meta.rotmats.shape == (20, 3, 3)
+    assert "rlnCryoposeConfidence" in meta.table.columns
+
+
+def test_predict_rejects_a_different_physical_box(run_dir, tmp_path, capsys):
+    _, star, out = run_dir
+    rc = main(["predict", str(out / "encoder.pt"), str(star), "-o", str(tmp_path / "p.star"),
+               "--pixel-size", str(APIX * 2), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0]
+
+
+def test_interrupt_then_resume_finishes_the_same_run(tmp_path, monkeypatch):
+    from cryopose.training import trainer as trainer_mod
+
+    star = _simulate(tmp_path, 64, seed=1)
+    out = tmp_path / "run"
+    args = ["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "2", "--batch-size", "32",
+            "--threads", "1", "--no-progress", "--no-report", "--no-reconstruct"]
+    orig = trainer_mod.Trainer.train_step
+    calls = {"n": 0}
+
+    def stop_after_three(self, idx):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return orig(self, idx)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", stop_after_three)
+    assert main(args) == 130
+    assert (out / "checkpoint.pt").is_file() and (out / "encoder.pt").is_file()
+    assert not (out / "poses.star").exists()
+    monkeypatch.setattr(trainer_mod.Trainer, "train_step", orig)
+    assert main(args) == 2  # an existing run needs --resume
+    assert main(args + ["--resume"]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 2 and state["step"] == 4
+    assert (out / "poses.star").is_file()
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+    assert main(["abinitio", str(tmp_path / "missing.star"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["abinitio", str(tmp_path / "x.star"), "-o", str(tmp_path / "o"), "--epochs", "0"]) == 2
+    assert main(["abinitio", str(tmp_path / "x.star"), "-o", str(tmp_path / "o2"), "--resume"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 3 and all(ln.startswith("cryopose abinitio: error:") for ln in lines)

@@ -1,0 +1,93 @@
+"""``cryopose train-supervised`` and ``cryopose refine`` on tiny simulated sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cryopose.cli.main import main
+from cryopose.io.mrc import read_map
+from cryopose.io.star import read_star
+from cryopose.models.supervised import load_pose_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on a shared, loaded CPU, torch's default thread pool makes these
+    small problems many times slower (measured 10× for the training smoke test)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _simulate(tmp_path, shared_data, n, box=16):
+    sim = tmp_path / "sim" / "p"
+    assert main(["simulate", "-i", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "--box-size", str(box),
+                 "-n", str(n), "-o", str(sim), "--snr", "2", "--seed", "2", "--no-progress"]) == 0
+    return sim.with_suffix(".star")
+
+
+_NET = ["--width", "4", "--batch-size", "8", "--threads", "1"]
+
+
+def test_train_supervised_writes_model_report_and_config(tmp_path, shared_data, capsys):
+    star = _simulate(tmp_path, shared_data, 40)
+    out = tmp_path / "train"
+    rc = main(["train-supervised", str(star), "--poses", str(star), "--reference",
+               str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out), "--iterations", "4",
+               "--cv-w", "--cv-iterations", "1", "--cv-max-particles", "10", *_NET])
+    assert rc == 0
+    assert "w = " in capsys.readouterr().out
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["n_train"] == 32 and report["n_test"] == 8
+    assert report["cv"]["w_values"] == [round(0.1 * i, 1) for i in range(11)]
+    assert len(report["cv"]["scores"]) == 11 and len(report["cv"]["scores"][0]) == 5
+    assert report["w"] == report["cv"]["best_w"]
+    assert {"median_error_deg", "mean_error_deg", "reprojection_rmse"} <= set(report["test_metrics"])
+    assert len(report["loss_curve"]["loss"]) == 4
+    ckpt = torch.load(out / "model.pt", weights_only=False)
+    assert ckpt["model_kind"] == "supervised" and ckpt["extra"]["w"] == report["w"]
+    rot, shifts = load_pose_model(out / "model.pt")(torch.randn(3, 16, 16))
+    assert rot.shape == (3, 3, 3) and shifts is None
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["command_line"].startswith("cryopose train-supervised")
+
+
+def test_train_supervised_rejects_labels_without_poses(tmp_path, shared_data):
+    star = shared_data / "particles" / "empiar10076_7ptcl" / "empiar_10076_7.star"
+    rc = main(["train-supervised", str(star), "--poses", str(star), "--reference",
+               str(shared_data / "maps" / "10076_classD_32.mrc"), "--map-pixel-size", "13.1",
+               "-o", str(tmp_path / "t"), "--iterations", "1"])
+    assert rc == 2
+
+
+def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys):
+    star = _simulate(tmp_path, shared_data, 40)
+    out = tmp_path / "refine"
+    rc = main(["refine", str(star), "--reference", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out),
+               "--labeled-fraction", "0.5", "--iterations", "3", "--step", "30", "--final-step", "7.5",
+               "--local-refine", "--local-step", "7.5", *_NET])
+    assert rc == 0
+    assert "20 searched + 20 inferred" in capsys.readouterr().out
+    meta = read_star(out / "particles.star")
+    src = meta.table["rlnCryoposePoseSource"].to_numpy(dtype=int)
+    assert (src == 0).sum() == 20 and (src == 2).sum() == 20
+    assert meta.rotmats is not None and np.isfinite(meta.rotmats.numpy()).all()
+    assert meta.box_size == 16 and meta.pixel_size_angstrom == read_star(star).pixel_size_angstrom
+    for name in ("map.mrc", "half1.mrc", "half2.mrc", "map_network_only.mrc"):
+        assert read_map(out / name).volume.shape == (16, 16, 16)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("resolution_fsc0p143_angstrom", "known_pose_resolution_fsc0p143_angstrom", "resolution_ratio_fsc0p143",
+                "per_particle_seconds", "pose_errors_vs_input", "test_metrics_vs_search_labels",
+                "vs_reference_fsc0p5_angstrom", "network_only_resolution_fsc0p143_angstrom",
+                "known_pose_vs_reference_fsc0p5_angstrom"):
+        assert key in report
+    assert report["pose_errors_vs_input"]["search"]["n"] == 20
+    assert report["pose_errors_vs_input"]["network+local"]["n"] == 20
+    assert (out / "fsc.png").is_file() and (out / "config.yaml").is_file()
+    assert torch.load(out / "model.pt", weights_only=False)["model_kind"] == "supervised"

@@ -1,0 +1,212 @@
+"""CryoPoseNet training: losses, frequency marching, a 1-epoch smoke run, checkpoint → resume
+equivalence, Ctrl-C checkpoints, and amortized inference on unseen particles (tiny, seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from cryopose.ctf import CTFParams
+from cryopose.data.dataset import ParticleDataset, TensorStack
+from cryopose.data.transforms import estimate_normalization, normalize, rotate_half_turn
+from cryopose.errors import InputFileError, UserError
+from cryopose.fourier import centered_fft2, fourier_downsample_volume
+from cryopose.io.particles import ParticleMetadata
+from cryopose.models.volume import spherical_mask
+from cryopose.pipelines.abinitio import build_model
+from cryopose.projection import project
+from cryopose.rotations import random_rotations
+from cryopose.training.checkpoint import load_checkpoint, save_checkpoint
+from cryopose.training.config import AbinitioConfig, ModelConfig, TrainingConfig, config_from_dict
+from cryopose.training.losses import (best_candidate_loss, candidate_posteriors, fourier_residuals,
+                                      frequency_band_mask)
+from cryopose.training.trainer import Trainer, infer_poses, march_radius
+
+N_BOX = 16
+APIX = 8.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: results reproducible and fast on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _volume() -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    v = torch.zeros(32, 32, 32, dtype=torch.float64)
+    for _ in range(6):  # a few Gaussian blobs: asymmetric, smooth
+        c = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 14
+        k = torch.arange(32, dtype=torch.float64) - 16
+        z, y, x = torch.meshgrid(k, k, k, indexing="ij")
+        v += torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 8.0)
+    return fourier_downsample_volume(v, N_BOX) * spherical_mask(N_BOX, 6.5, dtype=torch.float64)
+
+
+def _particles(n: int, seed: int, noise: float = 0.5):
+    g = torch.Generator().manual_seed(seed)
+    rot = random_rotations(n, generator=g)
+    du = 15000 + 5000 * torch.rand(n, generator=g)
+    ctf = CTFParams.create(defocus_u_angstrom=du, defocus_v_angstrom=du - 200, defocus_angle_deg=20.0)
+    from cryopose.ctf import compute_ctf
+
+    clean = project(_volume(), rot, ctf=compute_ctf(ctf, N_BOX, APIX).double()).float()
+    images = clean + noise * clean.std() * torch.randn(clean.shape, generator=g)
+    meta = ParticleMetadata(pixel_size_angstrom=APIX, box_size=N_BOX, rotmats=rot.float(), ctf=ctf,
+                            shifts_angstrom=torch.zeros(n, 2))
+    return TensorStack(images), meta
+
+
+def _config(epochs=1, **train) -> AbinitioConfig:
+    model = ModelConfig(n_hypotheses=2, channels=(8, 8, 16), hidden=(32, 32))
+    kw = dict(epochs=epochs, batch_size=16, seed=3, lr=1e-3, volume_lr=0.05, log_every=1, num_threads=1)
+    kw.update(train)
+    return AbinitioConfig(box_size=N_BOX, model=model, training=TrainingConfig(**kw))
+
+
+def _trainer(config, stack, meta, path=None):
+    ds = ParticleDataset(stack, meta, box_size=config.box_size)
+    model = build_model(config, box_size=ds.box_size, pixel_size_angstrom=ds.pixel_size_angstrom)
+    return Trainer(model, ds, config.training, checkpoint_path=path, progress=False)
+
+
+def test_band_mask_residuals_and_best_candidate():
+    m = frequency_band_mask(8, 2.5)
+    assert m[4, 4] == 0 and m[4, 5] == 1 and m[4, 7] == 0
+    y = torch.randn(3, 8, 8, dtype=torch.complex64)
+    pred = torch.stack([y, torch.zeros_like(y)], dim=1)
+    res = fourier_residuals(pred, y, m)
+    assert res.shape == (3, 2) and torch.allclose(res[:, 0], torch.zeros(3))
+    loss, best = best_candidate_loss(res)
+    assert float(loss) == 0.0 and best.tolist() == [0, 0, 0]
+    loss2, _ = best_candidate_loss(res, mean_weight=0.5)
+    assert torch.allclose(loss2, 0.5 * res.mean())
+    post = candidate_posteriors(res, float(m.sum()), 1.0)
+    assert torch.allclose(post.sum(1), torch.ones(3)) and bool((post[:, 0] > 0.5).all())
+
+
+def test_frequency_marching_schedule():
+    cfg = TrainingConfig(march_start=0.25, march_fraction=0.5)
+    assert march_radius(0, 100, 32, cfg) == pytest.approx(4.0)
+    assert march_radius(25, 100, 32, cfg) == pytest.approx(10.0)
+    assert march_radius(80, 100, 32, cfg) == pytest.approx(16.0)
+    assert march_radius(0, 100, 32, dataclasses.replace(cfg, march_fraction=0.0)) == pytest.approx(16.0)
+
+
+def test_configs_validate_and_round_trip():
+    with pytest.raises(UserError, match="--pose-param"):
+        ModelConfig(pose_param="axis")
+    with pytest.raises(UserError, match="--epochs"):
+        TrainingConfig(epochs=0)
+    with pytest.raises(UserError, match="--box-size"):
+        AbinitioConfig(box_size=8)
+    with pytest.raises(UserError):
+        ModelConfig(symmetry="X7")
+    cfg = _config()
+    assert config_from_dict(dataclasses.asdict(cfg)) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.box_size = 4
+
+
+def test_dataset_crops_normalises_and_converts_shifts():
+    stack, meta = _particles(20, 0)
+    meta = meta.replace(shifts_angstrom=torch.full((20, 2), 16.0))
+    ds = ParticleDataset(stack, meta, box_size=8)
+    assert ds.pixel_size_angstrom == pytest.approx(16.0)
+    b = ds.batch([3, 1])
+    assert b.images.shape == (2, 8, 8) and b.ctf.shape == (2, 8, 8)
+    assert torch.allclose(b.shifts_px, torch.ones(2, 2))
+    assert b.indices.tolist() == [3, 1]
+    lazy = ParticleDataset(stack, meta, box_size=8, cache_limit_mb=0.0, normalization=ds.normalization)
+    assert torch.allclose(lazy.images([3, 1]), b.images, atol=1e-6)
+    all_ = ds.images(np.arange(20))
+    assert abs(float(all_.std()) - 1.0) < 0.05
+    with pytest.raises(UserError, match="larger than the images"):
+        ParticleDataset(stack, meta, box_size=32)
+    norm = estimate_normalization(stack[np.arange(20)])
+    assert torch.allclose(normalize(stack[np.arange(2)], norm) * norm.std + 0, normalize(stack[np.arange(2)], norm) * norm.std)
+    x = torch.arange(16.0).reshape(1, 4, 4)
+    assert rotate_half_turn(x)[0, 2, 2] == x[0, 2, 2] and rotate_half_turn(x)[0, 1, 3] == x[0, 3, 1]
+
+
+def test_one_epoch_smoke_loss_decreases_and_checkpoint_written(tmp_path):
+    stack, meta = _particles(96, 1)
+    cfg = _config(epochs=2, march_fraction=0.0)
+    tr = _trainer(cfg, stack, meta, tmp_path / "ck.pt")
+    tr.train()
+    assert tr.finished and tr.step == 2 * (96 // 16)
+    assert tr.epoch_losses[1] < tr.epoch_losses[0]  # single steps are too noisy to compare
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["epoch"] == 2 and state["step"] == tr.step
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
+    stack, meta = _particles(64, 2)
+    cfg = _config(epochs=2)
+    straight = _trainer(cfg, stack, meta)
+    straight.train()
+
+    first = _trainer(cfg, stack, meta, tmp_path / "ck.pt")
+    calls = {"n": 0}
+    orig = first.train_step
+
+    def interrupt_after_five(idx):
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return orig(idx)
+
+    first.train_step = interrupt_after_five
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["step"] == 5 and state["epoch"] == 1 and state["position"] == 1
+
+    resumed = _trainer(cfg, stack, meta, tmp_path / "ck.pt")
+    resumed.load_state_dict(state)
+    resumed.train()
+    assert resumed.step == straight.step
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert resumed.history["loss"] == pytest.approx(straight.history["loss"], rel=1e-5)
+
+
+def test_checkpoint_io_is_atomic_and_checked(tmp_path):
+    p = save_checkpoint(tmp_path / "c.pt", {"x": torch.ones(2)})
+    assert torch.equal(load_checkpoint(p)["x"], torch.ones(2))
+    assert [f.name for f in tmp_path.iterdir()] == ["c.pt"]
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(InputFileError, match="not a cryopose"):
+        load_checkpoint(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_text("hello")
+    with pytest.raises(InputFileError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(InputFileError, match="no such"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_infer_poses_on_unseen_particles():
+    stack, meta = _particles(64, 4)
+    cfg = _config(epochs=1, symmetric_loss=True)
+    tr = _trainer(cfg, stack, meta)
+    tr.train()
+    new_stack, new_meta = _particles(10, 99)
+    ds = ParticleDataset(new_stack, new_meta, box_size=N_BOX, normalization=tr.dataset.normalization)
+    inf = infer_poses(tr.model, ds, symmetric=True, batch_size=4)
+    assert inf.rotmats.shape == (10, 3, 3)
+    assert torch.allclose(inf.rotmats.transpose(1, 2) @ inf.rotmats, torch.eye(3).expand(10, 3, 3), atol=1e-5)
+    assert inf.confidence.shape == (10,) and bool(((inf.confidence > 0) & (inf.confidence <= 1 + 1e-6)).all())
+    assert inf.shifts_px is not None and torch.allclose(inf.shifts_px, torch.zeros(10, 2))
+    # the chosen candidate is the best-fitting one: its residual is no worse than hypothesis 0's
+    batch = ds.batch(np.arange(10))
+    vft = tr.model.volume.prepare()
+    with torch.no_grad():
+        pred0 = tr.model.render(vft, tr.model.encode(batch.images).rotmats[:, :1], ctf=batch.ctf)
+    r0 = fourier_residuals(pred0, centered_fft2(batch.images) / N_BOX, frequency_band_mask(N_BOX, N_BOX / 2))[:, 0]
+    assert bool((inf.residual <= r0 + 1e-6).all())
