@@ -194,6 +194,10 @@ def _bibas_data(args):
     n_train, n_test = args.bibas_train, args.bibas_test
     n = n_train + n_test
     eul = rotmat_to_relion_euler(random_rotations(n, generator=g, dtype=torch.float64))
+    if args.bibas_tilt_range is not None:  # viewing directions in a band of tilt (uniform on the sphere)
+        lo, hi = (math.radians(v) for v in args.bibas_tilt_range)
+        u = torch.rand(n, generator=g, dtype=torch.float64)
+        eul[:, 1] = torch.rad2deg(torch.arccos(math.cos(lo) - u * (math.cos(lo) - math.cos(hi))))
     eul[:, 2] = 0.0
     canon_rot = relion_euler_to_rotmat(eul).to(torch.float32)
     theta = torch.rand(n_test, generator=g, dtype=torch.float64) * 2 * math.pi  # test rotations
@@ -258,6 +262,7 @@ def section_bibas(args) -> dict:
                  "align_sign": al.sign, "align_shift_deg": al.shift_deg,
                  "train_seconds": res_sv.seconds, "parameters": res_sv.model.n_parameters()})
     return {"rows": rows, "snr": args.bibas_snr, "n_train": len(train), "n_test": len(test), "box": 40,
+            "tilt_range_deg": args.bibas_tilt_range,
             "rotinv_epochs": args.bibas_epochs, "spatial_vae_epochs": args.bibas_epochs_sv, "sv_hidden": args.sv_hidden,
             "pixel_angstrom": px, "noise_sigma": sigma, "structure": "4AKE", "ctf": False}
 
@@ -311,7 +316,8 @@ def print_tables(out: Path) -> None:
                   f"{_f(r['angle_rmse_deg'])} | {_f(r['defocus_rmse_um'], '{:.3f}')} |")
     b = load("bibas")
     if b:
-        print(f"\nBibas et al. Table 1 analogue: {b['structure']} {b['box']}×{b['box']}, SNR {b['snr']:g}, "
+        views = "all viewing directions" if not b.get("tilt_range_deg") else f"tilt in {b['tilt_range_deg']}°"
+        print(f"\nBibas et al. Table 1 analogue: {b['structure']} {b['box']}×{b['box']}, SNR {b['snr']:g}, {views}, "
               f"{b['n_train']} train / {b['n_test']} test")
         print("| method | MSE average | MSE worst | angle RMSE (rad) | angle mean |err| (rad) | train (s) |")
         print("|---|---|---|---|---|---|")
@@ -338,6 +344,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), default=["paper", "equivariant"],
                    help="VAE-GAN variants (default paper equivariant)")
     p.add_argument("--bibas-snr", type=float, default=1.0, help="SNR of the Bibas set (default 1)")
+    p.add_argument("--bibas-tilt-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="restrict the Bibas set's tilt to this band, degrees (default: all directions)")
     p.add_argument("--bibas-train", type=int, default=16000)
     p.add_argument("--bibas-test", type=int, default=4000)
     p.add_argument("--bibas-epochs", type=int, default=6, help="rotation-invariant AE epochs (default 6)")
