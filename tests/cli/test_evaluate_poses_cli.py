@@ -77,3 +77,81 @@ def test_human_readable_output_and_missing_file(tmp_path, capsys, shared_data):
     assert main(["evaluate-poses", str(tmp_path / "none.star"), str(src)]) == 2
     err = capsys.readouterr().err
     assert "none.star" in err and len(err.strip().splitlines()) == 1
+
+
+def _blob_map(n: int = 32) -> torch.Tensor:
+    """A few Gaussian blobs within the inner half of an ``n`` box, ``(z, y, x)``."""
+    g = torch.Generator().manual_seed(7)
+    c = torch.arange(n, dtype=torch.float32) - n // 2
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    vol = torch.zeros(n, n, n)
+    for _ in range(5):
+        p = (torch.rand(3, generator=g) - 0.5) * n * 0.4
+        vol += torch.exp(-((x - p[0]) ** 2 + (y - p[1]) ** 2 + (z - p[2]) ** 2) / (2 * (n / 12) ** 2))
+    return vol
+
+
+def _posed(rot: torch.Tensor, apix: float, n: int):
+    """Metadata of ``len(rot)`` particles (one CTF, as STAR files need) with these poses."""
+    from cryopose.ctf import CTFParams
+    from cryopose.io.particles import ParticleMetadata
+
+    ctf = CTFParams.create(defocus_u_angstrom=torch.full((rot.shape[0],), 15000.0))
+    return ParticleMetadata(pixel_size_angstrom=apix, box_size=n, rotmats=rot, ctf=ctf)
+
+
+def test_reprojection_rmse_identity_perturbed_and_d2_equivalent(tmp_path, capsys):
+    from cryopose.io.mrc import write_map
+    from cryopose.models.volume import symmetrize_volume
+    from cryopose.rotations import axis_angle_to_rotmat
+
+    n, apix, count = 32, 2.0, 60
+    ops = symmetry_operators("D2", dtype=torch.float32)
+    write_map(tmp_path / "map.mrc", _blob_map(n), apix)
+    write_map(tmp_path / "d2.mrc", symmetrize_volume(_blob_map(n), ops), apix)
+    g = torch.Generator().manual_seed(3)
+    truth = random_rotations(count, generator=g, dtype=torch.float32)
+    names = [f"{i + 1}@x.mrcs" for i in range(count)]
+    axes = torch.nn.functional.normalize(torch.randn(count, 3, generator=g), dim=-1)
+    sets = {"ref": truth, "same": truth.clone(),
+            "perturbed": truth @ axis_angle_to_rotmat(axes * torch.deg2rad(torch.tensor(10.0))),
+            "d2": truth @ ops[torch.randint(0, len(ops), (count,), generator=g)]}
+    for name, rot in sets.items():
+        write_star(tmp_path / f"{name}.star", _posed(rot, apix, n), image_names=names)
+    ref = tmp_path / "ref.star"
+
+    same = _evaluate(capsys, tmp_path / "same.star", ref, "--reference", str(tmp_path / "map.mrc"))
+    assert same["reprojection_rmse"] < 1e-6 and same["reprojection_n_particles"] == count
+    assert same["reprojection_box_size"] == n and same["reprojection_normalized"] is True
+    assert {"reprojection_rmse_median", "reprojection_scale"} <= set(same)
+    pert = _evaluate(capsys, tmp_path / "perturbed.star", ref, "--reference", str(tmp_path / "map.mrc"))
+    assert pert["reprojection_rmse"] > 0.03  # 10° per particle: about 0.08
+    # symmetry-blind: D2-equivalent poses reproject identically on the D2 map, not on the C1 map
+    d2 = _evaluate(capsys, tmp_path / "d2.star", ref, "--reference", str(tmp_path / "d2.mrc"))
+    assert d2["reprojection_rmse"] < 1e-4
+    assert _evaluate(capsys, tmp_path / "d2.star", ref, "--reference", str(tmp_path / "map.mrc"))[
+        "reprojection_rmse"] > 0.2
+    # working box and subset
+    small = _evaluate(capsys, tmp_path / "perturbed.star", ref, "--reference", str(tmp_path / "map.mrc"),
+                      "--reprojection-box", "16", "--max-particles", "10")
+    assert small["reprojection_box_size"] == 16 and small["reprojection_n_particles"] == 10
+    assert small["n_particles"] == count  # the angular errors still use every particle
+    # human-readable table
+    assert main(["evaluate-poses", str(tmp_path / "same.star"), str(ref), "--reference",
+                 str(tmp_path / "map.mrc")]) == 0
+    assert "reprojection RMSE:    0.0000" in capsys.readouterr().out
+
+
+def test_reprojection_rejects_bad_reference_maps(tmp_path, capsys):
+    from cryopose.io.mrc import write_map
+
+    rot = random_rotations(5, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    write_star(tmp_path / "p.star", _posed(rot, 2.0, 32), image_names=[f"{i + 1}@x.mrcs" for i in range(5)])
+    write_map(tmp_path / "wrong_apix.mrc", _blob_map(32), 3.0)  # 96 Å box vs the particles' 64 Å
+    write_map(tmp_path / "half.mrc", _blob_map(16), 4.0)  # same 64 Å box at another voxel size: fine
+    star = str(tmp_path / "p.star")
+    for bad in ("missing.mrc", "wrong_apix.mrc"):
+        assert main(["evaluate-poses", star, star, "--reference", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad in err[0]
+    assert _evaluate(capsys, star, star, "--reference", str(tmp_path / "half.mrc"))["reprojection_rmse"] < 1e-6

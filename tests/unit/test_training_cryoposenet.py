@@ -206,6 +206,7 @@ def test_infer_poses_on_unseen_particles():
     # the chosen candidate is the best-fitting one: its residual is no worse than hypothesis 0's
     batch = ds.batch(np.arange(10))
     vft = tr.model.volume.prepare()
+    tr.model.eval()  # inference uses the batch-norm running statistics
     with torch.no_grad():
         pred0 = tr.model.render(vft, tr.model.encode(batch.images).rotmats[:, :1], ctf=batch.ctf)
     r0 = fourier_residuals(pred0, centered_fft2(batch.images) / N_BOX, frequency_band_mask(N_BOX, N_BOX / 2))[:, 0]

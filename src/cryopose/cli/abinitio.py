@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="turn off cryoAI's symmetrised loss (image and its 180° turn)")
     parser.add_argument("--no-frequency-marching", action="store_true",
                         help="use every frequency from the start")
+    parser.add_argument("--search-fraction", type=float, default=None, metavar="F",
+                        help="search warm-up: fraction of the steps in which a global grid search against the "
+                             "current map adds a candidate pose and teaches the encoder (default 0.5; 0 = the "
+                             "paper's pure gradient descent)")
+    parser.add_argument("--polish-rounds", type=int, default=1, metavar="N",
+                        help="rounds of local refinement of the encoder's poses at the full box after training "
+                             "(default 1; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")
     parser.add_argument("--symmetry", default="C1", metavar="SYM",
@@ -72,9 +79,11 @@ def config_from_args(args: argparse.Namespace):
         train_kw["volume_lr"] = args.volume_lr
     if args.no_frequency_marching:
         train_kw["march_fraction"] = 0.0
+    if args.search_fraction is not None:
+        train_kw["search_fraction"] = args.search_fraction
     return AbinitioConfig(box_size=args.box_size, invert_contrast=bool(args.invert_contrast),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
-                          reconstruct=not args.no_reconstruct)
+                          reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
           f"working box {s['working_box_size']} px, {s['epochs']} epochs")
     print(f"  pose error after global alignment (mod D2, hand: {s['hand']}): median {s['median_pose_error_deg']:.2f}°, "
           f"mean {s['mean_pose_error_deg']:.2f}°, {100 * s['fraction_within_10deg']:.0f}% within 10°")
+    print(f"    (encoder alone, before local polishing: median {s['encoder_median_pose_error_deg']:.2f}°, "
+          f"mean {s['encoder_mean_pose_error_deg']:.2f}°)")
     print("                        FSC=0.5 vs truth   FSC=0.143 vs truth")
     print(f"  CryoPoseNet poses     {a(s['abinitio_fsc0p5_angstrom'])}           {a(s['abinitio_fsc0p143_angstrom'])}")
     print(f"  known poses (tomo)    {a(s['known_pose_fsc0p5_angstrom'])}           {a(s['known_pose_fsc0p143_angstrom'])}")

@@ -1,10 +1,23 @@
-"""Amortized pose inference: poses of (unseen) particles from an encoder trained by `cryopose abinitio`.
+"""Amortized pose inference: poses of (unseen) particles from a trained network.
 
-Each image is Fourier-cropped to the encoder's working pixel size and normalised as in training,
-encoded into its candidate poses in one forward pass, and the candidate whose projection of the
-trained map (with the particle's CTF and origin, when the file has them) fits the image best is
-kept. Writes POSES.star (RELION 3.1, the input's particle order and pixel size, with
-rlnCryoposeConfidence). The particles must have the same box in Å as the training particles.
+MODEL.pt is either a CryoPoseNet encoder.pt (`cryopose abinitio`) or a supervised orientation
+regressor model.pt (Lian et al. 2022; `cryopose train-supervised`, `cryopose refine`,
+model_kind "supervised"); the kind is read from the file.
+
+CryoPoseNet: each image is Fourier-cropped to the encoder's working pixel size and normalised as
+in training, encoded into its candidate poses in one forward pass, and the candidate whose
+projection of the trained map (with the particle's CTF and origin, when the file has them) fits
+the image best is kept; the output has rlnCryoposeConfidence.
+
+Supervised: each image is Fourier-cropped to the network's input box and its orientation
+regressed in one forward pass (no shifts, no CTF, no confidence; the input's origins are kept).
+The particles are negated as in training: `train-supervised` and `refine` record their
+--invert-contrast in the checkpoint and predict applies it by itself. --invert-contrast is only
+for older checkpoints without that record (trained with --invert-contrast); passing it for a
+checkpoint that records training without it is an error.
+
+Writes POSES.star (RELION 3.1, the input's particle order and pixel size). The particles must
+have the same box in Å as the training particles.
 """
 
 from __future__ import annotations
@@ -12,27 +25,41 @@ from __future__ import annotations
 import argparse
 
 COMMAND = "predict"
-HELP = "poses of new particles from a trained CryoPoseNet encoder (amortized inference)"
+HELP = "poses of new particles from a trained CryoPoseNet encoder or supervised regressor (amortized inference)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` options to ``parser``."""
-    parser.add_argument("encoder", metavar="ENCODER.pt", help="encoder.pt written by `cryopose abinitio`")
+    parser.add_argument("model", metavar="MODEL.pt",
+                        help="encoder.pt of `cryopose abinitio`, or model.pt of `cryopose train-supervised`/`refine`")
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="POSES.star", help="output STAR file")
     parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
+    parser.add_argument("--invert-contrast", action="store_true",
+                        help="supervised models from older versions only: negate the particles first, as "
+                             "the training run did (newer supervised models and CryoPoseNet encoders record "
+                             "their own setting, which is applied without this option)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``cryopose predict``; returns the exit status."""
+    """Run ``cryopose predict``; returns the exit status (0).
+
+    For a supervised model, ``--invert-contrast`` is passed on as ``invert_contrast=True`` and
+    its absence as ``None`` (use the checkpoint's recorded setting, else none).
+
+    Raises:
+        UserError: ``--batch-size`` or ``--threads`` < 1, ``--invert-contrast`` with a CryoPoseNet
+            encoder or with a supervised checkpoint recorded as trained without it, an
+            unreadable model, or particles the model cannot take (box in Å).
+    """
     import torch
 
     from ..errors import UserError
-    from ..pipelines.abinitio import predict_poses
+    from ..pipelines.abinitio import predict_poses, predict_poses_supervised, read_model_file
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -40,8 +67,18 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    inf = predict_poses(args.encoder, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
-                        ctf_star=args.ctf, batch_size=args.batch_size, progress=not args.no_progress)
+    kind, state = read_model_file(args.model)
+    if kind == "supervised":
+        rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
+                                       ctf_star=args.ctf, batch_size=args.batch_size,
+                                       invert_contrast=True if args.invert_contrast else None, state=state)
+        print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
+        return 0
+    if args.invert_contrast:
+        raise UserError(f"--invert-contrast is for supervised models; the CryoPoseNet encoder {args.model} "
+                        "records its own contrast setting")
+    inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
+                        ctf_star=args.ctf, batch_size=args.batch_size, progress=not args.no_progress, state=state)
     print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
           f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

@@ -4,7 +4,8 @@ regressor (Lian et al. 2022) on it, infer the rest, reconstruct the map and repo
 Writes OUTDIR/particles.star (final poses; rlnCryoposePoseSource 0 = search, 1 = network,
 2 = network + local search), OUTDIR/map.mrc, half1.mrc, half2.mrc (and map_network_only.mrc
 with --local-refine), OUTDIR/model.pt
-(model_kind "supervised"), OUTDIR/report.json (timings, per-particle speed of search vs
+(model_kind "supervised"; records the network's input pixel size and --invert-contrast for
+`cryopose predict`), OUTDIR/report.json (timings, per-particle speed of search vs
 inference, FSC resolutions, known-pose resolution and pose errors when the input STAR has
 poses), OUTDIR/fsc.png and OUTDIR/config.yaml.
 """
@@ -55,7 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    """Run ``cryopose refine``."""
+    """Run ``cryopose refine``; returns the exit status (0).
+
+    The model.pt records ``pixel_size_angstrom`` of the network's input grid (``--network-box``
+    px over the working grid's field of view) and ``extra["invert_contrast"]``, so that
+    ``cryopose predict`` checks the particles' box in Å and negates them as training did.
+
+    Raises:
+        UserError: Bad options (``--threads`` < 1, a network box larger than the working box,
+            too few particles to label), or unreadable inputs.
+    """
     from ..io.atomic import atomic_write_text
     from ..search.run import load_reference
     from ..io.mrc import write_map
@@ -106,8 +116,12 @@ def run(args) -> int:
         except Exception as err:  # a figure must never lose the run's results
             print(f"  (no fsc.png: {err})", file=sys.stderr)
     w = res.cv.best_w if res.cv is not None else tcfg.w
-    save_checkpoint(out / "model.pt", res.model, train_config=tcfg, pixel_size_angstrom=px, symmetry=args.symmetry,
-                    extra={"w": w, "test_metrics": res.train.test_metrics})
+    # the checkpoint records the grid the network reads (--network-box px, Fourier-cropped from the
+    # working grid, same field of view), so that `cryopose predict` checks the right box in Å
+    save_checkpoint(out / "model.pt", res.model, train_config=tcfg,
+                    pixel_size_angstrom=float(res.report["network_pixel_angstrom"]), symmetry=args.symmetry,
+                    extra={"w": w, "test_metrics": res.train.test_metrics},
+                    invert_contrast=bool(args.invert_contrast))
 
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):

@@ -7,7 +7,8 @@ reference's CTF-free projections along the predicted and labelled rotations. Ada
 learning rate ×1/5 after 80 % of the iterations, 4:1 train/test split; --cv-w chooses w in
 0.0…1.0 by five-fold cross-validation on the training split.
 
-Writes OUTDIR/model.pt (model_kind "supervised"; `cryopose predict` reads it),
+Writes OUTDIR/model.pt (model_kind "supervised"; `cryopose predict` reads it, and applies the
+recorded --invert-contrast itself),
 OUTDIR/train_report.json (test-set errors, CV table, loss curve) and OUTDIR/config.yaml.
 """
 
@@ -114,7 +115,15 @@ def _labels(meta, label_meta, path) -> torch.Tensor:
 
 
 def run(args) -> int:
-    """Run ``cryopose train-supervised``."""
+    """Run ``cryopose train-supervised``; returns the exit status (0).
+
+    The model.pt records ``pixel_size_angstrom`` of the network's input grid (the working
+    grid) and ``extra["invert_contrast"]``, which ``cryopose predict`` applies by default.
+
+    Raises:
+        UserError: Bad options (``--threads`` < 1), labels that do not match the particles,
+            or unreadable inputs.
+    """
     from ..io.atomic import atomic_write_text
     from ..search.run import load_reference
     from ..io.particles import load_particles
@@ -140,8 +149,11 @@ def run(args) -> int:
                                cv_max_particles=args.cv_max_particles,
                                progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     w = cv.best_w if cv is not None else tcfg.w
-    save_checkpoint(out / "model.pt", res.model, train_config=tcfg, pixel_size_angstrom=wd.pixel_size_angstrom,
-                    symmetry=args.symmetry, extra={"w": w, "test_metrics": res.test_metrics})
+    # the network's input is the working grid itself (mcfg.box_size == wd.box_size)
+    save_checkpoint(out / "model.pt", res.model, train_config=tcfg,
+                    pixel_size_angstrom=wd.pixel_size_angstrom * wd.box_size / res.model.config.box_size,
+                    symmetry=args.symmetry, extra={"w": w, "test_metrics": res.test_metrics},
+                    invert_contrast=bool(args.invert_contrast))
     h = res.history
     every = max(1, len(h["loss"]) // 200)
     report = {"w": w, "test_metrics": res.test_metrics, "cv": None if cv is None else cv.as_dict(),

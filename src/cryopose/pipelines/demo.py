@@ -62,7 +62,7 @@ class DemoConfig:
 
     n_particles: int = 10000
     snr: float = 0.1
-    epochs: int = 12
+    epochs: int = 3
     box_size: int = 32
     symmetry: str = "C1"
     seed: int = 0
@@ -149,6 +149,8 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
     t = time.perf_counter()
     stack, meta = load_particles(sim.star_path)
     align = align_rotations(result.rotmats.double(), meta.rotmats.double(), symmetry="D2", seed=int(config.seed))
+    align_enc = align_rotations(result.encoder_rotmats.double(), meta.rotmats.double(), symmetry="D2",
+                                seed=int(config.seed))
     half_sets = torch.randperm(len(meta), generator=torch.Generator().manual_seed(int(config.seed))) % 2
     rec_est = reconstruct(stack, meta.replace(rotmats=align.aligned_est.float()), symmetry=config.symmetry,
                           half_sets=half_sets, progress=progress)
@@ -168,6 +170,8 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
         "pixel_size_angstrom": apix,
         "median_pose_error_deg": align.median_error_deg, "mean_pose_error_deg": align.mean_error_deg,
         "fraction_within_10deg": float((align.errors_deg < 10).double().mean()),
+        "encoder_median_pose_error_deg": align_enc.median_error_deg,
+        "encoder_mean_pose_error_deg": align_enc.mean_error_deg,
         "hand": align.hand,
         "abinitio_fsc0p5_angstrom": fsc_est["fsc0p5_angstrom"],
         "abinitio_fsc0p143_angstrom": fsc_est["fsc0p143_angstrom"],

@@ -174,7 +174,9 @@ class RefineResult:
             network predictions (unlabelled particles at shift 0), else ``None``.
         model: The trained regressor.
         train: :class:`TrainResult`; ``cv``: :class:`CVResult` or ``None``.
-        report: JSON-ready summary (timings, resolutions, errors).
+        report: JSON-ready summary (timings, resolutions, errors; ``working_box`` and
+            ``working_pixel_angstrom`` of the search/reconstruction grid, ``network_box`` and
+            ``network_pixel_angstrom`` of the network's input, the same field of view).
     """
 
     metadata: ParticleMetadata
@@ -309,7 +311,10 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     per_infer = t_infer / max(unlabeled.size, 1)
     report = {
         "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
-        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom, "symmetry": sym,
+        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
+        # the network sees the working grid Fourier-cropped to net_box px: same field of view
+        "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
+        "symmetry": sym,
         "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,

@@ -30,8 +30,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: dict | None = None) -> str:
-    """A minimal HTML page: a key/value table, figures (caption, relative path), the config."""
+def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: dict | None = None,
+                notes: list[str] | None = None) -> str:
+    """A minimal HTML page: a key/value table, notes (paragraphs), figures (caption, relative path),
+    the config."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -41,6 +43,8 @@ def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: 
     ]
     parts += [f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows.items()]
     parts.append("</table>")
+    for note in notes or []:
+        parts.append(f"<p>{html.escape(note)}</p>")
     for caption, src in figures:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
     if config is not None:
@@ -61,6 +65,33 @@ def _pairs(trainer, dataset, inference, k: int = 8):
     pred = model.render(vft, inference.rotmats[t].float()[:, None], ctf=batch.ctf, shifts_px=shifts)
     proj = centered_ifft2(pred[:, 0] * dataset.box_size).real
     return batch.images, proj
+
+
+def method_notes(config) -> list[str]:
+    """Sentences saying which additions to CryoPoseNet (Nashed et al. 2021) a run used, and why."""
+    tr, mo = config.training, config.model
+    on = []
+    if tr.search_fraction > 0:
+        on.append(f"search warm-up for the first {100 * tr.search_fraction:.0f}% of the steps (a global "
+                  f"{tr.search_step_deg:g}° grid search against the current map adds a candidate pose and teaches "
+                  "the encoder; without it gradient descent from a random start stalled in local minima in our "
+                  "benchmarks)")
+    if tr.symmetric_loss:
+        on.append("cryoAI's symmetrised loss (the better of the pose of the image and of its 180° turn)")
+    if mo.n_hypotheses > 1:
+        on.append(f"{mo.n_hypotheses} pose hypotheses per image, loss on the best")
+    if tr.march_fraction > 0:
+        on.append(f"frequency marching from {100 * tr.march_start:.0f}% of Nyquist")
+    notes = ["CryoPoseNet (Nashed et al. 2021): a CNN encoder maps each image to its pose; a learned voxel map "
+             "is sliced there, multiplied by the CTF and compared with the image; encoder and map are trained "
+             "together from a random start. On in this run: " + ("; ".join(on) if on else "nothing added") + "."]
+    if config.reconstruct and config.polish_rounds > 0:
+        notes.append(f"After training, the encoder's poses (poses_encoder.star) were refined locally against the map "
+                     f"at the particles' full box ({config.polish_rounds} round(s), "
+                     f"{config.polish_start_step_deg:g}° to {config.polish_final_step_deg:g}°) and the map "
+                     "reconstructed again (poses.star, map.mrc). New particles through `cryopose predict` get the "
+                     "encoder's poses: one forward pass.")
+    return notes
 
 
 def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstruction, config, summary: dict) -> Path:
@@ -107,5 +138,5 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
     rows = dict(summary)
     path = outdir / "report.html"
     atomic_write_text(path, render_html("cryopose abinitio (CryoPoseNet)", rows, figs,
-                                        dataclasses.asdict(config)))
+                                        dataclasses.asdict(config), notes=method_notes(config)))
     return path

@@ -3,7 +3,11 @@
 :class:`ModelConfig` fixes the network and the volume, :class:`TrainingConfig` the optimisation,
 :class:`AbinitioConfig` the whole run (data preprocessing, model, training, final
 reconstruction). Defaults are the settings measured to converge in ``benchmarks/abinitio.py``
-(see ``docs`` there and the module docstring of :mod:`cryopose.training.trainer`). Every config
+(its ``ablation`` section turns each addition to the paper off in turn; the module docstring of
+:mod:`cryopose.training.trainer` describes a step). On by default, beyond Nashed et al.: the
+search warm-up (without it, the paper's gradient descent stalled far from the poses on every
+data set we tried), cryoAI's symmetrised loss, four hypotheses per image, batch
+normalisation, frequency marching from half Nyquist, and one round of local polishing. Every config
 checks its values on construction and raises :class:`cryopose.errors.UserError` with a message
 naming the bad option.
 """
@@ -49,12 +53,12 @@ class ModelConfig:
     """
 
     pose_param: str = "s2s2"
-    n_hypotheses: int = 1
+    n_hypotheses: int = 4
     shift_head: bool = False
     max_shift_angstrom: float = 20.0
     channels: tuple[int, ...] = (32, 64, 128)
     hidden: tuple[int, ...] = (512, 512)
-    batch_norm: bool = False
+    batch_norm: bool = True
     volume_init: str = "noise"
     volume_init_std: float = 0.1
     mask_radius: float | None = 0.9
@@ -98,6 +102,15 @@ class TrainingConfig:
         march_start: Frequency marching: loss radius at the start, fraction of Nyquist.
         march_fraction: Fraction of the training steps over which the radius grows linearly to
             Nyquist (0 = no marching).
+        search_fraction: Search warm-up: during this fraction of the steps every image also gets
+            the best pose of a global grid search against the current volume as a candidate, and
+            the encoder is pulled towards each image's winning pose
+            (:mod:`cryopose.training.pose_search`; 0 = the paper's pure gradient descent).
+        search_step_deg: Angular step of the warm-up's SO(3) grid (15° = 4,608 rotations).
+        search_radius_fraction: Largest band radius of the warm-up's search as a fraction of
+            Nyquist (below it the band follows the frequency-marching radius).
+        distill_weight: Weight of the squared chordal distance of the encoder's nearest
+            hypothesis to the winning pose during the warm-up.
         seed: Seed of every random choice (initialisation, batch order).
         num_threads: ``torch.set_num_threads`` during training (``None``: the idle cores, re-read
             every epoch, see :func:`cryopose.training.trainer.idle_cores`).
@@ -106,13 +119,17 @@ class TrainingConfig:
 
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-4
-    volume_lr: float = 1e-2
+    lr: float = 1e-3
+    volume_lr: float = 0.05
     symmetric_loss: bool = True
     hypothesis_mean_weight: float = 0.0
     lr_final_fraction: float = 1.0
-    march_start: float = 0.25
+    march_start: float = 0.5
     march_fraction: float = 0.5
+    search_fraction: float = 0.5
+    search_step_deg: float = 15.0
+    search_radius_fraction: float = 0.75
+    distill_weight: float = 1.0
     seed: int = 0
     num_threads: int | None = None
     log_every: int = 10
@@ -129,6 +146,12 @@ class TrainingConfig:
             raise UserError(f"march_start must be in (0, 1], got {self.march_start}")
         if not (0 <= self.march_fraction <= 1):
             raise UserError(f"march_fraction must be in [0, 1], got {self.march_fraction}")
+        if not (0 <= self.search_fraction <= 1):
+            raise UserError(f"search_fraction must be in [0, 1], got {self.search_fraction}")
+        _positive("search_step_deg", self.search_step_deg)
+        if not (0 < self.search_radius_fraction <= 1):
+            raise UserError(f"search_radius_fraction must be in (0, 1], got {self.search_radius_fraction}")
+        _positive("distill_weight", self.distill_weight, allow_zero=True)
         if not isinstance(self.seed, int):
             raise UserError(f"--seed must be an integer, got {self.seed!r}")
         if self.num_threads is not None:
@@ -147,6 +170,12 @@ class AbinitioConfig:
         model: :class:`ModelConfig`.
         training: :class:`TrainingConfig`.
         reconstruct: Reconstruct ``map.mrc`` and half maps from the inferred poses at the end.
+        polish_rounds: Rounds of local refinement of the encoder's poses against the map at the
+            particles' full box, each followed by a new reconstruction
+            (:mod:`cryopose.pipelines.polish`; 0 = the encoder's poses as they are). Needs
+            ``reconstruct``.
+        polish_start_step_deg: First step of the local lattice, degrees.
+        polish_final_step_deg: Last step, degrees (halvings from the first).
     """
 
     box_size: int | None = 64
@@ -154,12 +183,18 @@ class AbinitioConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     reconstruct: bool = True
+    polish_rounds: int = 1
+    polish_start_step_deg: float = 3.75
+    polish_final_step_deg: float = 0.9375
 
     def __post_init__(self):
         if self.box_size is not None:
             _positive("--box-size", self.box_size, integer=True)
             if self.box_size < 16:
                 raise UserError(f"--box-size must be at least 16 px, got {self.box_size}")
+        _positive("--polish-rounds", self.polish_rounds, integer=True, allow_zero=True)
+        _positive("polish_start_step_deg", self.polish_start_step_deg)
+        _positive("polish_final_step_deg", self.polish_final_step_deg)
 
 
 def config_from_dict(doc: dict) -> AbinitioConfig:

@@ -403,16 +403,40 @@ def cross_validate_w(images, rotmats, reference_volume, *, model_config: Supervi
 
 
 def save_checkpoint(path, model: OrientationRegressor, *, train_config: SupervisedTrainConfig | None = None,
-                    pixel_size_angstrom: float | None = None, symmetry: str = "C1", extra: dict | None = None) -> Path:
+                    pixel_size_angstrom: float | None = None, symmetry: str = "C1", extra: dict | None = None,
+                    invert_contrast: bool | None = None) -> Path:
     """Write a checkpoint that :func:`cryopose.models.supervised.load_pose_model` reads.
 
     Contents: ``model_kind: "supervised"``, ``model_config`` (dict), ``state_dict``,
     ``train_config`` (dict), ``pixel_size_angstrom``, ``symmetry``, ``cryopose_version`` and
     ``extra``. Written to a temporary file and renamed (atomic).
+
+    Args:
+        path: Output ``.pt`` path.
+        model: The trained regressor (weights copied to the CPU).
+        train_config: Its training options, or ``None``.
+        pixel_size_angstrom: Pixel size in Å of the network's *input* grid, i.e. of
+            ``model.config.box_size`` px images, so that ``box_size × pixel_size_angstrom`` is
+            the field of view (the box in Å) the particles must have; when the network's input
+            is Fourier-cropped from a working grid of ``m`` px at ``a`` Å, this is
+            ``a · m / model.config.box_size``, not ``a``. ``None`` when unknown (then
+            ``cryopose predict`` cannot check the particles' box in Å).
+        symmetry: Point group of the training reference (stored canonical).
+        extra: Further JSON-like entries, stored as ``extra`` (copied, not modified).
+        invert_contrast: Whether the training images were negated (dark particles);
+            stored as ``extra["invert_contrast"]`` (a bool) when given, which
+            :func:`cryopose.pipelines.abinitio.predict_poses_supervised` then applies by
+            default. ``None`` leaves ``extra`` as it is.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
     """
     from ..io.atomic import atomic_path
 
     path = Path(path)
+    extra_doc = dict(extra or {})
+    if invert_contrast is not None:
+        extra_doc["invert_contrast"] = bool(invert_contrast)
     doc = {
         "model_kind": MODEL_KIND,
         "model_config": dataclasses.asdict(model.config),
@@ -421,7 +445,7 @@ def save_checkpoint(path, model: OrientationRegressor, *, train_config: Supervis
         "pixel_size_angstrom": None if pixel_size_angstrom is None else float(pixel_size_angstrom),
         "symmetry": canonical_symbol(symmetry),
         "cryopose_version": __version__,
-        "extra": extra or {},
+        "extra": extra_doc,
     }
     with atomic_path(path) as tmp:
         torch.save(doc, tmp)

@@ -1,0 +1,72 @@
+"""``cryopose predict`` with a supervised regressor checkpoint (Lian et al. 2022; issue 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryopose.cli.main import main
+from cryopose.io.particles import load_particles
+from cryopose.io.star import write_star
+from cryopose.models.supervised import load_pose_model
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread (small problems on a shared, loaded CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_data, capsys):
+    pdb = shared_data / "pdb" / "4ake_mdanalysis.pdb"
+    sim = tmp_path / "sim" / "p"
+    assert main(["simulate", "-i", str(pdb), "--box-size", "32", "-n", "20", "-o", str(sim), "--snr", "2",
+                 "--seed", "3", "--no-progress"]) == 0
+    star = sim.with_suffix(".star")
+    # network input 16 px: predict must Fourier-crop the 32 px particles as training did
+    assert main(["train-supervised", str(star), "--poses", str(star), "--reference", str(pdb), "-o",
+                 str(tmp_path / "train"), "--box-size", "16", "--iterations", "2", "--width", "4",
+                 "--batch-size", "8", "--threads", "1"]) == 0
+    model = tmp_path / "train" / "model.pt"
+    capsys.readouterr()
+    out = tmp_path / "pred.star"
+    assert main(["predict", str(model), str(star), "-o", str(out), "--threads", "1"]) == 0
+    assert "20 particles (supervised regressor)" in capsys.readouterr().out
+
+    stack, truth = load_particles(star)
+    _, est = load_particles(out)
+    assert len(est) == len(truth) == 20
+    assert [Path(p).name for p in est.image_paths] == [Path(p).name for p in truth.image_paths]
+    assert np.array_equal(est.image_indices, truth.image_indices)
+    assert est.pixel_size_angstrom == pytest.approx(truth.pixel_size_angstrom)
+    assert torch.allclose(est.shifts_angstrom, truth.shifts_angstrom, atol=1e-3)  # origins from the input
+    angles = est.table[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype=float)
+    assert angles.shape == (20, 3) and np.isfinite(angles).all()
+    direct, shifts = load_pose_model(model)(torch.as_tensor(stack[np.arange(len(stack))]))
+    assert shifts is None
+    torch.testing.assert_close(est.rotmats.float(), direct, atol=1e-5, rtol=0)
+
+    # a different box in Å is refused, naming the model
+    coarse = sim.parent / "coarse.star"
+    write_star(coarse, truth.replace(pixel_size_angstrom=2 * truth.pixel_size_angstrom))
+    rc = main(["predict", str(model), str(coarse), "-o", str(tmp_path / "p2.star")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "model.pt" in err[0] and "same box in Å" in err[0]
+
+
+def test_predict_rejects_unknown_model_kind(tmp_path, capsys):
+    bad = tmp_path / "other.pt"
+    torch.save({"model_kind": "rotinv", "state_dict": {}}, bad)
+    rc = main(["predict", str(bad), str(tmp_path / "particles.star"), "-o", str(tmp_path / "p.star")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "other.pt" in err[0] and "'rotinv'" in err[0] and "supervised" in err[0] and "CryoPoseNet" in err[0]
+    torch.save([1, 2, 3], bad)  # not even a dict
+    assert main(["predict", str(bad), str(tmp_path / "particles.star"), "-o", str(tmp_path / "p.star")]) == 2
+    assert "other.pt" in capsys.readouterr().err
