@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--box-size", type=int, default=32)
     p.add_argument("--out", default="benchmark_abinitio")
-    p.add_argument("--rows", default="", help="comma-separated substrings selecting table1 rows (default all)")
+    p.add_argument("--rows", default="", help="semicolon-separated table1 row names to run (default all)")
+    p.add_argument("--ablation-rows", default="", help="semicolon-separated ablation row names (default all)")
     p.add_argument("--seeds-structure", default="4ake", choices=("4ake", "betagal"))
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
@@ -162,12 +163,14 @@ def main(argv=None) -> int:
         rows = []
         if sec == "table1":
             for name, structure, db, ctf in TABLE1:
-                if a.rows and not any(r.lower() in name.lower() for r in a.rows.split(",")):
+                if a.rows and not any(r.strip().lower() == name.lower() for r in a.rows.split(";")):
                     continue
                 rows.append(run_case(name, structure, db, out, ctf=ctf, **kw))
                 print(_table(rows[-1:], name), flush=True)
         elif sec == "ablation":
             for name, tr, mo, polish in ABLATION:
+                if a.ablation_rows and not any(r.strip().lower() == name.lower() for r in a.ablation_rows.split(";")):
+                    continue
                 rows.append(run_case("betagal " + name, "betagal", -10.0, out, training=tr, model=mo,
                                      polish_rounds=polish, **kw))
                 print(_table(rows[-1:], name), flush=True)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import UserError
-    from ..pipelines.abinitio import predict_poses, predict_poses_supervised, read_model_file
+    from ..pipelines.predict import predict_poses, predict_poses_supervised, read_model_file
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -7,14 +7,13 @@ STAR), Fourier-crops them to the working box, trains CryoPoseNet from a random s
 writes the poses (RELION 3.1 STAR, original pixel size, Å origins, a
 ``rlnCryoposeConfidence`` column), reconstructs the map at the original box from those poses
 (:func:`cryopose.reconstruction.reconstruct`, half maps and their FSC) and writes an HTML
-report. :func:`predict_poses` applies a saved encoder to other particles;
-:func:`predict_poses_supervised` does the same with a checkpoint of the supervised orientation
-regressor (Lian et al. 2022, ``model_kind: "supervised"``), and :func:`read_model_file` tells
-the two kinds apart for ``cryopose predict``.
+report. Prediction with a saved encoder is in :mod:`cryopose.pipelines.predict`.
 
 Files in ``OUTDIR``: ``checkpoint.pt`` (every epoch, and on Ctrl-C), ``encoder.pt`` (model +
 preprocessing, for ``predict``), ``poses.star``, ``map.mrc``, ``map_half1.mrc``,
-``map_half2.mrc``, ``fsc.json``, ``summary.json``, ``report.html`` and its PNGs
+``map_half2.mrc``, ``fsc.json``, ``summary.json``, ``report.html`` and its PNGs; with local
+polishing (default) ``poses.star`` holds the polished poses and ``poses_encoder.star`` the
+encoder's
 (``config.yaml`` is written by the command).
 """
 
@@ -26,24 +25,19 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.dataset import ParticleDataset
 from ..data.transforms import Normalization
 from ..errors import UserError
 from ..models.cryoposenet import CryoPoseNet
-from ..training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.config import AbinitioConfig, config_from_dict
 from ..training.trainer import PoseInference, Trainer, estimate_volume_scale, infer_poses
 
-__all__ = ["AbinitioResult", "build_model", "run_abinitio", "predict_poses", "load_encoder", "write_poses",
-           "PREDICT_MODEL_KINDS", "read_model_file", "predict_poses_supervised"]
+__all__ = ["AbinitioResult", "build_model", "run_abinitio", "load_encoder", "write_poses"]
 
 ENCODER_FORMAT_KEYS = ("config", "model", "working_box_size", "working_pixel_size_angstrom", "normalization")
-#: Model files ``cryopose predict`` accepts: a CryoPoseNet ``encoder.pt`` (no ``model_kind`` key)
-#: and a supervised regressor checkpoint (``model_kind: "supervised"``).
-PREDICT_MODEL_KINDS = ("cryoposenet", "supervised")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,194 +327,3 @@ def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress:
                                 box_size=int(rec.volume.shape[-1]))
         atomic_write_text(outdir / "fsc.json", json.dumps(_finite(fsc), indent=2))
     return rec
-
-
-def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path, *,
-                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                  batch_size: int = 256, progress: bool = True, state: dict | None = None) -> PoseInference:
-    """Amortized inference: poses of (unseen) particles from a trained ``encoder.pt``.
-
-    The particles are Fourier-cropped to the encoder's working pixel size (their box times
-    pixel size must give an integer working box) and normalised as in training; each image's
-    candidate poses are scored against the trained volume (with its CTF and shifts when the
-    file has them) and the best is written with its confidence.
-
-    Args:
-        encoder: ``encoder.pt`` from ``cryopose abinitio``.
-        particles: ``.star``, ``.cs`` or ``.mrcs`` (+ ``ctf_star``).
-        output: Output STAR path.
-        pixel_size_angstrom, ctf_star: As :func:`run_abinitio`.
-        batch_size: Images per forward pass.
-        progress: Progress bar.
-        state: The encoder file's contents when already loaded (:func:`read_model_file`).
-
-    Returns:
-        :class:`PoseInference` (working-pixel shifts).
-
-    Raises:
-        UserError: Particles whose physical box does not match the encoder's working pixel size,
-            or an output folder that does not exist.
-    """
-    from ..io.particles import load_particles
-
-    config, model, info = load_encoder(encoder, state=state)
-    output = _check_output(output)
-    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star)
-    p_work = info["working_pixel_size_angstrom"]
-    m_float = stack.box_size * float(meta.pixel_size_angstrom) / p_work
-    m = int(round(m_float))
-    if abs(m - m_float) > 1e-3 * m_float or m != info["working_box_size"]:
-        raise UserError(f"{particles}: {stack.box_size} px at {meta.pixel_size_angstrom:g} Å is a "
-                        f"{stack.box_size * meta.pixel_size_angstrom:.1f} Å box; the encoder was trained on "
-                        f"{info['working_box_size']} px at {p_work:g} Å "
-                        f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
-    dataset = ParticleDataset(stack, meta, box_size=m, invert=config.invert_contrast,
-                              normalization=info["normalization"])
-    inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
-                            progress=progress)
-    write_poses(output, meta, inference, dataset.pixel_size_angstrom)
-    return inference
-
-
-def _check_output(output) -> Path:
-    output = Path(output)
-    if not output.parent.exists():
-        raise UserError(f"-o {output}: folder {output.parent} does not exist")
-    return output
-
-
-def read_model_file(path: str | Path) -> tuple[str, dict]:
-    """Read a model file for ``cryopose predict`` once and say which kind it is.
-
-    Args:
-        path: A CryoPoseNet ``encoder.pt`` (``cryopose abinitio``; format tag
-            :data:`~cryopose.training.checkpoint.CHECKPOINT_FORMAT`, the encoder keys, no
-            ``model_kind``) or a supervised checkpoint (``model_kind: "supervised"``, written by
-            :func:`cryopose.training.supervised.save_checkpoint`).
-
-    Returns:
-        ``(kind, state)``: ``kind`` one of :data:`PREDICT_MODEL_KINDS`, ``state`` the loaded dict
-        (CPU tensors).
-
-    Raises:
-        InputFileError: Missing or unreadable file, or a kind ``predict`` cannot use (the message
-            names the file, its ``model_kind`` and the kinds accepted).
-    """
-    from ..errors import InputFileError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "no such model file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        raise InputFileError(path, f"not a readable model file ({type(err).__name__}: {err})") from None
-    kind = state.get("model_kind") if isinstance(state, dict) else None
-    if kind is None and isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT \
-            and all(k in state for k in ENCODER_FORMAT_KEYS):
-        kind = "cryoposenet"
-    if kind not in PREDICT_MODEL_KINDS:
-        what = f"model_kind {kind!r}" if kind is not None else "neither a model_kind nor a CryoPoseNet encoder"
-        raise InputFileError(path, f"{what}: `cryopose predict` accepts a CryoPoseNet encoder.pt "
-                                   "(`cryopose abinitio`) or a model_kind 'supervised' model.pt "
-                                   "(`cryopose train-supervised` or `cryopose refine`)")
-    return kind, state
-
-
-def _supervised_invert_contrast(model: str | Path, state: dict, requested: bool | None) -> bool:
-    """The contrast setting to predict with from a supervised checkpoint.
-
-    Args:
-        model: The checkpoint's path (named in errors).
-        state: Its contents; ``state["extra"]["invert_contrast"]`` (bool) when recorded.
-        requested: The caller's setting, or ``None`` for none.
-
-    Returns:
-        The recorded setting when there is one, else ``bool(requested)`` (``False`` for
-        ``None``: an older checkpoint without the key, trained on images as they are unless
-        the user says otherwise).
-
-    Raises:
-        UserError: ``requested`` is a bool that contradicts the recorded setting.
-    """
-    extra = state.get("extra")
-    recorded = extra.get("invert_contrast") if isinstance(extra, dict) else None
-    if recorded is None:
-        return bool(requested)
-    recorded = bool(recorded)
-    if requested is not None and bool(requested) != recorded:
-        how = "with" if recorded else "without"
-        asked = "--invert-contrast" if requested else "no contrast inversion"
-        raise UserError(f"{model}: the network was trained {how} --invert-contrast, as the checkpoint records "
-                        f"and predict applies by itself; {asked} was asked for, which contradicts it: "
-                        "leave --invert-contrast out (invert_contrast=None) to use the recorded setting")
-    return recorded
-
-
-def predict_poses_supervised(model: str | Path, particles: str | Path, output: str | Path, *,
-                             pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                             batch_size: int = 256, invert_contrast: bool | None = None,
-                             state: dict | None = None) -> torch.Tensor:
-    """Orientations of particles from a supervised regressor (Lian et al. 2022); writes a STAR.
-
-    Each image is Fourier-cropped to the network's input box (same field of view; as
-    ``cryopose refine`` infers its unlabelled particles:
-    :class:`cryopose.search.run.ResampledImages` and
-    :func:`cryopose.training.supervised.predict_rotmats`, one forward pass per batch, read
-    lazily). The network predicts no shifts and no CTF is used: the output (RELION 3.1, the
-    input's particle order and pixel size, as :func:`write_poses`) has the predicted
-    ``rlnAngleRot/Tilt/Psi`` and the input's origins, and no confidence column.
-
-    Args:
-        model: ``model.pt`` with ``model_kind: "supervised"`` (named in errors).
-        particles: ``.star``, ``.cs`` or ``.mrcs`` (+ ``ctf_star``).
-        output: Output STAR path (its folder must exist).
-        pixel_size_angstrom, ctf_star: As :func:`cryopose.io.particles.load_particles`.
-        batch_size: Images per forward pass.
-        invert_contrast: Negate the images first. ``None`` (default): as the checkpoint
-            records (``extra["invert_contrast"]``, written by ``train-supervised`` and
-            ``refine``), or not at all for an older checkpoint without that key. A bool
-            overrides only such an older checkpoint; for one that records the setting it must
-            agree with it.
-        state: The checkpoint's contents when already loaded (:func:`read_model_file`).
-
-    Returns:
-        ``(N, 3, 3)`` float32 predicted RELION rotation matrices, in the particles' order.
-
-    Raises:
-        InputFileError: Not a supervised checkpoint, or one whose network cannot be rebuilt.
-        UserError: Particles whose box in Å differs from the network's (when the checkpoint
-            records its pixel size), images smaller than the network's box, an
-            ``invert_contrast`` that contradicts the checkpoint's recorded setting (the message
-            names ``model``), or a missing output folder.
-    """
-    from ..errors import InputFileError
-    from ..io.particles import load_particles
-    from ..io.star import write_star
-    from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
-    from ..search.run import ResampledImages
-    from ..training.supervised import predict_rotmats
-
-    if state is None:
-        kind, state = read_model_file(model)
-        if kind != MODEL_KIND:
-            raise InputFileError(model, f"a {kind} model, not a model_kind {MODEL_KIND!r} checkpoint")
-    try:
-        net = OrientationRegressor(SupervisedModelConfig(**state["model_config"]))
-        net.load_state_dict(state["state_dict"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise InputFileError(model, f"cannot rebuild the supervised network ({type(err).__name__}: {err})") from None
-    invert = _supervised_invert_contrast(model, state, invert_contrast)
-    output = _check_output(output)
-    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star)
-    n, m, p_net = int(stack.box_size), net.config.box_size, state.get("pixel_size_angstrom")
-    apix = float(meta.pixel_size_angstrom)
-    if p_net is not None and abs(n * apix - m * p_net) > 1e-3 * m * p_net:
-        raise UserError(f"{particles}: {n} px at {apix:g} Å is a {n * apix:.1f} Å box; the network in {model} "
-                        f"was trained on {m} px at {p_net:g} Å ({m * p_net:.1f} Å); the particles must have the "
-                        "same box in Å")
-    if n < m:
-        raise UserError(f"{particles}: {n} px images are smaller than the {m} px input of the network in {model}")
-    rot = predict_rotmats(net, ResampledImages(stack, m, invert_contrast=invert), batch_size=batch_size)
-    write_star(output, meta.replace(rotmats=rot.float()))
-    return rot.float()

@@ -19,7 +19,7 @@ import torch
 from ..errors import InputFileError
 from ..io.atomic import atomic_path
 
-__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "read_torch_file"]
 
 #: Version tag stored in every checkpoint; bumped when the layout changes.
 CHECKPOINT_FORMAT = "cryopose-cryoposenet-1"
@@ -43,19 +43,32 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Unpickle a torch file on the CPU, with a clear error naming it.
+
+    Args:
+        path: The file.
+        what: What the file should be, for the messages ("checkpoint", "model file").
+
+    Raises:
+        InputFileError: If the file is missing or cannot be unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, f"no such {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a readable file"
+        raise InputFileError(path, f"not a readable {what} ({type(err).__name__}: {err})") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (on the CPU).
 
     Raises:
         InputFileError: If the file is missing, unreadable, or not a cryopose checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise InputFileError(path, f"not a readable checkpoint ({type(err).__name__}: {err})") from None
+    state = read_torch_file(path, "checkpoint file")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputFileError(path, f"not a cryopose CryoPoseNet checkpoint (expected format {CHECKPOINT_FORMAT})")
     return state

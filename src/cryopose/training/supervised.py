@@ -425,7 +425,7 @@ def save_checkpoint(path, model: OrientationRegressor, *, train_config: Supervis
         extra: Further JSON-like entries, stored as ``extra`` (copied, not modified).
         invert_contrast: Whether the training images were negated (dark particles);
             stored as ``extra["invert_contrast"]`` (a bool) when given, which
-            :func:`cryopose.pipelines.abinitio.predict_poses_supervised` then applies by
+            :func:`cryopose.pipelines.predict.predict_poses_supervised` then applies by
             default. ``None`` leaves ``extra`` as it is.
 
     Returns:
