@@ -146,9 +146,11 @@ def test_one_epoch_smoke_loss_decreases_and_checkpoint_written(tmp_path):
     assert state["epoch"] == 2 and state["step"] == tr.step
 
 
-def test_checkpoint_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("search_mode", ["candidate", "replace"])
+def test_checkpoint_resume_equals_uninterrupted_run(tmp_path, search_mode):
+    # the search warm-up spans the interruption: its random grid rotations must resume too
     stack, meta = _particles(64, 2)
-    cfg = _config(epochs=2)
+    cfg = _config(epochs=2, search_fraction=1.0, search_mode=search_mode)
     straight = _trainer(cfg, stack, meta)
     straight.train()
 

@@ -259,22 +259,39 @@ class Trainer:
         rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss)
         vft = self.model.volume.prepare()
         searching = self.searcher is not None and self.step < self.config.search_fraction * self.total_steps
-        cands, cand_shifts = rot, shifts
-        if searching:
-            found = self.searcher(vft, target, batch.ctf, batch.shifts_px, radius)
-            cands = torch.cat([rot, found[:, None]], dim=1)
-            if shifts is not None:
-                cand_shifts = torch.cat([shifts, torch.zeros_like(shifts[:, :1])], dim=1)
-        pred = _predict(self.model, vft, batch, cands, cand_shifts)
-        residuals = fourier_residuals(pred, target, mask)
-        loss, best = best_candidate_loss(residuals, mean_weight=self.config.hypothesis_mean_weight)
-        if searching:
-            winner = cands[torch.arange(cands.shape[0]), best]
-            loss = loss + self.config.distill_weight * distillation_loss(rot, winner, symmetry=self.symmetry)
+        if searching and self.config.search_mode == "replace":
+            loss = self._search_replace_loss(batch, vft, target, mask, radius, rot, shifts)
+        else:
+            cands, cand_shifts = rot, shifts
+            if searching:
+                found = self.searcher(vft, target, batch.ctf, batch.shifts_px, radius)
+                cands = torch.cat([rot, found[:, None]], dim=1)
+                if shifts is not None:
+                    cand_shifts = torch.cat([shifts, torch.zeros_like(shifts[:, :1])], dim=1)
+            pred = _predict(self.model, vft, batch, cands, cand_shifts)
+            residuals = fourier_residuals(pred, target, mask)
+            loss, best = best_candidate_loss(residuals, mean_weight=self.config.hypothesis_mean_weight)
+            if searching:
+                winner = cands[torch.arange(cands.shape[0]), best]
+                loss = loss + self.config.distill_weight * distillation_loss(rot, winner, symmetry=self.symmetry)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return float(loss.detach()), radius
+
+    def _search_replace_loss(self, batch, vft, target, mask, radius, rot, shifts) -> torch.Tensor:
+        """Warm-up loss of ``search_mode="replace"``: the map learns from the search poses only
+        (cryoSPARC's SGD ab initio), the encoder from its best candidate against the map held
+        fixed plus the distillation towards the search pose."""
+        from ..projection import VolumeFT
+
+        found = self.searcher(vft, target, batch.ctf, batch.shifts_px, radius)
+        pred_map = _predict(self.model, vft, batch, found[:, None], None if shifts is None else shifts[:, :1].detach())
+        map_loss = fourier_residuals(pred_map, target, mask).mean()
+        fixed = VolumeFT(vft.data.detach(), vft.box_size, vft.pad)
+        enc_res = fourier_residuals(_predict(self.model, fixed, batch, rot, shifts), target, mask)
+        enc_loss, _ = best_candidate_loss(enc_res, mean_weight=self.config.hypothesis_mean_weight)
+        return map_loss + enc_loss + self.config.distill_weight * distillation_loss(rot, found, symmetry=self.symmetry)
 
     def train(self) -> None:
         """Run (or continue) training to ``config.epochs``.
