@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,8 @@ def run_dir(tmp_path_factory):
 
 def test_abinitio_writes_every_output(run_dir):
     folder, star, out = run_dir
-    for name in ("poses.star", "map.mrc", "map_half1.mrc", "map_half2.mrc", "fsc.json", "encoder.pt",
+    for name in ("poses.star", "poses_encoder.star", "map.mrc", "map_half1.mrc", "map_half2.mrc", "fsc.json",
+                 "encoder.pt",
                  "checkpoint.pt", "config.yaml", "summary.json", "report.html", "loss.png", "fsc.png",
                  "angles.png", "slices.png", "projections.png"):
         assert (out / name).is_file(), name
@@ -54,6 +57,10 @@ def test_abinitio_writes_every_output(run_dir):
     assert cfg["config"]["model"]["pose_param"] == "s2s2"
     html = (out / "report.html").read_text()
     assert "loss.png" in html and "projections.png" in html
+    # the report says which additions to the paper were on, and that the poses were polished
+    assert "search warm-up" in html and "symmetrised loss" in html and "refined locally" in html
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["polish_rounds"] == 1 and summary["polish_median_change_deg"] >= 0
     m = read_map(out / "map.mrc")
     assert m.volume.shape == (BOX,) * 3 and m.pixel_size_angstrom == pytest.approx(APIX, rel=1e-4)
 
@@ -70,6 +77,11 @@ def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir):
     assert torch.allclose(est.shifts_angstrom, truth.shifts_angstrom, atol=1e-3)  # origins from the STAR
     conf = est.table["rlnCryoposeConfidence"].to_numpy(dtype=float)
     assert conf.shape == (len(est),) and ((conf > 0) & (conf <= 1 + 1e-6)).all()
+    res = est.table["rlnCryoposeResidual"].to_numpy(dtype=float)
+    assert res.shape == (len(est),) and np.isfinite(res).all() and (res > 0).all()
+    # the amortized poses are kept beside the polished ones, same particles and order
+    _, enc = load_particles(out / "poses_encoder.star")
+    assert len(enc) == len(est) and np.array_equal(enc.image_indices, est.image_indices)
     assert "rlnAngleRot" in est.table.columns and "rlnOriginXAngst" in est.table.columns
 
 

@@ -152,7 +152,7 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
     ref = resample_volume(vol, a_r, a, m)
     images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     ctf = metadata.ctf if use_ctf else None
-    result = search_poses(images, torch.from_numpy(np.ascontiguousarray(ref)), a, ctf=ctf, config=config,
+    result = search_poses(images, torch.from_numpy(np.array(ref, dtype=np.float32)), a, ctf=ctf, config=config,
                           progress=progress)
     out = metadata.replace(rotmats=result.rotmats, shifts_angstrom=result.shifts_angstrom)
     info = {
