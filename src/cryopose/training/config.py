@@ -5,9 +5,10 @@
 reconstruction). Defaults are the settings measured to converge in ``benchmarks/abinitio.py``
 (its ``ablation`` section turns each addition to the paper off in turn; the module docstring of
 :mod:`cryopose.training.trainer` describes a step). On by default, beyond Nashed et al.: the
-search warm-up (without it, the paper's gradient descent stalled far from the poses on every
-data set we tried), cryoAI's symmetrised loss, four hypotheses per image, batch
-normalisation, frequency marching from half Nyquist, and one round of local polishing. Every config
+search warm-up (with it the encoder's and the final poses were better in the benchmark's
+ablation; with the earlier settings of this project the paper's gradient descent alone stalled),
+cryoAI's symmetrised loss, four hypotheses per image, batch normalisation, frequency marching
+from half Nyquist, and one round of local polishing. Every config
 checks its values on construction and raises :class:`cryopose.errors.UserError` with a message
 naming the bad option.
 """

@@ -1,12 +1,14 @@
 """Global pose search against the volume being learned: the warm-up of CryoPoseNet training.
 
 From a random start, the encoder and the volume of CryoPoseNet (Nashed et al., ICCV-W 2021)
-have to agree on poses by gradient descent alone, which on our benchmarks (β-gal and 4AKE,
-64 px, CTF, SNR 0.1) ends in a local minimum — median errors of 40–130° after 12 epochs with
-the paper's settings, with cryoAI's symmetrised loss and several hypotheses (see
-``benchmarks/abinitio.py --sections ablation``). The remedy of cryoSPARC's stochastic-gradient
+have to agree on poses by gradient descent alone. With the first settings of this project
+(paper learning rates, no batch norm, a volume scale of 1/n) that ended in local minima on
+β-gal and 4AKE at SNR 0.1 (median errors of 40–130° after 12 epochs); with the present
+defaults it converges on β-gal in C1, but less accurately than with the warm-up (the
+benchmark's ablation, one seed: encoder 10.3° vs 8.3° median, after polishing 3.6° vs 2.6°).
+The warm-up follows cryoSPARC's stochastic-gradient
 ab initio (Punjani et al. 2017), cryoDRGN2 and cryoDRGN-AI (Levy et al. 2024: search first,
-amortize later) and cryoSPIN (Shekarforoush et al. 2024) is a global search: for each batch,
+amortize later) and cryoSPIN (Shekarforoush et al. 2024): a global search — for each batch,
 every image is compared with projections of the *current* volume on a near-uniform SO(3) grid
 at low resolution, and the best grid pose becomes one more candidate of the best-candidate
 loss. The encoder is taught that pose (:func:`distillation_loss`), so after the warm-up it
