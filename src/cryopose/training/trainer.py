@@ -286,7 +286,7 @@ class Trainer:
         from ..projection import VolumeFT
 
         found = self.searcher(vft, target, batch.ctf, batch.shifts_px, radius)
-        pred_map = _predict(self.model, vft, batch, found[:, None], None if shifts is None else shifts[:, :1].detach())
+        pred_map = _predict(self.model, vft, batch, found[:, None], None)  # at the metadata's origins, as searched
         map_loss = fourier_residuals(pred_map, target, mask).mean()
         fixed = VolumeFT(vft.data.detach(), vft.box_size, vft.pad)
         enc_res = fourier_residuals(_predict(self.model, fixed, batch, rot, shifts), target, mask)
