@@ -140,7 +140,8 @@ def write_poses(path: Path, metadata, inference: PoseInference, working_pixel_si
 
     Shifts go from working pixels to Å; the confidence is written as ``rlnCryoposeConfidence``
     and the mean squared Fourier residual of the chosen pose (working box, normalised images) as
-    ``rlnCryoposeResidual``. Both rank outliers (junk has low confidence and high residual).
+    ``rlnCryoposeResidual``. Both rank outliers (junk has low confidence and high residual);
+    both describe the encoder's pose (amortized inference), also in the polished ``poses.star``.
     """
     from ..io.star import write_star
 
