@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,3 +43,13 @@ def relion():
         return exe
 
     return find
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: tiny networks run fastest so, results are
+    reproducible, and the 2-core machine is shared (modules opt in with ``usefixtures``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

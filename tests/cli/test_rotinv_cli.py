@@ -8,7 +8,6 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 import pytest
-import torch
 
 from cryopose.cli.main import main
 from cryopose.io.star import read_star
@@ -17,12 +16,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BETAGAL = DATA / "maps" / "relion_tutorial_betagal_100px_3.54A.mrc"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

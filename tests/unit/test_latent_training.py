@@ -15,12 +15,7 @@ from cryopose.training.latent import (LatentTrainConfig, encode_latents, fit_sca
 from cryopose.training.rotinv import rotate_images
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _rotating_images(n=96, box=16, seed=0):

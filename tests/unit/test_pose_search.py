@@ -21,12 +21,7 @@ N = 24
 APIX = 6.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _volume(symmetry: str = "C1") -> torch.Tensor:

@@ -16,13 +16,7 @@ from cryopose.training.rotinv import (RotInvTrainConfig, angle_loss, circular_ma
                                       predict_rotinv, rotate_images, train_rotinv, train_spatial_vae, wrap_angle)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread (and the CI machine is shared)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _blob_volume(n=32):

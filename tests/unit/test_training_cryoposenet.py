@@ -29,13 +29,7 @@ N_BOX = 16
 APIX = 8.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: results reproducible and fast on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _volume() -> torch.Tensor:
