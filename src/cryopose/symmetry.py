@@ -57,6 +57,7 @@ __all__ = [
     "symmetry_operators",
     "expand_by_symmetry",
     "asymmetric_unit_mask",
+    "asymmetric_unit_mates",
     "DEFAULT_REFERENCE_DIRECTION",
 ]
 
@@ -247,3 +248,26 @@ def asymmetric_unit_mask(
         raise ValueError(f"reference direction {tuple(r.tolist())} lies on a symmetry axis of {symbol}")
     dots = d @ images_of_r.T  # (..., G); column 0 is d · r
     return dots[..., 0] >= dots.max(dim=-1).values - atol
+
+
+def asymmetric_unit_mates(rotmats, symbol: str) -> torch.Tensor:
+    """Each pose's symmetry mate ``R S`` whose viewing direction lies in the asymmetric unit.
+
+    Args:
+        rotmats: ``(N, 3, 3)`` poses.
+        symbol: Point-group symbol (see :func:`symmetry_operators`).
+
+    Returns:
+        ``(N, 3, 3)`` poses in the dtype of ``rotmats`` (unchanged for C1; a pose with no mate
+        inside, which ties make impossible in practice, keeps its own).
+
+    Raises:
+        SymmetryError: For an unknown symbol.
+    """
+    r = as_tensor(rotmats)
+    if canonical_symbol(symbol) == "C1":
+        return r
+    mates = expand_by_symmetry(r.double(), symbol)  # (N, G, 3, 3)
+    inside = asymmetric_unit_mask(mates[..., 2, :], symbol, atol=1e-6)  # (N, G)
+    first = torch.where(inside.any(-1), inside.float().argmax(-1), torch.zeros(inside.shape[0], dtype=torch.long))
+    return mates[torch.arange(r.shape[0]), first].to(r.dtype)

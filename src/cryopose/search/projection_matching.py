@@ -56,7 +56,7 @@ from ..errors import UserError
 from ..fourier import centered_fft2
 from ..projection import prepare_volume_ft
 from ..rotations import inplane_grid, local_grid, relion_euler_to_rotmat, sphere_grid
-from ..symmetry import asymmetric_unit_mask, canonical_symbol, expand_by_symmetry
+from ..symmetry import asymmetric_unit_mask, asymmetric_unit_mates, canonical_symbol
 from .band import make_band, origin_phases_band, slice_band, soft_circular_mask
 
 __all__ = [
@@ -329,16 +329,6 @@ def _distinct_top(rot: torch.Tensor, score: torch.Tensor, k: int, min_sep_deg: f
     return torch.gather(order, 1, picked)
 
 
-def _canonical(rotmats: torch.Tensor, symmetry: str) -> torch.Tensor:
-    """Replace each pose by its symmetry mate ``R S`` whose direction lies in the asymmetric unit."""
-    if canonical_symbol(symmetry) == "C1":
-        return rotmats
-    mates = expand_by_symmetry(rotmats.double(), symmetry)  # (N, G, 3, 3)
-    inside = asymmetric_unit_mask(mates[..., 2, :], symmetry, atol=1e-6)  # (N, G)
-    first = torch.where(inside.any(-1), inside.float().argmax(-1), torch.zeros(inside.shape[0], dtype=torch.long))
-    return mates[torch.arange(rotmats.shape[0]), first].to(rotmats.dtype)
-
-
 def _check_inputs(source, reference: torch.Tensor, pixel_size: float, ctf: CTFParams | None) -> int:
     if reference.ndim != 3 or len(set(reference.shape)) != 1:
         raise UserError(f"reference must be a cubic volume (n, n, n), got {tuple(reference.shape)}")
@@ -426,7 +416,7 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
         gsc_out[idx] = gv[:, 0].to(torch.float32)
         if progress is not None:
             progress(int(idx[-1]) + 1, n_particles)
-    rot_out = _canonical(rot_out, config.symmetry)
+    rot_out = asymmetric_unit_mates(rot_out, config.symmetry)
     total = time.perf_counter() - t_start
     info = {
         "steps_deg": ref.steps,
@@ -543,7 +533,7 @@ def local_search(images, reference, pixel_size_angstrom: float, rotmats: torch.T
                 first = v if first is None else first
         rot_out[idx], sh_out[idx] = rot[:, 0], sh[:, 0]
         sc_out[idx], first_out[idx] = v[:, 0], first[:, 0]
-    rot_out = _canonical(rot_out, config.symmetry)
+    rot_out = asymmetric_unit_mates(rot_out, config.symmetry)
     total = time.perf_counter() - t_start
     info = {"steps_deg": ref.steps[1:], "band_radii_px": [b.radius for b in ref.bands[1:]],
             "symmetry": canonical_symbol(config.symmetry), "box_size": ref.n}

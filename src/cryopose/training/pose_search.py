@@ -29,7 +29,7 @@ import torch
 from ..projection import VolumeFT
 from ..rotations import random_rotations, so3_grid
 from ..search.band import make_band, origin_phases_band, slice_band
-from ..symmetry import canonical_symbol, symmetry_operators
+from ..symmetry import asymmetric_unit_mates, canonical_symbol, symmetry_operators
 
 __all__ = ["GridSearcher", "distillation_loss"]
 
@@ -114,14 +114,8 @@ class GridSearcher:
             better = val < best_score
             best_score = torch.where(better, val, best_score)
             best_rot[better] = rots[idx[better]]
-        return self._canonical(best_rot)
+        return asymmetric_unit_mates(best_rot, self.symmetry)
 
-    def _canonical(self, rotmats: torch.Tensor) -> torch.Tensor:
-        if self.symmetry == "C1":
-            return rotmats
-        from ..search.projection_matching import _canonical
-
-        return _canonical(rotmats, self.symmetry)
 
 
 def distillation_loss(candidates: torch.Tensor, target: torch.Tensor, *, symmetry: str = "C1") -> torch.Tensor:
