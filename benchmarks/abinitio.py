@@ -104,11 +104,8 @@ def run_case(name: str, structure: str, snr_db: float | None, workdir: Path, *, 
              ctf: bool = True, polish_rounds: int = 1, threads: int | None = None) -> dict:
     """Simulate, train, evaluate one case; returns its row."""
     from cryopose.io.particles import load_particles
-    from cryopose.metrics.fsc import fsc_report
-    from cryopose.metrics.pose_error import align_rotations
     from cryopose.pipelines.abinitio import run_abinitio
     from cryopose.pipelines.demo import CTF_TABLE, bundled_path
-    from cryopose.reconstruction import reconstruct
     from cryopose.simulate.noise import snr_from_db
     from cryopose.simulate.simulator import SimulationConfig, simulate_particles
     from cryopose.training.config import AbinitioConfig, ModelConfig, TrainingConfig
@@ -128,35 +125,66 @@ def run_case(name: str, structure: str, snr_db: float | None, workdir: Path, *, 
     res = run_abinitio(sim.star_path, case_dir / "run", config=cfg, progress=False, report=False)
     wall = time.perf_counter() - t0
     stack, meta = load_particles(sim.star_path)
-    align = align_rotations(res.rotmats.double(), meta.rotmats.double(), symmetry=sym, seed=seed)
-    enc = align_rotations(res.encoder_rotmats.double(), meta.rotmats.double(), symmetry=sym, seed=seed)
+    sc = score_poses(res.rotmats, stack, meta, truth, apix, sym, structure=structure, seed=seed)
+    enc = score_poses(res.encoder_rotmats, stack, meta, truth, apix, sym, structure=structure, seed=seed,
+                      reconstruct_map=False)
     ncs = {}
-    if structure == "4ake":
-        g = ncs_rotation_4ake()
-        angle = float(torch.rad2deg(torch.arccos(((torch.trace(g) - 1) / 2).clamp(-1, 1))))
-        e_ncs = _errors_modulo(align.aligned_est.double(), meta.rotmats.double(), g)
-        e_enc = _errors_modulo(enc.aligned_est.double(), meta.rotmats.double(), g)
-        ncs = {"ncs_angle_deg": angle, "ncs_median_error_deg": float(e_ncs.median()),
-               "ncs_mean_error_deg": float(e_ncs.mean()), "ncs_encoder_median_error_deg": float(e_enc.median()),
-               "ncs_encoder_mean_error_deg": float(e_enc.mean())}
-    halves = torch.randperm(n_particles, generator=torch.Generator().manual_seed(seed)) % 2
-    est = reconstruct(stack, meta.replace(rotmats=align.aligned_est.float()), symmetry=sym, half_sets=halves,
-                      progress=False)
-    tomo = reconstruct(stack, meta, symmetry=sym, half_sets=halves, progress=False)
-    f_est, f_tomo = fsc_report(est.volume, truth, apix), fsc_report(tomo.volume, truth, apix)
+    if "ncs_median_error_deg" in sc:
+        ncs = {"ncs_angle_deg": sc["ncs_angle_deg"], "ncs_median_error_deg": sc["ncs_median_error_deg"],
+               "ncs_mean_error_deg": sc["ncs_mean_error_deg"],
+               "ncs_encoder_median_error_deg": enc["ncs_median_error_deg"],
+               "ncs_encoder_mean_error_deg": enc["ncs_mean_error_deg"]}
     return {
         "case": name, "structure": structure, "symmetry": sym, "snr_db": snr_db, "seed": seed,
         "n_particles": n_particles, "epochs": epochs, "working_box": box_size,
-        "median_error_deg": align.median_error_deg, "mean_error_deg": align.mean_error_deg,
-        "hand": align.hand, "ctf": ctf, "polish_rounds": polish_rounds,
-        "encoder_median_error_deg": enc.median_error_deg, "encoder_mean_error_deg": enc.mean_error_deg,
-        "fsc0p5_A": f_est["resolution_fsc0p5_angstrom"], "fsc0p143_A": f_est["resolution_fsc0p143_angstrom"],
-        "tomo_fsc0p5_A": f_tomo["resolution_fsc0p5_angstrom"],
-        "tomo_fsc0p143_A": f_tomo["resolution_fsc0p143_angstrom"],
+        "median_error_deg": sc["median_error_deg"], "mean_error_deg": sc["mean_error_deg"],
+        "hand": sc["hand"], "ctf": ctf, "polish_rounds": polish_rounds,
+        "encoder_median_error_deg": enc["median_error_deg"], "encoder_mean_error_deg": enc["mean_error_deg"],
+        "fsc0p5_A": sc["fsc0p5_A"], "fsc0p143_A": sc["fsc0p143_A"],
+        "tomo_fsc0p5_A": sc["tomo_fsc0p5_A"], "tomo_fsc0p143_A": sc["tomo_fsc0p143_A"],
         **ncs,
         "train_s": res.seconds.get("train"), "polish_s": res.seconds.get("polish", 0.0), "wall_s": wall,
         "training": training or {}, "model": model or {},
     }
+
+
+def score_poses(rotmats: torch.Tensor, stack, meta, truth: torch.Tensor, apix: float, sym: str, *,
+                structure: str = "", seed: int = 0, reconstruct_map: bool = True, tomo: bool = True,
+                shifts_angstrom: torch.Tensor | None = None) -> dict:
+    """Score estimated rotations ``(N, 3, 3)`` (RELION convention) of particles ``stack``/``meta``.
+
+    Median / mean geodesic error (degrees) after global alignment (rotation and hand, modulo
+    ``sym``; :func:`cryopose.metrics.pose_error.align_rotations`); for 4AKE also modulo its A/B
+    non-crystallographic 2-fold (:func:`ncs_rotation_4ake`). With ``reconstruct_map``, the FSC =
+    0.5 / 0.143 resolution (Å) against ``truth`` of the map reconstructed from the aligned rotations
+    (``shifts_angstrom`` ``(N, 2)`` replace the particles' origins when given) and, with ``tomo``,
+    of the map from the true poses, on the same seeded half-set split.
+    """
+    from cryopose.metrics.fsc import fsc_report
+    from cryopose.metrics.pose_error import align_rotations
+    from cryopose.reconstruction import reconstruct
+
+    align = align_rotations(rotmats.double(), meta.rotmats.double(), symmetry=sym, seed=seed)
+    out = {"median_error_deg": align.median_error_deg, "mean_error_deg": align.mean_error_deg, "hand": align.hand}
+    if structure == "4ake":
+        g = ncs_rotation_4ake()
+        e_ncs = _errors_modulo(align.aligned_est.double(), meta.rotmats.double(), g)
+        out.update(ncs_angle_deg=float(torch.rad2deg(torch.arccos(((torch.trace(g) - 1) / 2).clamp(-1, 1)))),
+                   ncs_median_error_deg=float(e_ncs.median()), ncs_mean_error_deg=float(e_ncs.mean()))
+    if reconstruct_map:
+        halves = torch.randperm(len(meta), generator=torch.Generator().manual_seed(seed)) % 2
+        est_meta = meta.replace(rotmats=align.aligned_est.float())
+        if shifts_angstrom is not None:
+            est_meta = est_meta.replace(shifts_angstrom=torch.as_tensor(shifts_angstrom, dtype=torch.float32))
+        f_est = fsc_report(reconstruct(stack, est_meta, symmetry=sym, half_sets=halves, progress=False).volume,
+                           truth, apix)
+        out.update(fsc0p5_A=f_est["resolution_fsc0p5_angstrom"], fsc0p143_A=f_est["resolution_fsc0p143_angstrom"])
+        if tomo:
+            f_tomo = fsc_report(reconstruct(stack, meta, symmetry=sym, half_sets=halves, progress=False).volume,
+                                truth, apix)
+            out.update(tomo_fsc0p5_A=f_tomo["resolution_fsc0p5_angstrom"],
+                       tomo_fsc0p143_A=f_tomo["resolution_fsc0p143_angstrom"])
+    return out
 
 
 def _table(rows: list[dict], title: str) -> str:

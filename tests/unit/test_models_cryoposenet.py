@@ -37,6 +37,23 @@ def test_encoder_is_the_papers_architecture_and_maps_to_512_features():
     assert enc(torch.randn(5, 1, 32, 32)).shape == (5, 512)
 
 
+def test_fused_encoder_gives_the_same_features_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    enc = CryoPoseNetEncoder(16, channels=(4, 8, 8), hidden=(16, 16), batch_norm=True)
+    enc.train()
+    for _ in range(3):  # non-trivial running statistics
+        enc(torch.randn(8, 16, 16) * 3 + 1)
+    enc.eval()
+    fused = enc.fused_for_inference()
+    x = torch.randn(5, 16, 16)
+    with torch.no_grad():
+        ref, out = enc(x), fused(x)
+    assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+    assert not fused.training
+
+
 def test_encoder_rejects_wrong_and_too_small_boxes():
     with pytest.raises(ValueError, match="encoder expects 32-px"):
         CryoPoseNetEncoder(32)(torch.randn(2, 24, 24))
