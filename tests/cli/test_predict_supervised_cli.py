@@ -14,13 +14,7 @@ from cryopose.io.star import write_star
 from cryopose.models.supervised import load_pose_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread (small problems on a shared, loaded CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_data, capsys):

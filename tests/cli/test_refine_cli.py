@@ -15,14 +15,7 @@ from cryopose.io.star import read_star
 from cryopose.models.supervised import load_pose_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, loaded CPU, torch's default thread pool makes these
-    small problems many times slower (measured 10× for the training smoke test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _simulate(tmp_path, shared_data, n, box=16):

@@ -17,14 +17,7 @@ from cryopose.io.star import read_star
 from cryopose.metrics.pose_error import symmetry_aware_errors
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, loaded CPU, torch's default thread pool makes these
-    small problems many times slower (measured 10× for the training smoke test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_map(path, volume, pixel):

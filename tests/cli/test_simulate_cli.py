@@ -43,7 +43,8 @@ def test_simulate_tiny_map(tmp_path, capsys):
 def test_simulate_in_plane_defocus_values_from_model(tmp_path):
     out = tmp_path / "inplane"
     rc = main(["simulate", "-i", str(PDB), "--box-size", "24", "-n", "30", "-o", str(out), "--in-plane-only",
-               "--view-rot-tilt", "10", "80", "--defocus-values", "1.0", "2.0", "3.0", "--no-progress"])
+               "--view-rot-tilt", "10", "80", "--defocus-values", "1.0", "2.0", "3.0", "--no-progress",
+               "--chains", "A"])
     assert rc == 0
     meta = read_star(out.with_suffix(".star"))
     values, counts = np.unique(np.round(meta.ctf.defocus_u_angstrom.numpy()), return_counts=True)
@@ -64,6 +65,7 @@ def test_simulate_in_plane_defocus_values_from_model(tmp_path):
     (["--junk-fraction", "1.5"], "junk fraction"),
     (["--junk-fraction", "0.1", "--junk-types", "dust"], "unknown junk type"),
     (["--view-rot-tilt", "0", "90"], "--in-plane-only"),
+    (["--chains", "A"], "not in a map"),
 ])
 def test_bad_options_give_one_line_error(tmp_path, capsys, extra, message):
     rc = main(["simulate", "-i", str(BETAGAL), "-n", "5", "-o", str(tmp_path / "x")] + extra)

@@ -13,13 +13,7 @@ from cryopose.io.particles import load_particles
 from cryopose.models.supervised import load_pose_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread (small problems on a shared, loaded CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _NET = ["--width", "4", "--batch-size", "8", "--threads", "1"]

@@ -21,14 +21,7 @@ from cryopose.symmetry import asymmetric_unit_mask, expand_by_symmetry, symmetry
 BOX = 24
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, loaded CPU, torch's default thread pool makes these
-    small problems many times slower (measured 10× for the training smoke test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

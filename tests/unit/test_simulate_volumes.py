@@ -112,6 +112,23 @@ def test_model_density_units_are_scattering_factor_per_volume(model_density):
     assert integral == pytest.approx(total, rel=0.01)
 
 
+def test_chain_selection_keeps_one_copy_of_the_dimer():
+    """4AKE holds two adenylate kinase chains: chain A alone carries about half the scattering of
+    the file, centred on its own centre of mass; an unknown chain and chains of a map are errors."""
+    both = model_to_density(PDB, box_size=40, pixel_size_angstrom=3.0)
+    one = model_to_density(PDB, box_size=40, pixel_size_angstrom=3.0, chains=["A"])
+    ratio = one.volume.sum() / both.volume.sum()
+    assert 0.4 < ratio < 0.6
+    z, y, x = np.indices(one.volume.shape)
+    w = one.volume / one.volume.sum()
+    np.testing.assert_allclose([(w * x).sum(), (w * y).sum(), (w * z).sum()], 20.0, atol=0.25)
+    assert _ncc(one.volume, both.volume) < 0.9  # not the dimer
+    with pytest.raises(InputFileError, match="chain.*Z.*not in the model"):
+        model_to_density(PDB, box_size=40, pixel_size_angstrom=3.0, chains=["Z"])
+    with pytest.raises(UserError, match="not in a map"):
+        load_volume(BETAGAL, box_size=32, chains=["A"])
+
+
 def test_model_density_is_not_axis_permuted(tmp_path):
     """A model elongated along x gives a map elongated along the last (x) axis."""
     pdb = tmp_path / "line.pdb"

@@ -21,14 +21,7 @@ from cryopose.training.supervised import (ReprojectionLoss, SupervisedTrainConfi
                                           symmetric_quaternion_distance_loss, train_supervised)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a shared, loaded CPU, torch's default thread pool makes these
-    small problems many times slower (measured 10× for the training smoke test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blob_volume(n: int, seed: int = 0) -> torch.Tensor:

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="the input map's voxel size in Å, overriding its header (needed when the header says 0)")
     io.add_argument("--model-blur", type=float, metavar="A2",
                     help="B-factor (Å²) added to every atom of a model (default 16·pixel², molmap at 2·pixel)")
+    io.add_argument("--chains", metavar="A,B", type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+                    help="keep only these chains of an atomic model (e.g. A: one copy of a homodimer)")
     io.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same data set")
     io.add_argument("--chunk-size", type=int, default=1000, help="images made and written at a time (default 1000)")
     io.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -158,7 +160,8 @@ def run(args) -> int:
         raise UserError("give the structure once: as INPUT or as --volume")
     args.volume = args.volume or args.input
     vol = load_volume(args.volume, box_size=args.box_size, pixel_size_angstrom=args.pixel_size,
-                      input_pixel_size_angstrom=args.map_pixel_size, blur_angstrom2=args.model_blur)
+                      input_pixel_size_angstrom=args.map_pixel_size, blur_angstrom2=args.model_blur,
+                      chains=args.chains)
     box = vol.volume.shape[-1]
     junk_vol = None
     if args.junk_structure is not None and "other" in config.junk_types:

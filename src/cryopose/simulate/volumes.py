@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def _suffix(path: Path) -> str:
 def load_volume(input: str | os.PathLike, *, box_size: int | None = None,
                 pixel_size_angstrom: float | None = None,
                 input_pixel_size_angstrom: float | None = None,
-                blur_angstrom2: float | None = None) -> MapData:
+                blur_angstrom2: float | None = None, chains: Sequence[str] | None = None) -> MapData:
     """Load a map or an atomic model as a cubic volume on the requested grid.
 
     Grid rules (both for maps and models): with both ``box_size`` and ``pixel_size_angstrom``
@@ -98,6 +99,7 @@ def load_volume(input: str | os.PathLike, *, box_size: int | None = None,
             (headers are often wrong). Ignored for models.
         blur_angstrom2: Extra B-factor (Å²) added to every atom of a model; default
             ``16 · pixel²`` (see the module docstring). Ignored for maps.
+        chains: Chains of a model to keep (default all); an error for maps.
 
     Returns:
         :class:`~cryopose.io.mrc.MapData` with a float32 ``(n, n, n)`` volume ``(z, y, x)``,
@@ -107,7 +109,8 @@ def load_volume(input: str | os.PathLike, *, box_size: int | None = None,
         InputFileError: Unknown file type, unreadable or empty file, or a non-cubic map.
         PixelSizeError: The map header's voxel size is zero and no
             ``input_pixel_size_angstrom`` was given, or a given pixel size is not positive.
-        UserError: ``box_size`` not positive, or a model that does not fit in the box.
+        UserError: ``box_size`` not positive, a model that does not fit in the box, or
+            ``chains`` given for a map.
     """
     path = Path(input)
     if box_size is not None and int(box_size) <= 0:
@@ -117,7 +120,9 @@ def load_volume(input: str | os.PathLike, *, box_size: int | None = None,
     suffix = _suffix(path)
     if suffix in MODEL_SUFFIXES:
         return model_to_density(path, box_size=box_size, pixel_size_angstrom=pixel_size_angstrom,
-                                blur_angstrom2=blur_angstrom2)
+                                blur_angstrom2=blur_angstrom2, chains=chains)
+    if chains is not None:
+        raise UserError(f"{path}: chains can be selected in an atomic model, not in a map")
     if suffix not in MAP_SUFFIXES:
         raise InputFileError(path, f"unknown volume type {suffix!r}: give an MRC map "
                                    f"({', '.join(MAP_SUFFIXES)}) or an atomic model ({', '.join(MODEL_SUFFIXES)})")
@@ -227,7 +232,7 @@ def resample_volume(volume: np.ndarray, pixel_size_in: float, pixel_size_out: fl
 # --------------------------------------------------------------------------------------------
 
 
-def _read_model(path: Path):
+def _read_model(path: Path, chains: Sequence[str] | None = None):
     import gemmi
 
     if not path.is_file():
@@ -242,6 +247,16 @@ def _read_model(path: Path):
     st.remove_empty_chains()
     while len(st) > 1:  # keep the first model (NMR ensembles)
         del st[len(st) - 1]
+    if chains is not None:
+        wanted = [str(c) for c in chains]
+        present = [ch.name for ch in st[0]]
+        missing = [c for c in wanted if c not in present]
+        if not wanted or missing:
+            raise InputFileError(path, f"chain(s) {', '.join(missing) or '(none given)'} not in the model "
+                                       f"(it has {', '.join(present)})")
+        for name in present:
+            if name not in wanted:
+                st[0].remove_chain(name)
     if st[0].count_atom_sites() == 0:
         raise InputFileError(path, "the model holds no atoms (after removing waters)")
     return st
@@ -273,7 +288,7 @@ def default_model_grid(diameter_angstrom: float, *, box_size: int | None = None,
 
 def model_to_density(path: str | os.PathLike, *, box_size: int | None = None,
                      pixel_size_angstrom: float | None = None,
-                     blur_angstrom2: float | None = None) -> MapData:
+                     blur_angstrom2: float | None = None, chains: Sequence[str] | None = None) -> MapData:
     """Electron-scattering density of an atomic model on a cubic grid (gemmi).
 
     Follows gemmi's ``DensityCalculatorE`` (electron form factors, real-space summation on a
@@ -284,20 +299,23 @@ def model_to_density(path: str | os.PathLike, *, box_size: int | None = None,
         box_size: Box edge in pixels; chosen by :func:`default_model_grid` if ``None``.
         pixel_size_angstrom: Pixel size in Å; chosen by :func:`default_model_grid` if ``None``.
         blur_angstrom2: Extra B-factor in Å² (default ``16 · pixel²``; must be >= 0).
+        chains: Chain names to keep (e.g. ``["A"]``: one copy of a homodimer's asymmetric
+            unit, such as the monomeric biological unit of 4AKE); default all chains.
 
     Returns:
         :class:`~cryopose.io.mrc.MapData`: float32 ``(n, n, n)`` ``(z, y, x)`` density in Å⁻²,
         non-negative, with the model's centre of mass (atomic masses) at voxel ``n // 2``.
 
     Raises:
-        InputFileError: The file cannot be read as a model or holds no atoms.
+        InputFileError: The file cannot be read as a model, holds no atoms, or lacks a chain
+            of ``chains``.
         UserError: Negative blur, or the model does not fit in the requested box (it would
             wrap around the periodic cell).
     """
     import gemmi
 
     path = Path(path)
-    st = _read_model(path)
+    st = _read_model(path, chains)
     model = st[0]
     com = np.array(model.calculate_center_of_mass().tolist())
     pos = _atom_positions(model)

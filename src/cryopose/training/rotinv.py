@@ -6,12 +6,19 @@ training image ``x`` (standardised, circularly masked) is turned by a random ``�
 the encoder sees the (low-passed) turned image and must return ``θ`` and a content code from
 which the decoder renders ``x`` itself, unrotated. Loss per image:
 
-``L = (exp(|θ − θ̂|) − 1) + λ_img (‖x − x̂‖₂ + ‖x − x̂‖₁) / n + λ_W · (−D(c))``
+``L = λ_ang (exp(|θ − θ̂|) − 1) + λ_vec ‖v − (cos θ, sin θ)‖²``
+``    + λ_img (‖x − x̂‖₂ + ‖x − x̂‖₁) / n + λ_W · (−D(c))``
 
-with ``|θ − θ̂|`` the circular difference in [0, π], ``‖·‖`` norms over the ``n × n`` pixels
+with ``|θ − θ̂|`` the circular difference in [0, π], ``v`` the angle head's raw 2-vector
+(``θ̂ = atan2(v_y, v_x)``), ``‖·‖`` norms over the ``n × n`` pixels
 (divided by ``n`` so that they are per-pixel-row sized) and ``D`` the latent critic, trained
 in alternation on ``D(c) − D(ε) + λ_GP (‖∇D‖ − 1)²`` with ``ε ~ N(0, I)`` (WGAN-GP, Gulrajani et
-al. 2017). The low-pass on the encoder input (``input_lowpass``, a fraction of Nyquist) hides
+al. 2017). The periodic loss of the paper, convex in the circular error, is minimised half-way
+between the two modes of an angle known only modulo 180° (a particle's axis before its
+polarity is learned, near 2-fold views), which stalled training with errors clustered at ±90°;
+the vector term (minimised by the conditional mean direction, i.e. the likelier mode) drives the
+angle head, and the periodic term (``λ_ang``, small) joins after ``angle_warmup_fraction`` of the
+epochs (:func:`rotinv_angle_objective`). The low-pass on the encoder input (``input_lowpass``, a fraction of Nyquist) hides
 the texture that interpolation leaves in rotated noise, which would otherwise betray ``θ``
 modulo 90°.
 
@@ -50,7 +57,8 @@ from ..fourier import frequency_indices
 __all__ = [
     "rotate_images", "circular_mask", "random_angles", "theta_to_psi_deg", "psi_deg_to_theta",
     "spatial_vae_angle_to_theta", "wrap_angle", "lowpass_images", "Standardization", "RotInvTrainConfig",
-    "fit_standardization", "prepare_images", "load_rotinv_checkpoint", "angle_loss", "image_loss",
+    "fit_standardization", "prepare_images", "load_rotinv_checkpoint", "angle_loss", "angle_vector_loss",
+    "rotinv_angle_objective", "image_loss",
     "RotInvTrainResult", "train_rotinv", "train_spatial_vae", "RotInvPrediction", "predict_rotinv",
     "DownsampledSource",
 ]
@@ -158,7 +166,11 @@ class RotInvTrainConfig:
         batch_size: Images per step.
         learning_rate: Adam learning rate (cosine decay to ``final_lr_fraction`` of it).
         final_lr_fraction: See ``learning_rate``.
+        lambda_angle: Weight of Bibas et al.'s periodic angle loss ``exp(|θ − θ̂|) − 1``.
         lambda_image: Weight of the image loss ``(‖x − x̂‖₂ + ‖x − x̂‖₁) / n``.
+        lambda_vector: Weight of the angle head's vector loss ``‖v − (cos θ, sin θ)‖²``.
+        angle_warmup_fraction: Fraction of the epochs trained without the periodic loss (the
+            vector loss alone resolves the particle's polarity first).
         lambda_wasserstein: Weight of the critic term (0 = no critic).
         gradient_penalty: WGAN-GP weight ``λ_GP``.
         mask_radius_fraction: Circular mask radius (fraction of ``n/2``) applied to every image.
@@ -175,7 +187,10 @@ class RotInvTrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     final_lr_fraction: float = 0.05
+    lambda_angle: float = 0.1
     lambda_image: float = 1.0
+    lambda_vector: float = 1.0
+    angle_warmup_fraction: float = 0.5
     lambda_wasserstein: float = 0.01
     gradient_penalty: float = 10.0
     mask_radius_fraction: float | None = 1.0
@@ -189,9 +204,13 @@ class RotInvTrainConfig:
             raise UserError(f"need epochs >= 1 and batch size >= 2, got {self.epochs} and {self.batch_size}")
         if not (self.learning_rate > 0 and 0 < self.final_lr_fraction <= 1):
             raise UserError("learning rate must be > 0 and the final fraction in (0, 1]")
-        for name in ("lambda_image", "lambda_wasserstein", "gradient_penalty"):
+        for name in ("lambda_angle", "lambda_image", "lambda_vector", "lambda_wasserstein", "gradient_penalty"):
             if not getattr(self, name) >= 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.angle_warmup_fraction <= 1:
+            raise UserError(f"angle_warmup_fraction must be in [0, 1], got {self.angle_warmup_fraction}")
+        if self.lambda_angle == 0 and self.lambda_vector == 0:
+            raise UserError("lambda_angle and lambda_vector are both 0: the angle head would not be trained")
         if self.input_lowpass is not None and not (0 < self.input_lowpass <= 1):
             raise UserError(f"input low-pass must be in (0, 1], got {self.input_lowpass}")
         if self.mask_radius_fraction is not None and not (0 < self.mask_radius_fraction <= 1.5):
@@ -282,6 +301,35 @@ def load_rotinv_checkpoint(path):
 def angle_loss(theta_true: torch.Tensor, theta_pred: torch.Tensor) -> torch.Tensor:
     """Bibas et al.'s periodic angle loss ``mean(exp(|wrap(θ − θ̂)|) − 1)`` (radians)."""
     return torch.expm1(wrap_angle(theta_true - theta_pred).abs()).mean()
+
+
+def angle_vector_loss(theta_true: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``mean ‖v − (cos θ, sin θ)‖²`` on the angle head's raw 2-vector ``v`` ``(B, 2)``."""
+    target = torch.stack([torch.cos(theta_true), torch.sin(theta_true)], dim=1).to(vector.dtype)
+    return (vector - target).pow(2).sum(1).mean()
+
+
+def rotinv_angle_objective(theta_true: torch.Tensor, vector: torch.Tensor, config: "RotInvTrainConfig",
+                           epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The angle terms of the training loss at ``epoch`` (0-based): ``(weighted periodic loss,
+    weighted vector loss)``.
+
+    The periodic loss ``exp(|θ − θ̂|) − 1`` is convex in the circular error, so when an image's
+    angle is (still) ambiguous between two modes ``θ`` and ``θ + π`` — the encoder has found the
+    particle's long axis but not its polarity, or the data are nearly 2-fold symmetric — its
+    minimiser is the *midpoint* between the modes, ±90° from both; an encoder trained on it alone
+    gets stuck with errors clustered at ±90°. The squared error of the raw head vector to
+    ``(cos θ, sin θ)`` is minimised by the conditional mean direction instead, which points to the
+    likelier mode (and shrinks the vector where the modes are equally likely), so the polarity can
+    still be learned. The periodic loss (weight ``lambda_angle``) joins after the first
+    ``angle_warmup_fraction`` of the epochs.
+    """
+    lv = config.lambda_vector * angle_vector_loss(theta_true, vector) if config.lambda_vector > 0 else vector.sum() * 0
+    warm = epoch < int(round(config.angle_warmup_fraction * config.epochs))
+    if config.lambda_angle == 0 or warm:
+        return vector.sum() * 0, lv
+    theta_hat = torch.atan2(vector[:, 1], vector[:, 0])
+    return config.lambda_angle * angle_loss(theta_true, theta_hat), lv
 
 
 def image_loss(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -378,11 +426,12 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
             theta = random_angles(x.shape[0], generator=gen, dtype=x.dtype)
             x_in = rotate_images(x, theta)
             if kind == "rotinv":
-                canon, theta_hat, code, _ = model(lowpass_images(x_in, config.input_lowpass))
-                la = angle_loss(theta, theta_hat)
+                canon, theta_hat, code, vec = model(lowpass_images(x_in, config.input_lowpass))
+                la, lv = rotinv_angle_objective(theta, vec, config, epoch)
                 li = image_loss(x, canon)
-                loss = la + config.lambda_image * li
-                parts = {"angle": float(la.detach()), "image": float(li.detach())}
+                loss = la + lv + config.lambda_image * li
+                parts = {"angle": float(angle_loss(theta, theta_hat).detach()), "vector": float(lv.detach()),
+                         "image": float(li.detach())}
                 if use_critic:
                     for p in model.critic.parameters():
                         p.requires_grad_(False)
