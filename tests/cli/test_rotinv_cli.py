@@ -53,5 +53,9 @@ def test_errors_are_one_line(particles, tmp_path, capsys):
     assert main(["rotinv", "train", str(particles), "-o", str(tmp_path / "a"), "--box", "20"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "divisible by 8" in err
+    assert main(["rotinv", "train", str(particles), "-o", str(tmp_path / "b"), "--lambda-angle", "0",
+                 "--lambda-vector", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lambda_angle and lambda_vector are both 0" in err
     assert main(["rotinv", "predict", str(tmp_path / "none")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -48,6 +48,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--lambda-image", type=float, default=1.0, help="rotinv image-loss weight (default 1)")
     p.add_argument("--lambda-wasserstein", type=float, default=0.01, help="rotinv critic weight (default 0.01)")
+    p.add_argument("--lambda-angle", type=float, default=0.1,
+                   help="rotinv weight of Bibas et al.'s periodic angle loss exp(|Δθ|)−1 (default 0.1)")
+    p.add_argument("--lambda-vector", type=float, default=1.0,
+                   help="rotinv weight of the angle head's (cos θ, sin θ) vector loss (default 1)")
+    p.add_argument("--angle-warmup-fraction", type=float, default=0.5,
+                   help="fraction of the epochs before the periodic angle loss joins (default 0.5)")
     p.add_argument("--input-lowpass", type=float, default=0.6,
                    help="low-pass of the rotinv encoder input, fraction of Nyquist (default 0.6; 1 = off)")
     p.add_argument("--obs-std", type=float, default=1.0, help="spatial-VAE likelihood std (default 1)")
@@ -103,6 +109,8 @@ def _run_train(args) -> int:
         torch.set_num_threads(args.threads)
     config = RotInvTrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                lambda_image=args.lambda_image, lambda_wasserstein=args.lambda_wasserstein,
+                               lambda_angle=args.lambda_angle, lambda_vector=args.lambda_vector,
+                               angle_warmup_fraction=args.angle_warmup_fraction,
                                input_lowpass=None if args.input_lowpass >= 1 else args.input_lowpass,
                                invert_contrast=args.invert_contrast, obs_std=args.obs_std, seed=args.seed)
     out = prepare_output_dir(args.output)
