@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import mrcfile
@@ -28,7 +29,7 @@ def particles(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["rotinv", "spatial-vae"])
-def test_train_and_predict(particles, tmp_path, model, capsys):
+def test_train_and_predict(particles, tmp_path, model, capsys, relion):
     run = tmp_path / model
     extra = ["--hidden", "32"] if model == "spatial-vae" else ["--channels", "4", "--content-dim", "4"]
     assert main(["rotinv", "train", str(particles), "-o", str(run), "--model", model, "--epochs", "2",
@@ -47,6 +48,12 @@ def test_train_and_predict(particles, tmp_path, model, capsys):
     with mrcfile.open(run / "canonical.mrcs") as m:
         assert m.data.shape == (96, 16, 16)
         assert float(m.voxel_size.x) == pytest.approx(3.54 * 100 / 24 * 24 / 16, rel=1e-4)
+    # RELION 3.1 reads the written STAR: the same psi in every row
+    res = subprocess.run([relion("relion_star_printtable"), str(run / "rotinv_particles.star"), "data_particles",
+                          "rlnAnglePsi"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    psi = [float(v) for v in res.stdout.split()]
+    assert len(psi) == 96 and np.allclose(psi, t["rlnAnglePsi"].to_numpy(), atol=1e-4)
 
 
 def test_errors_are_one_line(particles, tmp_path, capsys):
