@@ -378,7 +378,7 @@ def main(argv=None) -> int:
                         "'' = both chains, whose 179° NCS makes the canonical angle ambiguous by 180°)")
     p.add_argument("--bibas-train", type=int, default=16000)
     p.add_argument("--bibas-test", type=int, default=4000)
-    p.add_argument("--bibas-epochs", type=int, default=6, help="rotation-invariant AE epochs (default 6)")
+    p.add_argument("--bibas-epochs", type=int, default=20, help="rotation-invariant AE epochs (default 20)")
     p.add_argument("--bibas-epochs-sv", type=int, default=4, help="spatial-VAE epochs (default 4)")
     p.add_argument("--sv-hidden", type=int, default=128, help="spatial-VAE hidden width (paper 500; default 128 for CPU)")
     p.add_argument("--seed", type=int, default=0)
