@@ -99,50 +99,52 @@ def _errors_modulo(aligned: torch.Tensor, truth: torch.Tensor, op: torch.Tensor)
     return torch.minimum(geodesic_distance_deg(aligned, truth), geodesic_distance_deg(aligned, truth @ op))
 
 
+def simulate_case(structure: str, snr_db: float | None, out: Path, *, n_particles: int, ctf: bool = True,
+                  seed: int = 0) -> tuple[Path, torch.Tensor, float, str]:
+    """Simulate a benchmark case into ``out/particles``: 64-px particles of ``structure``, uniform
+    SO(3), CTFs drawn from the bundled EMPIAR-10028 table when ``ctf``, white noise at ``snr_db``
+    (``None``: noise-free); the same seed gives the same set. Returns ``(STAR path, true volume,
+    pixel size Å, point group)``."""
+    from cryopose.pipelines.demo import CTF_TABLE, bundled_path
+    from cryopose.simulate.noise import snr_from_db
+    from cryopose.simulate.simulator import SimulationConfig, simulate_particles
+
+    truth, apix, sym = _truth(structure)
+    snr = None if snr_db is None else snr_from_db(snr_db)
+    sim = simulate_particles(truth, pixel_size_angstrom=apix, n_particles=n_particles,
+                             config=SimulationConfig(snr=snr, apply_ctf=ctf,
+                                                     ctf_table_path=str(bundled_path(CTF_TABLE)) if ctf else None),
+                             generator=seed, output=out / "particles")
+    return sim.star_path, truth, apix, sym
+
+
 def run_case(name: str, structure: str, snr_db: float | None, workdir: Path, *, n_particles: int, epochs: int,
              box_size: int, seed: int = 0, training: dict | None = None, model: dict | None = None,
              ctf: bool = True, polish_rounds: int = 1, threads: int | None = None) -> dict:
     """Simulate, train, evaluate one case; returns its row."""
     from cryopose.io.particles import load_particles
     from cryopose.pipelines.abinitio import run_abinitio
-    from cryopose.pipelines.demo import CTF_TABLE, bundled_path
-    from cryopose.simulate.noise import snr_from_db
-    from cryopose.simulate.simulator import SimulationConfig, simulate_particles
     from cryopose.training.config import AbinitioConfig, ModelConfig, TrainingConfig
 
-    truth, apix, sym = _truth(structure)
     case_dir = workdir / f"{name}_seed{seed}"
     case_dir.mkdir(parents=True, exist_ok=True)
-    snr = None if snr_db is None else snr_from_db(snr_db)
-    sim = simulate_particles(truth, pixel_size_angstrom=apix, n_particles=n_particles,
-                             config=SimulationConfig(snr=snr, apply_ctf=ctf,
-                                                     ctf_table_path=str(bundled_path(CTF_TABLE)) if ctf else None),
-                             generator=seed, output=case_dir / "particles")
+    star, truth, apix, sym = simulate_case(structure, snr_db, case_dir, n_particles=n_particles, ctf=ctf, seed=seed)
     cfg = AbinitioConfig(box_size=box_size, reconstruct=polish_rounds > 0, polish_rounds=polish_rounds,
                          model=ModelConfig(**(model or {})),  # ab initio in C1, scored modulo ``sym``
                          training=TrainingConfig(epochs=epochs, seed=seed, num_threads=threads, **(training or {})))
     t0 = time.perf_counter()
-    res = run_abinitio(sim.star_path, case_dir / "run", config=cfg, progress=False, report=False)
+    res = run_abinitio(star, case_dir / "run", config=cfg, progress=False, report=False)
     wall = time.perf_counter() - t0
-    stack, meta = load_particles(sim.star_path)
+    stack, meta = load_particles(star)
     sc = score_poses(res.rotmats, stack, meta, truth, apix, sym, structure=structure, seed=seed)
     enc = score_poses(res.encoder_rotmats, stack, meta, truth, apix, sym, structure=structure, seed=seed,
                       reconstruct_map=False)
-    ncs = {}
-    if "ncs_median_error_deg" in sc:
-        ncs = {"ncs_angle_deg": sc["ncs_angle_deg"], "ncs_median_error_deg": sc["ncs_median_error_deg"],
-               "ncs_mean_error_deg": sc["ncs_mean_error_deg"],
-               "ncs_encoder_median_error_deg": enc["ncs_median_error_deg"],
-               "ncs_encoder_mean_error_deg": enc["ncs_mean_error_deg"]}
+    encoder = {k.replace("median", "encoder_median").replace("mean", "encoder_mean"): v for k, v in enc.items()
+               if k.endswith("_error_deg")}
     return {
         "case": name, "structure": structure, "symmetry": sym, "snr_db": snr_db, "seed": seed,
-        "n_particles": n_particles, "epochs": epochs, "working_box": box_size,
-        "median_error_deg": sc["median_error_deg"], "mean_error_deg": sc["mean_error_deg"],
-        "hand": sc["hand"], "ctf": ctf, "polish_rounds": polish_rounds,
-        "encoder_median_error_deg": enc["median_error_deg"], "encoder_mean_error_deg": enc["mean_error_deg"],
-        "fsc0p5_A": sc["fsc0p5_A"], "fsc0p143_A": sc["fsc0p143_A"],
-        "tomo_fsc0p5_A": sc["tomo_fsc0p5_A"], "tomo_fsc0p143_A": sc["tomo_fsc0p143_A"],
-        **ncs,
+        "n_particles": n_particles, "epochs": epochs, "working_box": box_size, "ctf": ctf,
+        "polish_rounds": polish_rounds, **sc, **encoder,
         "train_s": res.seconds.get("train"), "polish_s": res.seconds.get("polish", 0.0), "wall_s": wall,
         "training": training or {}, "model": model or {},
     }

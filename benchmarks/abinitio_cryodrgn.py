@@ -57,21 +57,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-import abinitio as _ab  # noqa: E402  (benchmarks/abinitio.py: _truth, score_poses)
-
-
-def _simulate(out: Path, n: int, seed: int):
-    """The β-gal −10 dB with-CTF particles of ``benchmarks/abinitio.py`` (same seed → same set)."""
-    from cryopose.pipelines.demo import CTF_TABLE, bundled_path
-    from cryopose.simulate.noise import snr_from_db
-    from cryopose.simulate.simulator import SimulationConfig, simulate_particles
-
-    truth, apix, sym = _ab._truth("betagal")
-    sim = simulate_particles(truth, pixel_size_angstrom=apix, n_particles=n,
-                             config=SimulationConfig(snr=snr_from_db(-10.0), apply_ctf=True,
-                                                     ctf_table_path=str(bundled_path(CTF_TABLE))),
-                             generator=seed, output=out / "particles")
-    return sim.star_path, truth, apix, sym
+import abinitio as _ab  # noqa: E402  (benchmarks/abinitio.py: simulate_case, score_poses)
 
 
 def _start_cryodrgn(exe: str, star: Path, work: Path, seed: int) -> tuple[subprocess.Popen, float, Path]:
@@ -108,13 +94,12 @@ def _cryodrgn_poses(path: Path, box: int, apix: float) -> tuple[torch.Tensor, to
     with path.open("rb") as f:
         p = pickle.load(f)
     rots, trans = (p[0], p[1]) if isinstance(p, (tuple, list)) else (p, None)
+    from cryopose.conventions import shifts_pixels_to_angstrom
+
     rots = torch.as_tensor(np.asarray(rots), dtype=torch.float64)
-    shifts = None if trans is None else torch.as_tensor(np.asarray(trans) * box * apix, dtype=torch.float32)
-    return rots, shifts
-
-
-def _row(program: str, t: float, sc: dict) -> dict:
-    return {"program": program, "time_s": t, **sc}
+    if trans is None:
+        return rots, None
+    return rots, shifts_pixels_to_angstrom(torch.as_tensor(np.asarray(trans) * box, dtype=torch.float32), apix)
 
 
 def _table(rows: list[dict]) -> str:
@@ -154,7 +139,7 @@ def main(argv=None) -> int:
     if out.exists():
         shutil.rmtree(out)
     (out / "cryodrgn").mkdir(parents=True)
-    star, truth, apix, sym = _simulate(out, a.n_particles, a.seed)
+    star, truth, apix, sym = _ab.simulate_case("betagal", -10.0, out, n_particles=a.n_particles, seed=a.seed)
     stack, meta = load_particles(star)
     box = stack.box_size
 
@@ -167,7 +152,8 @@ def main(argv=None) -> int:
           f"({a.budget * t_cp:.0f} s after its start)", flush=True)
     finished = _stop(proc, t_drgn0 + a.budget * t_cp)
 
-    rows = [_row("cryopose abinitio", t_cp, _ab.score_poses(res.rotmats, stack, meta, truth, apix, sym, seed=a.seed))]
+    rows = [{"program": "cryopose abinitio", "time_s": t_cp,
+             **_ab.score_poses(res.rotmats, stack, meta, truth, apix, sym, seed=a.seed)}]
     files = sorted((out / "cryodrgn" / "out").glob("pose.*.pkl"), key=lambda f: int(re.findall(r"\d+", f.name)[0]))
     for f in files:
         t = f.stat().st_mtime - t_drgn0
@@ -175,7 +161,7 @@ def main(argv=None) -> int:
             continue
         rots, shifts = _cryodrgn_poses(f, box, apix)
         sc = _ab.score_poses(rots, stack, meta, truth, apix, sym, seed=a.seed, tomo=False, shifts_angstrom=shifts)
-        rows.append(_row(f"cryodrgn abinit ({f.name})", t, sc))
+        rows.append({"program": f"cryodrgn abinit ({f.name})", "time_s": t, **sc})
     target = rows[0]["fsc0p143_A"]
     reached = [r for r in rows[1:] if r["fsc0p143_A"] <= target * 1.0001]
     at_finish = [r for r in rows[1:] if r["time_s"] <= t_cp]

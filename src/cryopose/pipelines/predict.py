@@ -66,7 +66,7 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                         f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
     dataset = ParticleDataset(stack, meta, box_size=m, invert=config.invert_contrast,
                               normalization=info["normalization"])
-    model.encoder = model.encoder.fused_for_inference()  # batch norm folded: same poses, 1.3× faster
+    model.encoder = model.encoder.fused_for_inference()  # batch norm folded: same poses, faster encoder
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
                             progress=progress)
     write_poses(output, meta, inference, dataset.pixel_size_angstrom)
