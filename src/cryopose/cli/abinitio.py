@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="point group imposed on the learned map (RELION symbols; default C1). Run ab initio "
                              "in C1 even for symmetric particles, as with cryoSPARC and RELION: imposing D2 on "
                              "β-galactosidase from a random start stalled at ~45° median error where C1 converged "
-                             "(benchmarks/abinitio.py); impose the symmetry in refinement")
+                             "(an exploratory run); impose the symmetry in refinement")
     parser.add_argument("--invert-contrast", action="store_true", help="particles are dark (multiply by -1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
