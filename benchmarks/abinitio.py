@@ -19,7 +19,10 @@ Sections (``--sections``):
 ``ablation`` β-gal at SNR 0.1 with CTF: defaults vs without local polishing, without the search
              warm-up (the paper's pure gradient descent), without the symmetrised loss, with one
              hypothesis, without frequency marching (one seed each);
-``seeds``    −10 dB with CTF, seeds 0, 1, 2 (``--seeds-structure``, 4AKE by default).
+``seeds``    −10 dB with CTF, seeds 0, 1, 2 (``--seeds-structure``, 4AKE by default; ``--seeds``).
+
+``--set KEY=VALUE`` overrides a field of :class:`~cryopose.training.config.TrainingConfig` or
+:class:`~cryopose.training.config.ModelConfig` in every row (recorded in the row's JSON).
 
 Both the final poses (after local polishing at the full box) and the encoder's own poses
 (amortized inference, one forward pass) are scored.
@@ -217,6 +220,42 @@ ABLATION = [("defaults", {}, {}, 1), ("no polishing", {}, {}, 0),
             ("1 hypothesis", {}, {"n_hypotheses": 1}, 1), ("no frequency marching", {"march_fraction": 0.0}, {}, 1)]
 
 
+def _parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["march_start=0.25", "n_hypotheses=8"]`` → ``{"training": {...}, "model": {...}}``, each value
+    converted to the type of the field's default. Raises ValueError naming an unknown field or a bad value."""
+    from cryopose.training.config import ModelConfig, TrainingConfig
+
+    out: dict[str, dict] = {"training": {}, "model": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        own_flag = {"epochs": "--epochs", "seed": "--seeds", "num_threads": "--threads"}
+        if key in own_flag:
+            raise ValueError(f"--set {key}: use {own_flag[key]} instead")
+        for group, cls in (("training", TrainingConfig), ("model", ModelConfig)):
+            fields = {f.name: f for f in dataclasses.fields(cls)}
+            if key in fields:
+                default = fields[key].default
+                try:
+                    if isinstance(default, bool):
+                        if value.lower() not in ("true", "false", "1", "0"):
+                            raise ValueError(value)
+                        v = value.lower() in ("true", "1")
+                    elif default is None:
+                        v = float(value)
+                    else:
+                        v = type(default)(value)
+                except ValueError:
+                    raise ValueError(f"--set {key}: cannot read {value!r} as {type(default).__name__}") from None
+                out[group][key] = v
+                break
+        else:
+            raise ValueError(f"--set {key}: not a field of TrainingConfig or ModelConfig")
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default="table1,ablation,seeds")
@@ -227,15 +266,24 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default="", help="semicolon-separated table1 row names to run (default all)")
     p.add_argument("--ablation-rows", default="", help="semicolon-separated ablation row names (default all)")
     p.add_argument("--seeds-structure", default="4ake", choices=("4ake", "betagal"))
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the seeds section (default 0,1,2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the training (default: the idle cores; give 1 when running two at once)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainingConfig or ModelConfig field for every row (repeatable), "
+                        "e.g. --set march_start=0.25 --set n_hypotheses=8; the row's JSON records it")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
+    try:
+        overrides = _parse_overrides(a.set)
+    except ValueError as e:
+        p.error(str(e))
     if a.quick:
         a.n_particles, a.epochs = 2000, 4
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    kw = dict(n_particles=a.n_particles, epochs=a.epochs, box_size=a.box_size, threads=a.threads)
+    kw = dict(n_particles=a.n_particles, epochs=a.epochs, box_size=a.box_size, threads=a.threads,
+              training=overrides["training"] or None, model=overrides["model"] or None)
     results: dict[str, list] = {}
     sections = [s.strip() for s in a.sections.split(",") if s.strip()]
     for sec in sections:
@@ -250,13 +298,14 @@ def main(argv=None) -> int:
             for name, tr, mo, polish in ABLATION:
                 if a.ablation_rows and not any(r.strip().lower() == name.lower() for r in a.ablation_rows.split(";")):
                     continue
-                rows.append(run_case("betagal " + name, "betagal", -10.0, out, training=tr, model=mo,
-                                     polish_rounds=polish, **kw))
+                rows.append(run_case("betagal " + name, "betagal", -10.0, out, polish_rounds=polish,
+                                     **{**kw, "training": {**overrides["training"], **tr},
+                                        "model": {**overrides["model"], **mo}}))
                 print(_table(rows[-1:], name), flush=True)
         elif sec == "seeds":
             structure = a.seeds_structure
             label = "4AKE -10 dB, CTF" if structure == "4ake" else "beta-gal -10 dB, CTF (D2)"
-            for seed in (0, 1, 2):
+            for seed in (int(x) for x in a.seeds.split(",") if x.strip()):
                 rows.append(run_case(label, structure, -10.0, out, seed=seed, **kw))
                 print(_table(rows[-1:], f"seed {seed}"), flush=True)
         else:

@@ -74,7 +74,8 @@ def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iteratio
                                head_channels=8 * args.width, hidden=args.hidden)
     tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
                                learning_rate=lr or args.lr, w=w, symmetry=sym, seed=args.seed,
-                               reproj_box_size=args.reproj_box)
+                               reproj_box_size=args.reproj_box, augment_inplane=args.augment,
+                               qd_symmetry_aware=args.qd_symmetric)
     return mc, tc
 
 
@@ -126,7 +127,8 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
             "box": args.box, "pixel_angstrom": px, "iterations": tc.iterations, "batch_size": tc.batch_size,
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
             "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
-            "final_loss": float(np.mean(res.history["loss"][-50:]))}
+            "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
+            "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden}
 
 
 def run_tables(args, out: Path) -> None:
@@ -287,6 +289,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w", type=float, default=0.5, help="w when no CV result is cached")
     p.add_argument("--force-w", type=float, help="tables: use this w instead of the CV choice (rows tagged)")
+    p.add_argument("--augment", default="none", choices=["none", "quarter", "continuous"],
+                   help="in-plane augmentation of the training images and labels (not in the paper)")
+    p.add_argument("--qd-symmetric", action="store_true",
+                   help="ℓ_QD modulo the point group (not in the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)

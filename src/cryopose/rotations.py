@@ -55,6 +55,7 @@ __all__ = [
     "SphereGrid",
     "sphere_grid",
     "inplane_grid",
+    "inplane_rotation",
     "so3_grid",
     "local_grid",
 ]
@@ -477,6 +478,29 @@ def inplane_grid(step_deg: float, *, dtype: torch.dtype = torch.float64, device=
     """
     n_psi = 6 * 2 ** healpix_order_for_step(step_deg)
     return torch.arange(n_psi, dtype=dtype, device=device) * (360.0 / n_psi)
+
+
+def inplane_rotation(theta_rad) -> torch.Tensor:
+    """``Rz(θ)``: the rotation that turns a particle's projection in the image plane.
+
+    If ``P_R`` is the projection of a map along RELION rotation ``R`` (``(y, x)`` images, origin
+    ``n // 2``), then ``P_R`` turned by ``θ`` counter-clockwise in ``(x, y)`` is the projection
+    along ``Rz(θ) R`` with ``Rz(θ) = [[cos θ, −sin θ, 0], [sin θ, cos θ, 0], [0, 0, 1]]``
+    (checked against the Fourier-slice projector in the tests). Used to turn a labelled image
+    and its label together (:func:`cryopose.data.transforms.rotate_quarter_turns`).
+
+    Args:
+        theta_rad: Angles in radians, any shape ``S`` (float or tensor).
+
+    Returns:
+        ``S + (3, 3)`` rotation matrices (float64 unless ``theta_rad`` is a floating tensor).
+    """
+    t = torch.as_tensor(theta_rad)
+    if not t.is_floating_point():
+        t = t.double()
+    c, s = torch.cos(t), torch.sin(t)
+    z, o = torch.zeros_like(t), torch.ones_like(t)
+    return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1), torch.stack([z, z, o], -1)], -2)
 
 
 def so3_grid(step_deg: float, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:

@@ -26,8 +26,9 @@ def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_da
     # network input 16 px: predict must Fourier-crop the 32 px particles as training did
     assert main(["train-supervised", str(star), "--poses", str(star), "--reference", str(pdb), "-o",
                  str(tmp_path / "train"), "--box-size", "16", "--iterations", "2", "--width", "4",
-                 "--batch-size", "8", "--threads", "1"]) == 0
+                 "--batch-size", "8", "--threads", "1", "--augment", "quarter"]) == 0
     model = tmp_path / "train" / "model.pt"
+    assert torch.load(model, weights_only=False)["train_config"]["augment_inplane"] == "quarter"
     capsys.readouterr()
     out = tmp_path / "pred.star"
     assert main(["predict", str(model), str(star), "-o", str(out), "--threads", "1"]) == 0

@@ -16,7 +16,9 @@ from cryopose.projection import project
 from cryopose.rotations import (axis_angle_to_rotmat, quaternion_to_rotmat, random_rotations,
                                 rotmat_to_quaternion)
 from cryopose.symmetry import symmetry_operators
-from cryopose.training.supervised import (ReprojectionLoss, SupervisedTrainConfig, cross_validate_w,
+from cryopose.data.transforms import rotate_quarter_turns
+from cryopose.rotations import inplane_rotation
+from cryopose.training.supervised import (ReprojectionLoss, SupervisedTrainConfig, augment_inplane, cross_validate_w,
                                           quaternion_distance_loss, save_checkpoint, split_train_test,
                                           symmetric_quaternion_distance_loss, train_supervised)
 
@@ -134,6 +136,38 @@ def test_training_reduces_loss():
     assert res.history["lr"][40] == pytest.approx(3e-3)
     assert res.train_indices.size == 36 and res.test_indices.size == 12
     assert set(res.test_metrics) == {"n", "median_error_deg", "mean_error_deg", "reprojection_rmse"}
+
+
+@pytest.mark.parametrize("n", [16, 17])
+def test_quarter_turns_are_projections_along_the_turned_label(n):
+    """A projection turned by k·90° is, to float precision, the projection along Rz(k·90°) R; four
+    turns are the identity; a continuous turn matches to interpolation accuracy."""
+    vol = _blob_volume(n, seed=2)
+    rot = random_rotations(8, generator=torch.Generator().manual_seed(5), dtype=torch.float32)
+    p = project(vol, rot)
+    k = torch.tensor([0, 1, 2, 3, 1, 2, 3, 5])
+    turned = rotate_quarter_turns(p, k)
+    expected = project(vol, inplane_rotation(k.float() * (math.pi / 2)) @ rot)
+    assert torch.allclose(turned, expected, atol=1e-5 * float(p.abs().max()))
+    assert not torch.allclose(turned[1], p[1], atol=1e-2 * float(p.abs().max()))
+    assert torch.equal(rotate_quarter_turns(turned, 4 - k % 4), p)
+    x, r = augment_inplane(p, rot, "continuous", generator=torch.Generator().manual_seed(1))
+    err = ((x - project(vol, r)) ** 2).mean() / (p**2).mean()
+    assert float(err) < 0.01
+    assert augment_inplane(p, rot, "none")[0] is p
+    with pytest.raises(ValueError, match="augment_inplane"):
+        augment_inplane(p, rot, "flip")
+    with pytest.raises(ValueError, match="augment_inplane"):
+        SupervisedTrainConfig(augment_inplane="mirror")
+
+
+def test_training_with_quarter_turn_augmentation_runs_and_learns():
+    images, rot, vol = _tiny_data()
+    cfg = SupervisedTrainConfig(iterations=60, batch_size=32, learning_rate=3e-3, w=0.5, test_fraction=0.25,
+                                augment_inplane="quarter")
+    res = train_supervised(images, rot, vol, model_config=SupervisedModelConfig(**_TINY_MODEL), config=cfg)
+    loss = np.asarray(res.history["loss"])
+    assert np.isfinite(loss).all() and loss[-10:].mean() < 0.9 * loss[:10].mean()
 
 
 def test_split_is_four_to_one_and_disjoint():

@@ -45,6 +45,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cv-max-particles", type=int, help="cross-validate on at most this many particles")
     g.add_argument("--qd-symmetry-aware", action="store_true",
                    help="take ℓ_QD's minimum over the point group (not in the paper)")
+    g.add_argument("--augment", choices=("none", "quarter", "continuous"), default="none",
+                   help="turn training images and labels together in the image plane: by multiples of 90° "
+                        "(exact) or by any angle (bicubic); not in the paper (default none)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (default 0.2, a 4:1 split)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -59,7 +62,8 @@ def model_configs(args, box_size: int, symmetry: str):
                                      n_blocks=args.blocks)
         tcfg = SupervisedTrainConfig(iterations=args.iterations, batch_size=args.batch_size, learning_rate=args.lr,
                                      weight_decay=args.weight_decay, w=args.w, test_fraction=args.test_fraction,
-                                     symmetry=symmetry, qd_symmetry_aware=args.qd_symmetry_aware, seed=args.seed)
+                                     symmetry=symmetry, qd_symmetry_aware=args.qd_symmetry_aware, seed=args.seed,
+                                     augment_inplane=args.augment)
     except ValueError as err:
         raise UserError(str(err)) from None
     return mcfg, tcfg

@@ -14,6 +14,12 @@ images", Acta Cryst. D 78 (2022):
   ``qd_symmetry_aware`` (an option not in the paper) takes its minimum over the group.
 * **Optimiser** Adam with an ℓ2 penalty (``weight_decay`` 1e−4), learning rate divided by 5
   after 80 % of the iterations; **split** 4:1 train/test (random, seeded).
+* **In-plane augmentation** (``augment_inplane``, not in the paper, off by default): each
+  training image is turned in its plane by a random angle and its label with it
+  (``R → Rz(θ) R``, :func:`cryopose.rotations.inplane_rotation`), which is exact for the
+  noise, the CTF and the label alike. ``"quarter"`` turns by multiples of 90° (a pixel
+  permutation, no interpolation: 4 × the labelled data); ``"continuous"`` by any angle (bicubic
+  interpolation, which slightly smooths the noise of the turned images).
 * **Choice of w** (:func:`cross_validate_w`): five-fold cross-validation on the training set
   over ``w = 0.0, 0.1, …, 1.0``; each fold's held-out particles are scored by a criterion that
   does not depend on ``w`` (median geodesic error modulo the point group by default, or the
@@ -42,7 +48,8 @@ from ..metrics.reprojection import reprojection_rmse
 from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
 from ..fourier import fourier_downsample_volume
 from ..projection import prepare_volume_ft, project
-from ..rotations import random_rotations, rotmat_to_quaternion
+from ..data.transforms import rotate_quarter_turns
+from ..rotations import inplane_rotation, random_rotations, rotmat_to_quaternion
 from ..symmetry import canonical_symbol, symmetry_operators
 
 __all__ = [
@@ -58,7 +65,12 @@ __all__ = [
     "cross_validate_w",
     "save_checkpoint",
     "DEFAULT_W_GRID",
+    "AUGMENTATIONS",
+    "augment_inplane",
 ]
+
+#: Values of ``SupervisedTrainConfig.augment_inplane``.
+AUGMENTATIONS = ("none", "quarter", "continuous")
 
 #: The paper's grid of loss weights for cross-validation: 0.0, 0.1, …, 1.0.
 DEFAULT_W_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -85,6 +97,8 @@ class SupervisedTrainConfig:
         seed: Seeds the split, the initial weights and the batch order.
         eval_every: Evaluate on the test set every this many steps (0: only at the end).
         eval_max_particles: Largest number of test particles scored per evaluation.
+        augment_inplane: ``"none"`` (the paper), ``"quarter"`` or ``"continuous"``: turn each
+            training image and its label in the image plane (see the module docstring).
     """
 
     iterations: int = 2000
@@ -101,6 +115,7 @@ class SupervisedTrainConfig:
     seed: int = 0
     eval_every: int = 0
     eval_max_particles: int = 2000
+    augment_inplane: str = "none"
 
     def __post_init__(self):
         if not 0.0 <= self.w <= 1.0:
@@ -112,6 +127,8 @@ class SupervisedTrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
         canonical_symbol(self.symmetry)
+        if self.augment_inplane not in AUGMENTATIONS:
+            raise ValueError(f"augment_inplane must be one of {AUGMENTATIONS}, got {self.augment_inplane!r}")
 
 
 @dataclasses.dataclass
@@ -212,6 +229,44 @@ class ReprojectionLoss:
         return (p[:b] - p[b:]).abs().mean((-2, -1)) / self.scale
 
 
+def augment_inplane(images: torch.Tensor, rotmats: torch.Tensor, mode: str, *,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn labelled images in their plane by random angles, and their labels with them.
+
+    Args:
+        images: ``(B, n, n)`` particle images ``(y, x)``, origin ``n // 2``.
+        rotmats: ``(B, 3, 3)`` their RELION rotations.
+        mode: ``"none"`` (returned unchanged), ``"quarter"`` (uniform in {0°, 90°, 180°, 270°},
+            exact: :func:`cryopose.data.transforms.rotate_quarter_turns`) or ``"continuous"``
+            (uniform in [0, 2π), bicubic: :func:`cryopose.training.rotinv.rotate_images`).
+        generator: Seeds the angles (CPU generator).
+
+    Returns:
+        ``(images', rotmats')`` with ``rotmats' = Rz(θ) rotmats``
+        (:func:`cryopose.rotations.inplane_rotation`): the turned image is the projection along
+        the new label.
+
+    Raises:
+        ValueError: Unknown ``mode``.
+    """
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"augment_inplane must be one of {AUGMENTATIONS}, got {mode!r}")
+    if mode == "none":
+        return images, rotmats
+    b = images.shape[0]
+    if mode == "quarter":
+        k = torch.randint(0, 4, (b,), generator=generator)
+        out = rotate_quarter_turns(images, k.to(images.device))
+        theta = k.double() * (math.pi / 2)
+    else:
+        from .rotinv import rotate_images
+
+        theta = torch.rand(b, generator=generator, dtype=torch.float64) * (2 * math.pi)
+        out = rotate_images(images, theta.to(images.device, images.dtype), mode="bicubic")
+    rz = inplane_rotation(theta).to(rotmats.device, rotmats.dtype)
+    return out, rz @ rotmats
+
+
 def split_train_test(n: int, test_fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random split of ``n`` particles: ``(train, test)`` sorted int64 positions (4:1 for 0.2)."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -309,6 +364,7 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     gq = _group_quaternions(config.symmetry).to(device) if config.qd_symmetry_aware else None
     q_all = rotmat_to_quaternion(rot.double()).float()
     rng = np.random.default_rng(config.seed)
+    aug_gen = torch.Generator().manual_seed(config.seed + 7)
     hist = {"step": [], "loss": [], "loss_qd": [], "loss_reproj": [], "lr": [], "evaluations": []}
     order = rng.permutation(train_idx)
     pos = 0
@@ -320,12 +376,17 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
         pos += config.batch_size
         x = _read(images, bidx).to(device)
         t = torch.as_tensor(bidx)
+        r_gt = rot[t].to(device)
+        if config.augment_inplane != "none":
+            x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_gen)
+            q_gt = rotmat_to_quaternion(r_gt.double()).float()
+        else:
+            q_gt = q_all[t].to(device)
         raw = model(x)
         q_pred = model.to_quaternion(raw)
-        q_gt = q_all[t].to(device)
         l_qd = (symmetric_quaternion_distance_loss(q_pred, q_gt, gq) if gq is not None
                 else quaternion_distance_loss(q_pred, q_gt)).mean()
-        l_rp = reproj(model.to_rotmat(raw), rot[t].to(device)).mean() if reproj is not None else torch.zeros((), device=device)
+        l_rp = reproj(model.to_rotmat(raw), r_gt).mean() if reproj is not None else torch.zeros((), device=device)
         loss = config.w * l_qd + (1.0 - config.w) * l_rp
         opt.zero_grad(set_to_none=True)
         loss.backward()
