@@ -14,7 +14,8 @@ and ``--print`` collects them):
 * ``table3``  Table 3 analogue on 4AKE at ``--table3-snr``: quaternion vs axis-angle output at
               three learning rates.
 * ``speed``   per-particle time of supervised inference vs ``cryopose search`` (15° → 1.875°),
-              same particles, same box, one thread.
+              same particles, one thread; the network at the data's box and, with
+              ``--speed-network-box``, on Fourier-cropped input (inference time includes the crop).
 * ``refine``  ``cryopose refine`` at ``--refine-box`` (search 20 %, train the network on
               ``--box`` px Fourier-cropped inputs, infer 80 %, polish locally, reconstruct) vs
               the known-pose reconstruction of the same particles: half-map FSC = 0.143
@@ -48,8 +49,12 @@ from cryopose.training.supervised import (DEFAULT_W_GRID, SupervisedTrainConfig,
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRUCTURES = {
-    "betagal": (DATA / "maps" / "relion_tutorial_betagal_100px_3.54A.mrc", "D2"),
-    "4ake": (DATA / "pdb" / "4ake_mdanalysis.pdb", "C1"),
+    "betagal": (DATA / "maps" / "relion_tutorial_betagal_100px_3.54A.mrc", "D2", None),
+    "4ake": (DATA / "pdb" / "4ake_mdanalysis.pdb", "C1", None),
+    # chain A alone: the A/B dimer of the 4AKE model is related by a 178.8° NCS rotation, so its
+    # projections along R and along R·NCS nearly coincide and C1 labels are ambiguous by that
+    # rotation; the monomer is truly asymmetric
+    "4ake-A": (DATA / "pdb" / "4ake_mdanalysis.pdb", "C1", "A"),
 }
 SNRS = (None, 1.0, 0.4, 0.1)
 
@@ -60,8 +65,8 @@ def _snr_name(snr) -> str:
 
 def _dataset(args, structure: str, snr, *, n=None, seed=0):
     """Simulated particles at the benchmark box: ``(images, rotmats, volume, pixel, symmetry, metadata)``."""
-    path, sym = STRUCTURES[structure]
-    vol = load_volume(path, box_size=args.box)
+    path, sym, chains = STRUCTURES[structure]
+    vol = load_volume(path, box_size=args.box, chains=chains)
     cfg = SimulationConfig(snr=snr, apply_ctf=True, defocus_range_angstrom=(10000.0, 25000.0))
     images, meta = simulate_in_memory(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
                                       n_particles=n or args.n, config=cfg, generator=seed + (0 if snr is None else
@@ -122,7 +127,15 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
                                                        f"lr {tc.learning_rate:g}] step {s}: loss {r['loss']:.4f}",
                                                        file=sys.stderr) if s % 500 == 0 else None)
     m = res.test_metrics
-    return {"structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
+    ncs = {}
+    if structure == "4ake":  # also modulo the A/B pseudo-2-fold, as benchmarks/abinitio.py reports it
+        from abinitio import _errors_modulo, ncs_rotation_4ake
+
+        test = res.test_indices[:tc.eval_max_particles]
+        pred = predict_rotmats(res.model, images, test)
+        e = _errors_modulo(pred.double(), torch.as_tensor(rot)[torch.as_tensor(test)].double(), ncs_rotation_4ake())
+        ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
+    return {**ncs, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
             "lr": tc.learning_rate, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
             "box": args.box, "pixel_angstrom": px, "iterations": tc.iterations, "batch_size": tc.batch_size,
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
@@ -142,47 +155,60 @@ def run_tables(args, out: Path) -> None:
             rows[key] = _cell(args, structure, snr, w=w)
             _save(out, f"table_{structure}", rows)
             r = rows[key]
+            ncs = (f"; modulo the A/B 2-fold {r['ncs_median_error_deg']:.2f}° / {r['ncs_mean_error_deg']:.2f}°"
+                   if "ncs_median_error_deg" in r else "")
             print(f"{structure} {key}: RMSE {r['reprojection_rmse']:.3f}, median {r['median_error_deg']:.2f}°, "
-                  f"mean {r['mean_error_deg']:.2f}° ({r['train_seconds']:.0f} s)")
+                  f"mean {r['mean_error_deg']:.2f}°{ncs} ({r['train_seconds']:.0f} s)")
 
 
 def run_table3(args, out: Path) -> None:
     rows = _load(out, "table3") or {}
-    w, _ = _best_w(args, out, "4ake")
+    w, _ = _best_w(args, out, args.table3_structure)
     for rep in ("quaternion", "axis_angle"):
         for lr in args.table3_lrs:
             key = f"{rep} lr={lr:g}"
-            rows[key] = _cell(args, "4ake", args.table3_snr, w=w, lr=lr, representation=rep)
+            rows[key] = _cell(args, args.table3_structure, args.table3_snr, w=w, lr=lr, representation=rep)
             _save(out, "table3", rows)
             r = rows[key]
             print(f"table3 {key}: median {r['median_error_deg']:.2f}°, RMSE {r['reprojection_rmse']:.3f}")
 
 
 def run_speed(args, out: Path) -> None:
-    from cryopose.models.supervised import OrientationRegressor
+    from cryopose.fourier import fourier_downsample_images
+    from cryopose.models.supervised import OrientationRegressor, SupervisedModelConfig
     from cryopose.search.projection_matching import SearchConfig, search_poses
 
     doc = {}
     for structure in args.structures:
         images, rot, vol, px, sym, meta = _dataset(args, structure, 0.1, n=max(args.speed_particles, 256))
-        mc, _ = _configs(args, sym)
-        model = OrientationRegressor(mc).eval()  # inference cost does not depend on the weights
         x = images[: args.speed_particles]
-        with torch.no_grad():
-            model(x[:8])
-            t0 = time.perf_counter()
-            predict_rotmats(model, x, batch_size=256)
-            t_inf = (time.perf_counter() - t0) / x.shape[0]
         ns = min(args.speed_search_particles, x.shape[0])
         t0 = time.perf_counter()
         res = search_poses(x[:ns], vol, px, ctf=meta.ctf[np.arange(ns)], config=SearchConfig(symmetry=sym))
         t_search = (time.perf_counter() - t0) / ns
-        doc[structure] = {"box": args.box, "symmetry": sym, "inference_ms_per_particle": 1000 * t_inf,
-                          "search_ms_per_particle": 1000 * t_search, "speedup": t_search / t_inf,
-                          "search_grid": res.info, "threads": torch.get_num_threads(),
-                          "n_inference": int(x.shape[0]), "n_search": int(ns)}
-        print(f"{structure}: inference {1000 * t_inf:.2f} ms/particle, search {1000 * t_search:.1f} ms/particle, "
-              f"ratio {t_search / t_inf:.0f}×")
+        doc[structure] = {"box": args.box, "symmetry": sym, "search_ms_per_particle": 1000 * t_search,
+                          "search_grid": res.info, "threads": torch.get_num_threads(), "n_search": int(ns),
+                          "n_inference": int(x.shape[0]), "networks": {}}
+        # the network at the data's box, and (as cryopose refine runs it) on Fourier-cropped input
+        for nbox, width, hidden in [(args.box, args.width, args.hidden)] + (
+                [(args.speed_network_box, args.speed_network_width, args.speed_network_hidden)]
+                if args.speed_network_box else []):
+            mc = SupervisedModelConfig(box_size=nbox, width=width, head_channels=8 * width, hidden=hidden)
+            # inference cost does not depend on the weights; batch norm folded as cryopose predict runs it
+            model = OrientationRegressor(mc).eval().fused_for_inference()
+            crop = (lambda im, nb=nbox: fourier_downsample_images(im, nb)) if nbox != args.box else (lambda im: im)
+            with torch.no_grad():
+                model(crop(x[:8]))
+                t0 = time.perf_counter()
+                for s in range(0, x.shape[0], 256):
+                    predict_rotmats(model, crop(x[s:s + 256]), batch_size=256)
+                t_inf = (time.perf_counter() - t0) / x.shape[0]
+            key = f"{nbox} px, width {width}"
+            doc[structure]["networks"][key] = {"network_box": nbox, "width": width, "hidden": hidden,
+                                               "inference_ms_per_particle": 1000 * t_inf,
+                                               "speedup": t_search / t_inf}
+            print(f"{structure}: network {key}: inference {1000 * t_inf:.2f} ms/particle; search at {args.box} px "
+                  f"{1000 * t_search:.1f} ms/particle; ratio {t_search / t_inf:.0f}×")
     _save(out, "speed", doc)
 
 
@@ -215,8 +241,9 @@ def run_refine(args, out: Path) -> None:
 
 
 def print_tables(args, out: Path) -> None:
-    titles = {"betagal": "Table 1 — β-galactosidase (D2)", "4ake": "Table 2 — adenylate kinase 4AKE (C1)"}
-    for structure in ("betagal", "4ake"):
+    titles = {"betagal": "Table 1 — β-galactosidase (D2)", "4ake": "Table 2 — adenylate kinase 4AKE (C1)",
+              "4ake-A": "Table 2 — adenylate kinase 4AKE chain A (C1, the monomer)"}
+    for structure in titles:
         rows = _load(out, f"table_{structure}")
         if not rows:
             continue
@@ -228,7 +255,11 @@ def print_tables(args, out: Path) -> None:
         print(f"{'condition':<26} {'reproj. RMSE':>13} {'median err':>11} {'mean err':>10} {'train s':>8}")
         for key, r in rows.items():
             print(f"{key:<26} {r['reprojection_rmse']:13.4f} {r['median_error_deg']:10.2f}° "
-                  f"{r['mean_error_deg']:9.2f}° {r['train_seconds']:8.0f}")
+                  f"{r['mean_error_deg']:9.2f}° {r['train_seconds']:8.0f}  "
+                  f"[augment {r.get('augment_inplane', 'none')}, ℓ_QD modulo the group: {r.get('qd_symmetry_aware', False)}]")
+            if "ncs_median_error_deg" in r:
+                print(f"{'  ↳ modulo the A/B 2-fold':<26} {'':>13} {r['ncs_median_error_deg']:10.2f}° "
+                      f"{r['ncs_mean_error_deg']:9.2f}°")
         cv = _load(out, f"cv_{structure}")
         if cv:
             print("  CV (mean over 5 folds of the median error, °): "
@@ -236,7 +267,7 @@ def print_tables(args, out: Path) -> None:
     t3 = _load(out, "table3")
     if t3:
         r0 = next(iter(t3.values()))
-        print(f"\nTable 3 analogue — 4AKE, {_snr_name(r0['snr'])}, output representation × learning rate "
+        print(f"\nTable 3 analogue — {r0['structure']}, {_snr_name(r0['snr'])}, output representation × learning rate "
               f"({r0['iterations']} iterations, w = {r0['w']:g})")
         print(f"{'representation':<15} {'lr':>8} {'median err':>11} {'mean err':>10} {'reproj. RMSE':>13}")
         for key, r in t3.items():
@@ -244,11 +275,14 @@ def print_tables(args, out: Path) -> None:
                   f"{r['mean_error_deg']:9.2f}° {r['reprojection_rmse']:13.4f}")
     sp = _load(out, "speed")
     if sp:
-        print("\nSpeed, one CPU thread, per particle (same particles and box)")
-        print(f"{'structure':<10} {'inference ms':>13} {'search ms':>10} {'search / inference':>19}")
+        print("\nSpeed, one CPU thread, per particle (same particles; search at the data's box, 15° → 1.875°)")
+        print(f"{'structure':<10} {'network':<22} {'inference ms':>13} {'search ms':>10} {'search / inference':>19}")
         for structure, r in sp.items():
-            print(f"{structure:<10} {r['inference_ms_per_particle']:13.3f} {r['search_ms_per_particle']:10.1f} "
-                  f"{r['speedup']:18.0f}×")
+            nets = r.get("networks") or {f"{r['box']} px": {"inference_ms_per_particle": r["inference_ms_per_particle"],
+                                                            "speedup": r["speedup"]}}
+            for key, n in nets.items():
+                print(f"{structure:<10} {key:<22} {n['inference_ms_per_particle']:13.3f} "
+                      f"{r['search_ms_per_particle']:10.1f} {n['speedup']:18.0f}×")
     rf = _load(out, "refine")
     if rf:
         r = rf["report"]
@@ -269,6 +303,11 @@ def print_tables(args, out: Path) -> None:
             hs = f"{h:9.2f} Å ({h / known_h:4.2f}×)" if h else f"{'':>18}"
             vs = f"{v:19.2f} Å" if v else ""
             print(f"{name:<34} {err} {hs:>18} {vs:>20}")
+        h5, k5 = r.get("resolution_fsc0p5_angstrom"), r.get("known_pose_resolution_fsc0p5_angstrom")
+        if h5 and k5:
+            nyq = 2 * rf["pixel_angstrom"]
+            print(f"half-map FSC0.5 (not capped by Nyquist, {nyq:.2f} Å): refine (network + local search) {h5:.2f} Å, "
+                  f"known poses {k5:.2f} Å: ratio {h5 / k5:.2f}×")
 
 
 def main(argv=None) -> int:
@@ -289,17 +328,22 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w", type=float, default=0.5, help="w when no CV result is cached")
     p.add_argument("--force-w", type=float, help="tables: use this w instead of the CV choice (rows tagged)")
-    p.add_argument("--augment", default="none", choices=["none", "quarter", "continuous"],
-                   help="in-plane augmentation of the training images and labels (not in the paper)")
-    p.add_argument("--qd-symmetric", action="store_true",
-                   help="ℓ_QD modulo the point group (not in the paper)")
+    p.add_argument("--augment", default="quarter", choices=["none", "quarter", "continuous"],
+                   help="in-plane augmentation of the training images and labels (default quarter; none = the paper)")
+    p.add_argument("--qd-symmetric", action=argparse.BooleanOptionalAction, default=True,
+                   help="ℓ_QD modulo the point group (default; --no-qd-symmetric = the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)
+    p.add_argument("--table3-structure", default="4ake", choices=sorted(STRUCTURES))
     p.add_argument("--table3-snr", type=float, default=1.0)
     p.add_argument("--table3-lrs", type=float, nargs=3, default=[1e-4, 1e-3, 1e-2])
     p.add_argument("--speed-particles", type=int, default=1000)
+    p.add_argument("--speed-network-box", type=int, default=None,
+                   help="also time the network on input Fourier-cropped to this box (as cryopose refine runs it)")
+    p.add_argument("--speed-network-width", type=int, default=16)
+    p.add_argument("--speed-network-hidden", type=int, default=256)
     p.add_argument("--speed-search-particles", type=int, default=100)
     p.add_argument("--refine-structure", default="betagal", choices=sorted(STRUCTURES))
     p.add_argument("--refine-snr", type=float, default=0.1)
@@ -310,12 +354,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.quick:
-        quick = dict(n=2000, box=32, width=16, hidden=256, iterations=1500, batch_size=32, cv_particles=600,
-                     cv_iterations=150, refine_n=2000, speed_particles=512, speed_search_particles=64)
-        for k, v in quick.items():
-            if getattr(args, k) == p.get_default(k):
-                setattr(args, k, v)
+    if args.quick:  # new defaults, re-parsed so that options given explicitly still win
+        p.set_defaults(n=2000, box=32, width=16, hidden=256, iterations=1500, batch_size=32, cv_particles=600,
+                       cv_iterations=150, refine_n=2000, speed_particles=512, speed_search_particles=64)
+        args = p.parse_args(argv)
     args.snrs = [None if s.lower() in ("none", "0", "inf") else float(s) for s in args.snrs]
     torch.set_num_threads(args.threads)
     out = Path(args.out or ("bench_out/supervised_quick" if args.quick else "bench_out/supervised"))

@@ -43,11 +43,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cv-w", action="store_true", help="choose w in 0.0..1.0 (step 0.1) by five-fold CV")
     g.add_argument("--cv-iterations", type=int, help="steps per CV fold (default --iterations)")
     g.add_argument("--cv-max-particles", type=int, help="cross-validate on at most this many particles")
-    g.add_argument("--qd-symmetry-aware", action="store_true",
-                   help="take ℓ_QD's minimum over the point group (not in the paper)")
-    g.add_argument("--augment", choices=("none", "quarter", "continuous"), default="none",
+    g.add_argument("--qd-symmetry-aware", action=argparse.BooleanOptionalAction, default=True,
+                   help="take ℓ_QD's minimum over the point group (default; --no-qd-symmetry-aware: the paper's ℓ_QD)")
+    g.add_argument("--augment", choices=("none", "quarter", "continuous"), default="quarter",
                    help="turn training images and labels together in the image plane: by multiples of 90° "
-                        "(exact) or by any angle (bicubic); not in the paper (default none)")
+                        "(exact, the default), by any angle (bicubic), or not at all (the paper)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (default 0.2, a 4:1 split)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 

@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["CryoPoseNetEncoder", "encoder_output_size"]
+__all__ = ["CryoPoseNetEncoder", "encoder_output_size", "fold_batch_norm_"]
 
 
 def encoder_output_size(box_size: int, n_blocks: int = 3) -> int:
@@ -35,6 +35,35 @@ def encoder_output_size(box_size: int, n_blocks: int = 3) -> int:
         raise ValueError(f"images of {box_size} px are too small for {n_blocks} pooling blocks "
                          f"(need at least {2 ** n_blocks} px)")
     return m
+
+
+def fold_batch_norm_(seq: nn.Sequential) -> nn.Sequential:
+    """Fold every batch norm of an eval-mode ``Sequential`` into the conv or linear layer before it.
+
+    In place; returns ``seq``. A ``Conv2d`` followed by ``BatchNorm2d`` (or ``Linear`` followed
+    by ``BatchNorm1d``) becomes one layer with the same eval-mode output, to float rounding
+    (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval` / ``fuse_linear_bn_eval``); other modules
+    are kept as they are. Only for inference: the folded layer no longer tracks statistics.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    mods, out, i = list(seq), [], 0
+    while i < len(mods):
+        m = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
+            out.append(fuse_conv_bn_eval(m, nxt))
+            i += 2
+        elif isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d):
+            out.append(fuse_linear_bn_eval(m, nxt))
+            i += 2
+        else:
+            out.append(m)
+            i += 1
+    seq._modules.clear()
+    for k, m in enumerate(out):
+        seq.add_module(str(k), m)
+    return seq
 
 
 class CryoPoseNetEncoder(nn.Module):
@@ -95,24 +124,7 @@ class CryoPoseNetEncoder(nn.Module):
         inference (``cryopose predict``) runs. ``self`` is left unchanged; without batch norm the
         copy is just ``self`` in eval mode.
         """
-        from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-
         fused = copy.deepcopy(self).eval()
         for seq in (fused.conv, fused.mlp):
-            mods, out, i = list(seq), [], 0
-            while i < len(mods):
-                m = mods[i]
-                nxt = mods[i + 1] if i + 1 < len(mods) else None
-                if isinstance(m, nn.Conv2d) and isinstance(nxt, nn.BatchNorm2d):
-                    out.append(fuse_conv_bn_eval(m, nxt))
-                    i += 2
-                elif isinstance(m, nn.Linear) and isinstance(nxt, nn.BatchNorm1d):
-                    out.append(fuse_linear_bn_eval(m, nxt))
-                    i += 2
-                else:
-                    out.append(m)
-                    i += 1
-            seq._modules.clear()
-            for k, m in enumerate(out):
-                seq.add_module(str(k), m)
+            fold_batch_norm_(seq)
         return fused.to(memory_format=torch.channels_last)
