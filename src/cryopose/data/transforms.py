@@ -103,8 +103,9 @@ def rotate_quarter_turns(images: torch.Tensor, k: torch.Tensor | int) -> torch.T
     Exact (a permutation of pixels, no interpolation): ``out[y, x] = in[R(−k·90°) (x, y)]`` with
     indices taken modulo ``n``, so for even ``n`` the row or column at index 0 wraps onto itself,
     as in :func:`rotate_half_turn`. The projection of a map along RELION rotation ``R`` turned by
-    ``θ`` this way is its projection along ``Rz(θ) R`` (:func:`cryopose.rotations.inplane_rotation`; checked in the tests against
-    the Fourier-slice projector).
+    ``θ`` this way is its projection along ``Rz(θ) R``
+    (:func:`cryopose.rotations.inplane_rotation`; checked in the tests against the Fourier-slice
+    projector).
 
     Args:
         images: ``(B, n, n)`` square images ``(y, x)``.
@@ -120,8 +121,10 @@ def rotate_quarter_turns(images: torch.Tensor, k: torch.Tensor | int) -> torch.T
     if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"expected square images (B, n, n), got {tuple(images.shape)}")
     b, n = images.shape[0], images.shape[-1]
-    k = torch.as_tensor(k, device=images.device).long().expand(b) % 4 if torch.as_tensor(k).ndim == 0 \
-        else torch.as_tensor(k, device=images.device).long() % 4
+    k = torch.as_tensor(k, device=images.device).long()
+    if k.ndim == 0:
+        k = k.expand(b)
+    k = k % 4
     if k.shape != (b,):
         raise ValueError(f"k must be an int or a ({b},) tensor, got shape {tuple(k.shape)}")
     i = torch.arange(n, device=images.device)
