@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryopose.fourier import fourier_downsample_images
 from cryopose.models.supervised import SupervisedModelConfig
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
 from cryopose.training.supervised import (DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
@@ -64,13 +65,21 @@ def _snr_name(snr) -> str:
 
 
 def _dataset(args, structure: str, snr, *, n=None, seed=0):
-    """Simulated particles at the benchmark box: ``(images, rotmats, volume, pixel, symmetry, metadata)``."""
+    """Simulated particles: ``(images, rotmats, volume, pixel, symmetry, metadata)``.
+
+    The particles are simulated at ``--data-box`` (default ``--box``), where ``snr`` holds, and
+    Fourier-cropped to the network's ``--box``; the volume stays at the data box (ℓ_reproj and
+    the RMSE crop it to the same field of view); ``pixel`` is the data's pixel size.
+    """
     path, sym, chains = STRUCTURES[structure]
-    vol = load_volume(path, box_size=args.box, chains=chains)
+    data_box = getattr(args, "data_box", None) or args.box
+    vol = load_volume(path, box_size=data_box, chains=chains)
     cfg = SimulationConfig(snr=snr, apply_ctf=True, defocus_range_angstrom=(10000.0, 25000.0))
     images, meta = simulate_in_memory(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
                                       n_particles=n or args.n, config=cfg, generator=seed + (0 if snr is None else
                                                                                              int(1000 * snr)))
+    if data_box != args.box:
+        images = fourier_downsample_images(images, args.box)
     return images, meta.rotmats, torch.from_numpy(vol.volume), vol.pixel_size_angstrom, sym, meta
 
 
@@ -137,7 +146,8 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
         ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
     return {**ncs, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
             "lr": tc.learning_rate, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
-            "box": args.box, "pixel_angstrom": px, "iterations": tc.iterations, "batch_size": tc.batch_size,
+            "box": args.box, "data_box": getattr(args, "data_box", None) or args.box, "pixel_angstrom": px,
+            "iterations": tc.iterations, "batch_size": tc.batch_size,
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
             "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
             "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
@@ -174,13 +184,13 @@ def run_table3(args, out: Path) -> None:
 
 
 def run_speed(args, out: Path) -> None:
-    from cryopose.fourier import fourier_downsample_images
     from cryopose.models.supervised import OrientationRegressor, SupervisedModelConfig
     from cryopose.search.projection_matching import SearchConfig, search_poses
 
     doc = {}
     for structure in args.structures:
-        images, rot, vol, px, sym, meta = _dataset(args, structure, 0.1, n=max(args.speed_particles, 256))
+        images, rot, vol, px, sym, meta = _dataset(argparse.Namespace(**{**vars(args), "data_box": None}), structure,
+                                                   0.1, n=max(args.speed_particles, 256))
         x = images[: args.speed_particles]
         ns = min(args.speed_search_particles, x.shape[0])
         t0 = time.perf_counter()
@@ -218,7 +228,7 @@ def run_refine(args, out: Path) -> None:
     from cryopose.search.projection_matching import SearchConfig
 
     structure = args.refine_structure
-    bargs = argparse.Namespace(**{**vars(args), "box": args.refine_box})
+    bargs = argparse.Namespace(**{**vars(args), "box": args.refine_box, "data_box": None})
     images, rot, vol, px, sym, meta = _dataset(bargs, structure, args.refine_snr, n=args.refine_n, seed=7)
     w, _ = _best_w(args, out, structure)
     mc, tc = _configs(args, sym, w=w)  # network at args.box (Fourier-cropped input)
@@ -249,7 +259,10 @@ def print_tables(args, out: Path) -> None:
             continue
         w, how = _best_w(args, out, structure)
         any_row = next(iter(rows.values()))
-        print(f"\n{titles[structure]}: {any_row['box']} px at {any_row['pixel_angstrom']:.3f} Å, CTF, "
+        data_box = any_row.get("data_box", any_row["box"])
+        grid = (f"{data_box} px at {any_row['pixel_angstrom']:.3f} Å" + (
+            f", network on {any_row['box']} px Fourier-cropped input" if data_box != any_row["box"] else ""))
+        print(f"\n{titles[structure]}: {grid}, CTF, "
               f"{any_row['n_train']} train / {any_row['n_test']} test, {any_row['iterations']} iterations × "
               f"{any_row['batch_size']}, w = {w:g} ({how})")
         print(f"{'condition':<26} {'reproj. RMSE':>13} {'median err':>11} {'mean err':>10} {'train s':>8}")
@@ -321,6 +334,9 @@ def main(argv=None) -> int:
     p.add_argument("--snrs", nargs="*", default=["none", "1.0", "0.4", "0.1"])
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--box", type=int, default=64)
+    p.add_argument("--data-box", type=int, default=None,
+                   help="cv/tables/table3: simulate at this box (SNR defined there), Fourier-crop to --box for the "
+                        "network (default --box)")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--iterations", type=int, default=5000)
