@@ -23,7 +23,12 @@ and ``--print`` collects them):
               network-only and the polished poses.
 
 The paper's scale is ``--n 10000 --box 64`` with thousands of iterations; ``--quick`` is the
-scale that fits a shared CPU (see the README for which was run).
+scale that fits a shared CPU (see the README for which was run). ``--data-box 64`` simulates
+at 64 px (SNR defined there, as in the issue) and Fourier-crops to the network's ``--box``.
+Structures: ``betagal``, ``4ake`` (the A/B dimer; errors also reported modulo its 178.8° NCS
+2-fold) and ``4ake-A`` (chain A, truly asymmetric). Training defaults are the library's
+(quarter-turn augmentation, ℓ_QD modulo the point group); ``--augment none --no-qd-symmetric``
+is the paper's training.
 
 Usage::
 
