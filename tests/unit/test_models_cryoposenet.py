@@ -1,4 +1,5 @@
-"""CryoPoseNet parts: encoder shapes, pose heads (shapes, gradients, gradcheck), volume, rendering."""
+"""CryoPoseNet parts: encoder shapes, batch-norm folding (also of the supervised regressor), pose
+heads (shapes, gradients, gradcheck), volume, rendering."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from cryopose.data.transforms import rotate_half_turn
 from cryopose.models.cryoposenet import CryoPoseNet, rotate_half_turn_poses
 from cryopose.models.encoders import CryoPoseNetEncoder, encoder_output_size
 from cryopose.models.pose_heads import PoseHead, ShiftHead, params_to_rotmat
+from cryopose.models.supervised import OrientationRegressor, SupervisedModelConfig
 from cryopose.models.volume import VoxelVolume, spherical_mask, symmetrize_volume
 from cryopose.projection import prepare_volume_ft, project
 from cryopose.rotations import random_rotations, relion_euler_to_rotmat, rotmat_to_sixd, sixd_to_rotmat
@@ -37,19 +39,27 @@ def test_encoder_is_the_papers_architecture_and_maps_to_512_features():
     assert enc(torch.randn(5, 1, 32, 32)).shape == (5, 512)
 
 
-def test_fused_encoder_gives_the_same_features_and_leaves_the_original_alone():
+@pytest.mark.parametrize("make_model", [
+    lambda: CryoPoseNetEncoder(16, channels=(4, 8, 8), hidden=(16, 16), batch_norm=True),
+    lambda: OrientationRegressor(SupervisedModelConfig(box_size=16, width=4, n_blocks=2, head_channels=16,
+                                                       hidden=32)),
+], ids=["cryoposenet-encoder", "supervised-regressor"])
+def test_fused_model_gives_the_same_outputs_and_leaves_the_original_alone(make_model):
+    """``fused_for_inference`` (:func:`fold_batch_norm_`) of both CNNs: same eval outputs, no batch
+    norm left, the original model untouched."""
     torch.manual_seed(0)
-    enc = CryoPoseNetEncoder(16, channels=(4, 8, 8), hidden=(16, 16), batch_norm=True)
-    enc.train()
-    for _ in range(3):  # non-trivial running statistics
-        enc(torch.randn(8, 16, 16) * 3 + 1)
-    enc.eval()
-    fused = enc.fused_for_inference()
+    model = make_model()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial running statistics
+            model(torch.randn(8, 16, 16) * 3 + 1)
+    model.eval()
+    fused = model.fused_for_inference()
     x = torch.randn(5, 16, 16)
     with torch.no_grad():
-        ref, out = enc(x), fused(x)
+        ref, out = model(x), fused(x)
     assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in fused.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
     assert not fused.training
 

@@ -170,22 +170,6 @@ def test_training_with_quarter_turn_augmentation_runs_and_learns():
     assert np.isfinite(loss).all() and loss[-10:].mean() < 0.9 * loss[:10].mean()
 
 
-def test_fused_regressor_matches_and_has_no_batch_norm():
-    torch.manual_seed(0)
-    model = OrientationRegressor(SupervisedModelConfig(**_TINY_MODEL))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):  # non-trivial running statistics
-            model(torch.randn(8, 16, 16) * 3 + 1)
-    model.eval()
-    fused = model.fused_for_inference()
-    x = torch.randn(6, 16, 16)
-    with torch.no_grad():
-        assert torch.allclose(fused(x), model(x), atol=1e-5)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
-
-
 def test_split_is_four_to_one_and_disjoint():
     tr, te = split_train_test(100, 0.2, seed=3)
     assert tr.size == 80 and te.size == 20 and not set(tr) & set(te)
