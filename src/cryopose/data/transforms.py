@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 
-from ..fourier import centered_fft2, centered_ifft2, fourier_downsample_images, frequency_grid_2d
+from ..fourier import (centered_fft2, centered_ifft2, fourier_downsample_images, frequency_grid_2d,
+                       frequency_indices)
 
 __all__ = [
     "Normalization",
@@ -21,6 +23,7 @@ __all__ = [
     "normalize",
     "rotate_half_turn",
     "rotate_quarter_turns",
+    "rotate_images",
     "low_pass",
     "circular_mask",
 ]
@@ -139,6 +142,35 @@ def rotate_quarter_turns(images: torch.Tensor, k: torch.Tensor | int) -> torch.T
             r, cc = src[turns]
             out[sel] = images[sel][:, r, cc]
     return out
+
+
+def rotate_images(images: torch.Tensor, theta_rad: torch.Tensor, *, mode: str = "bilinear") -> torch.Tensor:
+    """Rotate images about pixel ``(n // 2, n // 2)`` by ``θ`` (counter-clockwise in ``(x, y)``).
+
+    Bilinear or bicubic interpolation (``grid_sample``); for multiples of 90° the exact
+    :func:`rotate_quarter_turns` turns the same way. A projection along RELION rotation ``R``
+    turned by ``θ`` is the projection along ``Rz(θ) R``
+    (:func:`cryopose.rotations.inplane_rotation`).
+
+    Args:
+        images: ``(B, n, n)`` real images ``(y, x)``.
+        theta_rad: ``(B,)`` angles in radians (or a scalar); differentiable.
+        mode: ``grid_sample`` interpolation (``"bilinear"`` or ``"bicubic"``).
+
+    Returns:
+        ``(B, n, n)``; pixels whose source lies outside the box are 0.
+    """
+    b, n = images.shape[0], images.shape[-1]
+    theta = torch.as_tensor(theta_rad, dtype=images.dtype, device=images.device).expand(b)
+    c = frequency_indices(n, device=images.device, dtype=images.dtype)
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    # source = Q(−θ) r
+    xs = cos * xx + sin * yy
+    ys = -sin * xx + cos * yy
+    scale = 2.0 / (n - 1)
+    grid = torch.stack([(xs + n // 2) * scale - 1.0, (ys + n // 2) * scale - 1.0], dim=-1)
+    return F.grid_sample(images[:, None], grid, mode=mode, padding_mode="zeros", align_corners=True)[:, 0]
 
 
 def low_pass(images: torch.Tensor, radius: float) -> torch.Tensor:

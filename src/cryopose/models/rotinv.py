@@ -14,7 +14,7 @@ angle and for the unrotated image (:mod:`cryopose.training.rotinv` has the losse
 reading of its "Wasserstein critic": a WAE-GAN critic (Tolstikhin et al. 2018) between the
 content codes and a standard normal prior — an image-space critic would push the decoder
 towards the training images' noise. Angle convention: ``θ`` is the counter-clockwise image
-rotation of :func:`cryopose.training.rotinv.rotate_images` (``ψ`` decreases by ``θ``).
+rotation of :func:`cryopose.data.transforms.rotate_images` (``ψ`` decreases by ``θ``).
 
 Networks only; no physics inside.
 """

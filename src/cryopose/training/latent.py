@@ -280,7 +280,7 @@ def prepare_batch(source, idx: np.ndarray, config: LatentTrainConfig, scaling: I
     """Read, downsample, invert (if asked), scale to [0, 1] and mask images ``idx``: ``(B, m, m)``.
 
     The mask multiplies the scaled image, so outside it the pixels are 0, the value that
-    in-plane rotation (:func:`cryopose.training.rotinv.rotate_images`) pads with.
+    in-plane rotation (:func:`cryopose.data.transforms.rotate_images`) pads with.
     """
     return _mask(scaling.apply(_preprocess(_read(source, idx), config)), config)
 
@@ -341,7 +341,7 @@ def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: t
                   order: int = 1, split: bool = False) -> torch.Tensor:
     """Rotation-equivariance prior (an addition to the paper).
 
-    Each image is turned by a random ``θ`` (:func:`cryopose.training.rotinv.rotate_images`,
+    Each image is turned by a random ``θ`` (:func:`cryopose.data.transforms.rotate_images`,
     which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with
     ``(μ₁, μ₂)`` turned by ``−k θ`` and ``μ₃…`` unchanged, so that the polar angle of ``(μ₁, μ₂)``
     moves with ``k ψ`` and the in-plane orbit is a circle about the ``μ₃`` axis (``k = order``,

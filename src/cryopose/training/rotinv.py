@@ -48,9 +48,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
+from ..data.transforms import rotate_images
 from ..errors import UserError
 from ..fourier import frequency_indices
 
@@ -62,30 +62,6 @@ __all__ = [
     "RotInvTrainResult", "train_rotinv", "train_spatial_vae", "RotInvPrediction", "predict_rotinv",
     "DownsampledSource",
 ]
-
-
-def rotate_images(images: torch.Tensor, theta_rad: torch.Tensor, *, mode: str = "bilinear") -> torch.Tensor:
-    """Rotate images about pixel ``(n // 2, n // 2)`` by ``θ`` (counter-clockwise in ``(x, y)``).
-
-    Args:
-        images: ``(B, n, n)`` real images ``(y, x)``.
-        theta_rad: ``(B,)`` angles in radians (or a scalar); differentiable.
-        mode: ``grid_sample`` interpolation (``"bilinear"`` or ``"bicubic"``).
-
-    Returns:
-        ``(B, n, n)``; pixels whose source lies outside the box are 0.
-    """
-    b, n = images.shape[0], images.shape[-1]
-    theta = torch.as_tensor(theta_rad, dtype=images.dtype, device=images.device).expand(b)
-    c = frequency_indices(n, device=images.device, dtype=images.dtype)
-    yy, xx = torch.meshgrid(c, c, indexing="ij")
-    cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-    # source = Q(−θ) r
-    xs = cos * xx + sin * yy
-    ys = -sin * xx + cos * yy
-    scale = 2.0 / (n - 1)
-    grid = torch.stack([(xs + n // 2) * scale - 1.0, (ys + n // 2) * scale - 1.0], dim=-1)
-    return F.grid_sample(images[:, None], grid, mode=mode, padding_mode="zeros", align_corners=True)[:, 0]
 
 
 def circular_mask(n: int, *, radius_fraction: float = 1.0, soft_edge_px: float = 2.0, device=None,

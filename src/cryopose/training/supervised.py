@@ -52,7 +52,7 @@ from ..metrics.reprojection import reprojection_rmse
 from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
 from ..fourier import fourier_downsample_volume
 from ..projection import prepare_volume_ft, project
-from ..data.transforms import rotate_quarter_turns
+from ..data.transforms import rotate_images, rotate_quarter_turns
 from ..rotations import inplane_rotation, random_rotations, rotmat_to_quaternion
 from ..symmetry import canonical_symbol, symmetry_operators
 
@@ -243,7 +243,7 @@ def augment_inplane(images: torch.Tensor, rotmats: torch.Tensor, mode: str, *,
         rotmats: ``(B, 3, 3)`` their RELION rotations.
         mode: ``"none"`` (returned unchanged), ``"quarter"`` (uniform in {0°, 90°, 180°, 270°},
             exact: :func:`cryopose.data.transforms.rotate_quarter_turns`) or ``"continuous"``
-            (uniform in [0, 2π), bicubic: :func:`cryopose.training.rotinv.rotate_images`).
+            (uniform in [0, 2π), bicubic: :func:`cryopose.data.transforms.rotate_images`).
         generator: Seeds the angles (CPU generator).
 
     Returns:
@@ -264,8 +264,6 @@ def augment_inplane(images: torch.Tensor, rotmats: torch.Tensor, mode: str, *,
         out = rotate_quarter_turns(images, k.to(images.device))
         theta = k.double() * (math.pi / 2)
     else:
-        from .rotinv import rotate_images
-
         theta = torch.rand(b, generator=generator, dtype=torch.float64) * (2 * math.pi)
         out = rotate_images(images, theta.to(images.device, images.dtype), mode="bicubic")
     rz = inplane_rotation(theta).to(rotmats.device, rotmats.dtype)
