@@ -190,3 +190,25 @@ def test_no_ctf_writes_no_ctf(vol, tmp_path):
     res = simulate_particles(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom, n_particles=5, config=cfg,
                              generator=0, output=tmp_path / "noctf")
     assert "rlnDefocusU" not in res.star_path.read_text()
+
+
+def test_phase_flip_images_undoes_the_ctf_sign(vol):
+    """Phase flipping noise-free CTF images brings them closer to the CTF-free projections (the
+    CTF's sign is undone, its amplitude stays), flipping twice is the identity, and a CTF table of
+    the wrong length is named in the error."""
+    from cryopose.ctf import phase_flip_images
+
+    kw = dict(defocus_range_angstrom=(60000.0, 90000.0))  # CTF zeros before Nyquist at 14.75 Å/px
+    images, meta = _sim(vol, n=16, seed=2, apply_ctf=True, **kw)
+    clean, _ = _sim(vol, n=16, seed=2, apply_ctf=False, **kw)
+    flipped = phase_flip_images(images, meta.ctf, vol.pixel_size_angstrom, batch_size=5)
+
+    def cc(a, b):
+        a, b = a - a.mean((1, 2), keepdim=True), b - b.mean((1, 2), keepdim=True)
+        return (a * b).sum((1, 2)) / (a.norm(dim=(1, 2)) * b.norm(dim=(1, 2)))
+
+    assert float((cc(flipped, clean) - cc(images, clean)).min()) > 0.02
+    twice = phase_flip_images(flipped, meta.ctf, vol.pixel_size_angstrom)
+    torch.testing.assert_close(twice, images, atol=1e-5 * float(images.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match="16 images but CTF parameters for 3"):
+        phase_flip_images(images, meta.ctf[torch.arange(3)], vol.pixel_size_angstrom)
