@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .rotations import as_tensor, axis_angle_to_rotmat
+from .rotations import as_tensor, axis_angle_to_rotmat, project_to_rotmat
 
 __all__ = [
     "SymmetryError",
@@ -58,6 +58,7 @@ __all__ = [
     "expand_by_symmetry",
     "asymmetric_unit_mask",
     "asymmetric_unit_mates",
+    "mean_rotation_modulo",
     "DEFAULT_REFERENCE_DIRECTION",
 ]
 
@@ -271,3 +272,51 @@ def asymmetric_unit_mates(rotmats, symbol: str) -> torch.Tensor:
     inside = asymmetric_unit_mask(mates[..., 2, :], symbol, atol=1e-6)  # (N, G)
     first = torch.where(inside.any(-1), inside.float().argmax(-1), torch.zeros(inside.shape[0], dtype=torch.long))
     return mates[torch.arange(r.shape[0]), first].to(r.dtype)
+
+
+def mean_rotation_modulo(rotmats, symbol: str = "C1", *, n_passes: int = 2) -> torch.Tensor:
+    """Chordal L2 mean of several estimates of each pose, modulo a point group.
+
+    For each particle ``i`` the ``K`` estimates ``R_k,i`` are put on one branch of the
+    equivalence ``R ~ R S``, each replaced by its mate ``R_k,i S`` nearest (Frobenius) to the
+    current mean, and averaged: ``argmin_R Σ_k ‖R − R_k,i S_k,i‖²_F`` is the projection of
+    ``Σ_k R_k,i S_k,i`` onto SO(3) (:func:`cryopose.rotations.project_to_rotmat`); ``n_passes``
+    alternations of the two steps. Each of the ``K`` estimates seeds the alternation in turn and
+    the mean with the least residual ``Σ_k min_S ‖R − R_k,i S‖²_F`` is kept, so the result does
+    not depend on the order of the estimates, nor on which mates they are given as.
+
+    Args:
+        rotmats: ``(K, N, 3, 3)`` poses (``K`` estimates of ``N`` particles).
+        symbol: Point-group symbol (see :func:`symmetry_operators`).
+        n_passes: Alignment / averaging alternations (>= 1).
+
+    Returns:
+        ``(N, 3, 3)`` mean poses, dtype of the input.
+
+    Raises:
+        SymmetryError: For an unknown symbol.
+        ValueError: If ``rotmats`` is not ``(K, N, 3, 3)`` or ``n_passes < 1``.
+    """
+    r = as_tensor(rotmats)
+    if r.ndim != 4 or r.shape[-2:] != (3, 3):
+        raise ValueError(f"mean_rotation_modulo: rotmats must be (K, N, 3, 3), got {tuple(r.shape)}")
+    if n_passes < 1:
+        raise ValueError(f"mean_rotation_modulo: n_passes must be >= 1, got {n_passes}")
+    k, n = r.shape[:2]
+    ops = symmetry_operators(symbol, dtype=r.dtype, device=r.device)
+    mates = r[:, :, None] @ ops  # (K, N, G, 3, 3)
+
+    def nearest_traces(mean):  # (A, N, 3, 3) -> (A, K, N) largest tr(Mᵀ R_k S) and the S index
+        tr = torch.einsum("inab,knjab->iknj", mean, mates)
+        return tr.max(dim=-1)
+
+    mean = r  # every estimate seeds one alternation: (A = K, N, 3, 3)
+    for _ in range(n_passes):
+        best = nearest_traces(mean).indices  # (A, K, N)
+        idx = best[..., None, None, None].expand(-1, -1, -1, 1, 3, 3)
+        aligned = torch.gather(mates[None].expand(k, -1, -1, -1, -1, -1), 3, idx)[:, :, :, 0]
+        mean = project_to_rotmat(aligned.sum(1))
+    # ‖M − R S‖² = 6 − 2 tr(Mᵀ R S): the least residual has the largest summed trace
+    score = nearest_traces(mean).values.sum(1)  # (A, N)
+    pick = score.argmax(dim=0)
+    return mean[pick, torch.arange(n, device=r.device)]

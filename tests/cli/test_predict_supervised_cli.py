@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cryopose.cli.main import main
+from cryopose.fourier import fourier_downsample_images
 from cryopose.io.particles import load_particles
 from cryopose.io.star import write_star
 from cryopose.models.supervised import load_pose_model
@@ -46,6 +47,16 @@ def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_da
     direct, shifts = load_pose_model(model)(torch.as_tensor(stack[np.arange(len(stack))]))
     assert shifts is None
     torch.testing.assert_close(est.rotmats.float(), direct, atol=1e-5, rtol=0)
+
+    # --test-time-turns: the mean over the four quarter turns, as the library computes it
+    out_t = tmp_path / "pred_turns.star"
+    assert main(["predict", str(model), str(star), "-o", str(out_t), "--threads", "1", "--test-time-turns"]) == 0
+    net = load_pose_model(model).model
+    images16 = fourier_downsample_images(torch.as_tensor(stack[np.arange(len(stack))]).float(), 16)
+    with torch.no_grad():
+        turned = net.predict_rotmat(images16, test_time_turns=True)
+    torch.testing.assert_close(load_particles(out_t)[1].rotmats.float(), turned, atol=1e-4, rtol=0)
+    assert not torch.allclose(turned, direct, atol=1e-2)
 
     # a different box in Å is refused, naming the model
     coarse = sim.parent / "coarse.star"

@@ -64,7 +64,7 @@ def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys)
     out = tmp_path / "refine"
     rc = main(["refine", str(star), "--reference", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out),
                "--labeled-fraction", "0.5", "--iterations", "3", "--step", "30", "--final-step", "7.5",
-               "--local-refine", "--local-step", "7.5", *_NET])
+               "--local-refine", "--local-step", "7.5", "--test-time-turns", *_NET])
     assert rc == 0
     assert "20 searched + 20 inferred" in capsys.readouterr().out
     meta = read_star(out / "particles.star")
@@ -80,7 +80,7 @@ def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys)
                 "vs_reference_fsc0p5_angstrom", "network_only_resolution_fsc0p143_angstrom",
                 "known_pose_vs_reference_fsc0p5_angstrom"):
         assert key in report
-    assert report["pose_errors_vs_input"]["search"]["n"] == 20
+    assert report["pose_errors_vs_input"]["search"]["n"] == 20 and report["test_time_turns"] is True
     assert report["pose_errors_vs_input"]["network+local"]["n"] == 20
     assert (out / "fsc.png").is_file() and (out / "config.yaml").is_file()
     assert torch.load(out / "model.pt", weights_only=False)["model_kind"] == "supervised"

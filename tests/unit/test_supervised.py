@@ -206,3 +206,24 @@ def test_checkpoint_round_trip(tmp_path):
     torch.save({"model_kind": "cryoposenet"}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="model_kind"):
         load_pose_model(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("symmetry", ["C1", "D2"])
+def test_test_time_quarter_turns_are_equivariant(symmetry):
+    """Averaging over the four quarter turns makes the prediction exactly equivariant: the image
+    turned by 90° is predicted at Rz(90°) times the prediction of the original (modulo the point
+    group); without turns the prediction is the plain forward pass."""
+    from cryopose.metrics.pose_error import symmetry_aware_errors
+
+    torch.manual_seed(0)
+    model = OrientationRegressor(SupervisedModelConfig(**_TINY_MODEL)).eval()
+    images = torch.randn(6, _TINY_MODEL["box_size"], _TINY_MODEL["box_size"])
+    with torch.no_grad():
+        plain = model.predict_rotmat(images)
+        torch.testing.assert_close(plain, model.to_rotmat(model(images)))
+        r = model.predict_rotmat(images, test_time_turns=True, symmetry=symmetry)
+        r_turned = model.predict_rotmat(rotate_quarter_turns(images, 1), test_time_turns=True, symmetry=symmetry)
+    expected = inplane_rotation(torch.full((6,), math.pi / 2)).float() @ r
+    err = symmetry_aware_errors(r_turned.double(), expected.double(), symmetry=symmetry)
+    assert float(err.max()) < 0.05
+    assert float(symmetry_aware_errors(r.double(), plain.double(), symmetry=symmetry).max()) > 0.05

@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the training run did (newer supervised models and CryoPoseNet encoders record "
                              "their own setting, which is applied without this option)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    parser.add_argument("--test-time-turns", action="store_true",
+                        help="supervised models: average the predictions for the four quarter turns of each "
+                             "image, modulo the model's point group (4× the time)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -71,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
     if kind == "supervised":
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                                        ctf_star=args.ctf, batch_size=args.batch_size,
-                                       invert_contrast=True if args.invert_contrast else None, state=state)
+                                       invert_contrast=True if args.invert_contrast else None,
+                                       test_time_turns=args.test_time_turns, state=state)
         print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
         return 0
+    if args.test_time_turns:
+        raise UserError(f"--test-time-turns is for supervised models, not the CryoPoseNet encoder {args.model}")
     if args.invert_contrast:
         raise UserError(f"--invert-contrast is for supervised models; the CryoPoseNet encoder {args.model} "
                         "records its own contrast setting")

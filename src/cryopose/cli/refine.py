@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--local-refine", action="store_true",
                    help="polish the network's predictions by a local search (from --local-step)")
     s.add_argument("--local-step", type=float, default=3.75, metavar="DEG", help="first step of that local search")
+    parser.add_argument("--test-time-turns", action="store_true",
+                        help="infer each unlabelled particle as the mean of the network's predictions for its four "
+                             "quarter turns, modulo --symmetry (4× the inference time)")
     add_model_arguments(parser)
 
 
@@ -93,6 +96,7 @@ def run(args) -> int:
                         shift_range_angstrom=args.shift_range, max_resolution_angstrom=args.max_resolution)
     config = RefineConfig(labeled_fraction=args.labeled_fraction, search=scfg, model=mcfg, train=tcfg,
                           cv_w=args.cv_w, cv_iterations=args.cv_iterations, cv_max_particles=args.cv_max_particles,
+                          test_time_turns=args.test_time_turns,
                           local_refine=args.local_refine, local_refine_step_deg=args.local_step,
                           box_size=args.box_size, network_box_size=args.network_box,
                           invert_contrast=args.invert_contrast, seed=args.seed)

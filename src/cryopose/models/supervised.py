@@ -203,6 +203,31 @@ class OrientationRegressor(nn.Module):
             return quaternion_to_rotmat(raw)
         return axis_angle_to_rotmat(raw)
 
+    def predict_rotmat(self, images: torch.Tensor, *, test_time_turns: bool = False,
+                       symmetry: str = "C1") -> torch.Tensor:
+        """Rotations ``(B, 3, 3)`` of images ``(B, n, n)``, optionally averaged over quarter turns.
+
+        With ``test_time_turns`` every image is also turned by 90°, 180° and 270° in its plane
+        (:func:`cryopose.data.transforms.rotate_quarter_turns`, a pixel permutation); the
+        prediction ``R̂_k`` for the image turned by ``θ_k`` estimates ``Rz(θ_k) R``
+        (:func:`cryopose.rotations.inplane_rotation`, the relation the ``"quarter"``
+        augmentation of :func:`cryopose.training.supervised.augment_inplane` trains), so
+        ``Rz(θ_k)ᵀ R̂_k`` are four estimates of ``R``. They are averaged modulo the point group
+        ``symmetry`` by :func:`cryopose.symmetry.mean_rotation_modulo` (test-time augmentation,
+        not in the paper; 4 × the inference time). Call in eval mode, without gradients.
+        """
+        if not test_time_turns:
+            return self.to_rotmat(self(images))
+        from ..data.transforms import rotate_quarter_turns
+        from ..rotations import inplane_rotation
+        from ..symmetry import mean_rotation_modulo
+
+        b = images.shape[0]
+        k = torch.arange(4, device=images.device).repeat_interleave(b)
+        r = self.to_rotmat(self(rotate_quarter_turns(images.repeat(4, 1, 1), k))).double()
+        rz = inplane_rotation(k.double().cpu() * (math.pi / 2)).to(r.device)
+        return mean_rotation_modulo((rz.transpose(-1, -2) @ r).reshape(4, b, 3, 3), symmetry).to(images.dtype)
+
 
 class SupervisedPosePredictor:
     """Callable ``images (B, n, n) -> (rotmats (B, 3, 3), None)`` around a trained regressor.

@@ -129,6 +129,9 @@ class RefineConfig:
         cv_w: Choose ``w`` by five-fold cross-validation.
         cv_iterations: Steps per cross-validation fold (default ``train.iterations``).
         cv_max_particles: Cap on the particles cross-validated.
+        test_time_turns: Infer each unlabelled particle as the mean of the predictions for its
+            four quarter turns, modulo the point group
+            (:meth:`cryopose.models.supervised.OrientationRegressor.predict_rotmat`; 4 × the time).
         local_refine: Polish network predictions by a local search from ``local_refine_step_deg``.
         local_refine_step_deg: First step of that local search, degrees.
         box_size: Working box of search and reconstruction (default from :func:`working_grid`).
@@ -146,6 +149,7 @@ class RefineConfig:
     cv_w: bool = False
     cv_iterations: int | None = None
     cv_max_particles: int | None = None
+    test_time_turns: bool = False
     local_refine: bool = False
     local_refine_step_deg: float = 3.75
     box_size: int | None = None
@@ -264,7 +268,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     # 3. infer the rest
     t3 = time.perf_counter()
     rest_images = wd.images.subset(unlabeled)
-    pred = predict_rotmats(train.model, net_images.subset(unlabeled)) if unlabeled.size else torch.zeros(0, 3, 3)
+    pred = (predict_rotmats(train.model, net_images.subset(unlabeled), test_time_turns=config.test_time_turns,
+                            symmetry=sym) if unlabeled.size else torch.zeros(0, 3, 3))
     t_infer = time.perf_counter() - t3
     pred_raw = pred
     pred_shifts = torch.zeros(unlabeled.size, 2)
@@ -314,7 +319,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
         # the network sees the working grid Fourier-cropped to net_box px: same field of view
         "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
-        "symmetry": sym,
+        "symmetry": sym, "test_time_turns": config.test_time_turns,
         "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,

@@ -24,6 +24,9 @@ images", Acta Cryst. D 78 (2022):
   permutation, no interpolation: 4 × the labelled data); ``"continuous"`` by any angle (bicubic
   interpolation, which slightly smooths the noise of the turned images). Same benchmark:
   73.1° without augmentation, 46.8° with quarter turns, 50.4° with continuous turns.
+  At inference, :func:`predict_rotmats` can also average the predictions for the four quarter
+  turns of each image (``test_time_turns``, modulo the point group; see
+  :meth:`cryopose.models.supervised.OrientationRegressor.predict_rotmat`).
 * **Choice of w** (:func:`cross_validate_w`): five-fold cross-validation on the training set
   over ``w = 0.0, 0.1, …, 1.0``; each fold's held-out particles are scored by a criterion that
   does not depend on ``w`` (median geodesic error modulo the point group by default, or the
@@ -284,21 +287,28 @@ def _read(source, idx: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_rotmats(model: OrientationRegressor, images, indices=None, *, batch_size: int = 256) -> torch.Tensor:
-    """Predicted rotations ``(M, 3, 3)`` of the particles ``indices`` (default all), eval mode."""
+def predict_rotmats(model: OrientationRegressor, images, indices=None, *, batch_size: int = 256,
+                    test_time_turns: bool = False, symmetry: str = "C1") -> torch.Tensor:
+    """Predicted rotations ``(M, 3, 3)`` of the particles ``indices`` (default all), eval mode.
+
+    ``test_time_turns`` averages the predictions for the four quarter turns of each image
+    modulo ``symmetry`` (:meth:`OrientationRegressor.predict_rotmat`).
+    """
     was_training = model.training
     model.eval()
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
     dev = next(model.parameters()).device
-    out = [model.to_rotmat(model(_read(images, idx[s:s + batch_size]).to(dev))).cpu()
+    out = [model.predict_rotmat(_read(images, idx[s:s + batch_size]).to(dev), test_time_turns=test_time_turns,
+                                symmetry=symmetry).cpu()
            for s in range(0, idx.shape[0], batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 3, 3)
 
 
 def evaluate_model(model: OrientationRegressor, images, rotmats: torch.Tensor, indices, *, symmetry: str = "C1",
-                   reference_volume=None, reproj_box_size: int | None = None) -> dict:
-    """Pose errors of a model on some particles.
+                   reference_volume=None, reproj_box_size: int | None = None,
+                   test_time_turns: bool = False) -> dict:
+    """Pose errors of a model on some particles (``test_time_turns``: see :func:`predict_rotmats`).
 
     Returns:
         Dict with ``n``, ``median_error_deg``, ``mean_error_deg`` (geodesic, modulo the point
@@ -309,7 +319,7 @@ def evaluate_model(model: OrientationRegressor, images, rotmats: torch.Tensor, i
     idx = np.asarray(indices, dtype=np.int64)
     if idx.size == 0:
         return {}
-    pred = predict_rotmats(model, images, idx)
+    pred = predict_rotmats(model, images, idx, test_time_turns=test_time_turns, symmetry=symmetry)
     gt = torch.as_tensor(rotmats)[torch.as_tensor(idx)]
     err = symmetry_aware_errors(pred.double(), gt.double(), symmetry=symmetry)
     out = {"n": int(idx.size), "median_error_deg": float(err.median()), "mean_error_deg": float(err.mean())}
