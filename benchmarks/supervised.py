@@ -297,12 +297,22 @@ def run_refine(args, out: Path) -> None:
           f"{r['known_pose_vs_reference_fsc0p5_angstrom']:.2f} Å")
 
 
+def _print_searchref(out: Path, structure: str, title: str | None = None) -> None:
+    rows = _load(out, f"searchref_{structure}") or {}
+    if rows and title:
+        print(f"\n{title}: exhaustive search only")
+    for key, r in rows.items():
+        print(f"{'search, ' + key:<26} {'':>13} {r['median_error_deg']:10.2f}° {r['mean_error_deg']:9.2f}° "
+              f"{r['seconds']:8.0f}  [exhaustive search, true map, {r['n']} test particles at {r['box']} px]")
+
+
 def print_tables(args, out: Path) -> None:
     titles = {"betagal": "Table 1 — β-galactosidase (D2)", "4ake": "Table 2 — adenylate kinase 4AKE (C1)",
               "4ake-A": "Table 2 — adenylate kinase 4AKE chain A (C1, the monomer)"}
     for structure in titles:
         rows = _load(out, f"table_{structure}")
         if not rows:
+            _print_searchref(out, structure, titles[structure])
             continue
         w, how = _best_w(args, out, structure)
         any_row = next(iter(rows.values()))
@@ -324,9 +334,7 @@ def print_tables(args, out: Path) -> None:
                 print(f"{'  ↳ test-time quarter turns':<26} {'':>13} {r['turns_median_error_deg']:10.2f}° "
                       f"{r['turns_mean_error_deg']:9.2f}°   (training particles: median "
                       f"{r['train_median_error_deg']:.2f}°)")
-        for key, r in (_load(out, f"searchref_{structure}") or {}).items():
-            print(f"{'search, ' + key:<26} {'':>13} {r['median_error_deg']:10.2f}° {r['mean_error_deg']:9.2f}° "
-                  f"{r['seconds']:8.0f}  [exhaustive search, true map, {r['n']} test particles at {r['box']} px]")
+        _print_searchref(out, structure)
         cv = _load(out, f"cv_{structure}")
         if cv:
             print("  CV (mean over 5 folds of the median error, °): "
