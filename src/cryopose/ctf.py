@@ -24,10 +24,7 @@ from .constants import ELECTRON_REST_ENERGY_EV, HC_EV_ANGSTROM
 from .fourier import centered_fft2, centered_ifft2, frequency_grid_2d
 
 __all__ = ["CTFParams", "compute_ctf", "electron_wavelengths_angstrom", "phase_flip", "phase_flip_images",
-           "wiener_filter", "CTF_CORRECTIONS"]
-
-#: Input CTF corrections of :func:`phase_flip_images` users (``"none"`` or ``"phase_flip"``).
-CTF_CORRECTIONS = ("none", "phase_flip")
+           "wiener_filter"]
 
 
 def _field(t) -> torch.Tensor:
