@@ -58,8 +58,8 @@ from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images
 from cryopose.models.supervised import SupervisedModelConfig
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
-from cryopose.training.supervised import (DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w, evaluate_model,
-                                          predict_rotmats, split_train_test, train_supervised)
+from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
+                                          evaluate_model, predict_rotmats, split_train_test, train_supervised)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRUCTURES = {
@@ -91,7 +91,7 @@ def _dataset(args, structure: str, snr, *, n=None, seed=0, crop=True):
     images, meta = simulate_in_memory(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
                                       n_particles=n or args.n, config=cfg, generator=seed + (0 if snr is None else
                                                                                              int(1000 * snr)))
-    if getattr(args, "input_ctf", "none") == "phase_flip":  # at the data box, before cropping
+    if args.input_ctf == "phase_flip":  # at the data box, before cropping
         images = phase_flip_images(images, meta.ctf, vol.pixel_size_angstrom)
     if crop and data_box != args.box:
         images = fourier_downsample_images(images, args.box)
@@ -170,7 +170,7 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
             "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
             "turns_median_error_deg": tta["median_error_deg"], "turns_mean_error_deg": tta["mean_error_deg"],
-            "train_median_error_deg": on_train["median_error_deg"], "input_ctf": getattr(args, "input_ctf", "none"),
+            "train_median_error_deg": on_train["median_error_deg"], "input_ctf": args.input_ctf,
             "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
             "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden}
 
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--w", type=float, default=0.5, help="w when no CV result is cached")
     p.add_argument("--force-w", type=float, help="tables: use this w instead of the CV choice (rows tagged)")
-    p.add_argument("--augment", default="quarter", choices=["none", "quarter", "continuous"],
+    p.add_argument("--augment", default="quarter", choices=AUGMENTATIONS,
                    help="in-plane augmentation of the training images and labels (default quarter; none = the paper)")
     p.add_argument("--qd-symmetric", action=argparse.BooleanOptionalAction, default=True,
                    help="ℓ_QD modulo the point group (default; --no-qd-symmetric = the paper)")

@@ -191,8 +191,8 @@ def phase_flip_images(images: torch.Tensor, params: "CTFParams", pixel_size_angs
     out = torch.empty(x.shape, dtype=torch.float32)
     for s in range(0, x.shape[0], batch_size):
         idx = torch.arange(s, min(s + batch_size, x.shape[0]))
-        sign = torch.sign(compute_ctf(params[idx], n, pixel_size_angstrom, device=x.device))
-        out[s:s + idx.numel()] = centered_ifft2(centered_fft2(x[s:s + idx.numel()].float()) * sign).real.cpu()
+        ctf = compute_ctf(params[idx], n, pixel_size_angstrom, device=x.device)
+        out[s:s + idx.numel()] = centered_ifft2(phase_flip(centered_fft2(x[s:s + idx.numel()].float()), ctf)).real.cpu()
     return out
 
 

@@ -486,8 +486,10 @@ def inplane_rotation(theta_rad) -> torch.Tensor:
     If ``P_R`` is the projection of a map along RELION rotation ``R`` (``(y, x)`` images, origin
     ``n // 2``), then ``P_R`` turned by ``θ`` counter-clockwise in ``(x, y)`` is the projection
     along ``Rz(θ) R`` with ``Rz(θ) = [[cos θ, −sin θ, 0], [sin θ, cos θ, 0], [0, 0, 1]]``
-    (checked against the Fourier-slice projector in the tests). Used to turn a labelled image
-    and its label together (:func:`cryopose.data.transforms.rotate_quarter_turns`).
+    (checked against the Fourier-slice projector in the tests). In RELION's angles
+    ``Rz(θ) = Euler_angles2matrix(0, 0, −θ)`` (:func:`relion_euler_to_rotmat`): turning the image
+    by ``θ`` lowers ``psi`` by ``θ``. Used to turn a labelled image and its label together
+    (:func:`cryopose.data.transforms.rotate_quarter_turns`).
 
     Args:
         theta_rad: Angles in radians, any shape ``S`` (float or tensor).
@@ -498,9 +500,8 @@ def inplane_rotation(theta_rad) -> torch.Tensor:
     t = torch.as_tensor(theta_rad)
     if not t.is_floating_point():
         t = t.double()
-    c, s = torch.cos(t), torch.sin(t)
-    z, o = torch.zeros_like(t), torch.ones_like(t)
-    return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1), torch.stack([z, z, o], -1)], -2)
+    z = torch.zeros_like(t)
+    return relion_euler_to_rotmat(torch.stack([z, z, -torch.rad2deg(t)], -1))
 
 
 def so3_grid(step_deg: float, *, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
