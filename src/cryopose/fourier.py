@@ -108,15 +108,44 @@ def fourier_downsample_images(images: torch.Tensor, m: int) -> torch.Tensor:
     """Downsample images ``(..., n, n)`` to ``(..., m, m)`` by Fourier cropping.
 
     Pixel values keep their scale (a constant image stays the same constant); the pixel size
-    grows by ``n / m``. Raises ``ValueError`` if ``m > n``.
+    grows by ``n / m``; the origin pixel ``n // 2`` maps to ``m // 2``. Real images go through
+    half-spectrum transforms (``rfft2``/``irfft2``), complex ones through the centred full
+    transforms; both give the real part of the inverse of the centred ``m × m`` crop. Raises
+    ``ValueError`` if ``m > n``.
     """
     n = images.shape[-1]
     if m > n:
         raise ValueError(f"cannot Fourier-crop a {n}-px box to {m} px")
     if m == n:
         return images
-    ft = fourier_crop_2d(centered_fft2(images), m)
-    return centered_ifft2(ft).real * (m * m) / (n * n)
+    if images.is_complex():
+        ft = fourier_crop_2d(centered_fft2(images), m)
+        return centered_ifft2(ft).real * (m * m) / (n * n)
+    return _rfft_downsample_images(images, m)
+
+
+def _rfft_downsample_images(images: torch.Tensor, m: int) -> torch.Tensor:
+    """Real-input :func:`fourier_downsample_images` by half-spectrum transforms (several × faster).
+
+    Same result, to float rounding, as the real part of the centred crop's inverse: the kept
+    frequencies are ``−m//2 … (m−1)//2`` on each axis, and for even ``m`` the Nyquist row and
+    column (``±m/2``, one frequency at ``m`` px) hold the mean of the input's ``−m/2`` and
+    ``+m/2`` coefficients, which is what taking the real part does there.
+    """
+    n = images.shape[-1]
+    dims = (-2, -1)
+    f = torch.fft.rfft2(torch.fft.ifftshift(images, dim=dims), dim=dims)  # (..., n, n//2 + 1)
+    half = m // 2
+    n_pos, n_neg = (m + 1) // 2, m // 2  # rows of frequencies 0…, and …−1
+    cols = f[..., :half + 1]
+    out = torch.cat([cols[..., :n_pos, :], cols[..., n - n_neg:, :]], dim=-2)
+    if m % 2 == 0:
+        # row −m/2 stands for ±m/2: the mean of the two; at the self-conjugate corner the real
+        # part of the +m/2 coefficient (c2r keeps only the real part of such bins)
+        out[..., n_pos, :] = 0.5 * (cols[..., n - half, :] + cols[..., half, :])
+        out[..., n_pos, half] = cols[..., half, half].real.to(out.dtype)
+    x = torch.fft.irfft2(out, s=(m, m), dim=dims)
+    return torch.fft.fftshift(x, dim=dims) * (m * m) / (n * n)
 
 
 def fourier_downsample_volume(volume: torch.Tensor, m: int) -> torch.Tensor:

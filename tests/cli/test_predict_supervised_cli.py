@@ -55,7 +55,9 @@ def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_da
     images16 = fourier_downsample_images(torch.as_tensor(stack[np.arange(len(stack))]).float(), 16)
     with torch.no_grad():
         turned = net.predict_rotmat(images16, test_time_turns=True)
-    torch.testing.assert_close(load_particles(out_t)[1].rotmats.float(), turned, atol=1e-4, rtol=0)
+    # the barely trained network's four turned predictions disagree widely, and their chordal mean
+    # amplifies float rounding (thread counts, FFT paths) to ~1e-4: compare at 1e-3
+    torch.testing.assert_close(load_particles(out_t)[1].rotmats.float(), turned, atol=1e-3, rtol=0)
     assert not torch.allclose(turned, direct, atol=1e-2)
 
     # a different box in Å is refused, naming the model

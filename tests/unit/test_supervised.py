@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cryopose.metrics.reprojection import reprojection_rmse
-from cryopose.models.supervised import (OrientationRegressor, SupervisedModelConfig, load_pose_model,
+from cryopose.models.supervised import (OrientationRegressor, SupervisedModelConfig, REPRESENTATIONS, load_pose_model,
                                         rotvec_to_quaternion)
 from cryopose.projection import project
 from cryopose.rotations import (axis_angle_to_rotmat, quaternion_to_rotmat, random_rotations,
@@ -45,7 +45,8 @@ def _d2_symmetrize(vol: torch.Tensor) -> torch.Tensor:
 
 
 def test_model_shapes_and_unit_outputs():
-    for rep, size in (("quaternion", 4), ("axis_angle", 3)):
+    torch.manual_seed(0)
+    for rep, size in (("quaternion", 4), ("axis_angle", 3), ("s2s2", 6), ("svd", 9)):
         m = OrientationRegressor(SupervisedModelConfig(box_size=16, representation=rep, width=4, n_blocks=2,
                                                        head_channels=8, hidden=16))
         raw = m(torch.randn(3, 16, 16))
@@ -54,7 +55,12 @@ def test_model_shapes_and_unit_outputs():
         torch.testing.assert_close(q.norm(dim=-1), torch.ones(3))
         r = m.to_rotmat(raw)
         torch.testing.assert_close(r @ r.transpose(-1, -2), torch.eye(3).expand(3, 3, 3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.linalg.det(r), torch.ones(3), atol=1e-5, rtol=0)
         torch.testing.assert_close(quaternion_to_rotmat(q), r, atol=1e-5, rtol=0)
+        # the decoders are differentiable: finite gradients reach every weight
+        (1.0 - (q * torch.tensor([1.0, 0.0, 0.0, 0.0])).sum(-1) ** 2).mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    assert set(REPRESENTATIONS) == {"quaternion", "axis_angle", "s2s2", "svd"}
     with pytest.raises(ValueError):
         SupervisedModelConfig(box_size=8, n_blocks=4)
     with pytest.raises(ValueError):

@@ -17,13 +17,19 @@ VGG blocks 1…``d``     ``[conv 3×3 → BN → ReLU] × convs_per_block → ma
 two further convs      ``conv 3×3 → BN → ReLU`` twice, ``head_channels`` channels
 max pooling            2×2, then flatten (``head_channels · s²`` features, ``s = n / 2^(d+1)``;
                        spatial layout is kept, as the paper's pooled 7×7 VGG grid does)
-regressor              ``Linear(·, hidden) → ReLU → Linear(hidden, 4 | 3)``
-output                 quaternion ``q / |q|`` (scalar first) or rotation vector (radians)
+regressor              ``Linear(·, hidden) → ReLU → Linear(hidden, 4 | 3 | 6 | 9)``
+output                 quaternion ``q / |q|`` (scalar first), rotation vector (radians), or
+                       (not in the paper) two columns of ``R`` / a 3×3 matrix
 =====================  ==========================================================================
 
 Rotations are RELION matrices (:mod:`cryopose.conventions`); the quaternion maps to ``R`` by
 :func:`cryopose.rotations.quaternion_to_rotmat`, the rotation vector by
-:func:`cryopose.rotations.axis_angle_to_rotmat`. Batch normalisation is not in VGG16 (it came
+:func:`cryopose.rotations.axis_angle_to_rotmat`. Two further outputs, not in the paper, are
+continuous maps onto SO(3), which quaternions and rotation vectors are not (a network must
+jump somewhere between ``q`` and ``−q``, or at ``|ω| = π``): ``"s2s2"``, the first two columns
+of ``R`` made orthonormal by Gram–Schmidt (Zhou et al., CVPR 2019;
+:func:`cryopose.rotations.sixd_to_rotmat`), and ``"svd"``, a 3×3 matrix projected onto SO(3)
+by SVD (Levinson et al., NeurIPS 2020; :func:`cryopose.rotations.project_to_rotmat`). Batch normalisation is not in VGG16 (it came
 later) but makes training from scratch stable; ``batch_norm=False`` removes it.
 
 :func:`load_pose_model` reads a checkpoint written by
@@ -42,7 +48,8 @@ import torch
 from torch import nn
 
 from ..fourier import fourier_downsample_images
-from ..rotations import axis_angle_to_rotmat, quaternion_to_rotmat
+from ..rotations import (axis_angle_to_rotmat, project_to_rotmat, quaternion_to_rotmat, rotmat_to_quaternion,
+                         sixd_to_rotmat)
 
 __all__ = [
     "MODEL_KIND",
@@ -57,7 +64,8 @@ __all__ = [
 #: Value of ``model_kind`` in checkpoints of this module.
 MODEL_KIND = "supervised"
 #: Output parametrisations of the regressor.
-REPRESENTATIONS = ("quaternion", "axis_angle")
+REPRESENTATIONS = ("quaternion", "axis_angle", "s2s2", "svd")
+_OUTPUT_SIZES = {"quaternion": 4, "axis_angle": 3, "s2s2": 6, "svd": 9}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,7 +74,8 @@ class SupervisedModelConfig:
 
     Attributes:
         box_size: Input image edge ``n`` in pixels (>= ``2**(n_blocks + 1)``).
-        representation: ``"quaternion"`` (paper default) or ``"axis_angle"``.
+        representation: ``"quaternion"`` (paper default), ``"axis_angle"`` (paper's Table 3),
+            ``"s2s2"`` or ``"svd"`` (continuous, not in the paper; module docstring).
         width: Channels of the first VGG block (VGG16: 64).
         n_blocks: Number of VGG blocks (each halves the image; VGG16: 5). Default
             ``floor(log2(n / 4))``, leaving a 4×4 grid for a power-of-two box (2×2 after the
@@ -105,8 +114,8 @@ class SupervisedModelConfig:
 
     @property
     def output_size(self) -> int:
-        """4 for quaternions, 3 for rotation vectors."""
-        return 4 if self.representation == "quaternion" else 3
+        """4 (quaternion), 3 (rotation vector), 6 (s2s2) or 9 (svd)."""
+        return _OUTPUT_SIZES[self.representation]
 
 
 def _conv(c_in: int, c_out: int, bn: bool) -> list[nn.Module]:
@@ -139,8 +148,9 @@ class OrientationRegressor(nn.Module):
         config: :class:`SupervisedModelConfig`.
 
     Forward:
-        ``images (B, n, n)`` → raw outputs ``(B, 4)`` (unnormalised quaternion) or ``(B, 3)``
-        (rotation vector). Use :meth:`to_quaternion` and :meth:`to_rotmat` to decode.
+        ``images (B, n, n)`` → raw outputs ``(B, 4)`` (unnormalised quaternion), ``(B, 3)``
+        (rotation vector), ``(B, 6)`` (two unnormalised columns of ``R``) or ``(B, 9)`` (a 3×3
+        matrix, row-major). Use :meth:`to_quaternion` and :meth:`to_rotmat` to decode.
     """
 
     def __init__(self, config: SupervisedModelConfig):
@@ -193,15 +203,23 @@ class OrientationRegressor(nn.Module):
 
     def to_quaternion(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw outputs → unit quaternions ``(B, 4)`` ``(w, x, y, z)`` (differentiable)."""
-        if self.config.representation == "quaternion":
+        rep = self.config.representation
+        if rep == "quaternion":
             return raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        return rotvec_to_quaternion(raw)
+        if rep == "axis_angle":
+            return rotvec_to_quaternion(raw)
+        return rotmat_to_quaternion(self.to_rotmat(raw))
 
     def to_rotmat(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw outputs → RELION rotation matrices ``(B, 3, 3)`` (differentiable)."""
-        if self.config.representation == "quaternion":
+        rep = self.config.representation
+        if rep == "quaternion":
             return quaternion_to_rotmat(raw)
-        return axis_angle_to_rotmat(raw)
+        if rep == "axis_angle":
+            return axis_angle_to_rotmat(raw)
+        if rep == "s2s2":
+            return sixd_to_rotmat(raw)
+        return project_to_rotmat(raw.reshape(*raw.shape[:-1], 3, 3))
 
     def predict_rotmat(self, images: torch.Tensor, *, test_time_turns: bool = False,
                        symmetry: str = "C1") -> torch.Tensor:
