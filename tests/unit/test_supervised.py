@@ -60,7 +60,14 @@ def test_model_shapes_and_unit_outputs():
         # the decoders are differentiable: finite gradients reach every weight
         (1.0 - (q * torch.tensor([1.0, 0.0, 0.0, 0.0])).sum(-1) ** 2).mean().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
-    assert set(REPRESENTATIONS) == {"quaternion", "axis_angle", "s2s2", "svd"}
+    # the CLI (which imports the library lazily) offers exactly the library's outputs
+    import argparse
+
+    from cryopose.cli.train_supervised import add_model_arguments
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    assert tuple(next(a.choices for a in parser._actions if a.dest == "representation")) == REPRESENTATIONS
     with pytest.raises(ValueError):
         SupervisedModelConfig(box_size=8, n_blocks=4)
     with pytest.raises(ValueError):

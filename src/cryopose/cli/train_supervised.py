@@ -32,7 +32,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train-supervised`` and ``refine`` (network and training)."""
     g = parser.add_argument_group("network and training (Lian et al. 2022)")
     g.add_argument("--representation", choices=("quaternion", "axis_angle", "s2s2", "svd"), default="quaternion",
-                   help="regressor output (default quaternion)")
+                   help="regressor output: quaternion (default) or axis_angle, the paper's two; s2s2 (6D, "
+                        "Gram-Schmidt) or svd (3x3 projected onto SO(3)), continuous, not in the paper")
     g.add_argument("--width", type=int, default=32, help="channels of the first VGG block (default 32)")
     g.add_argument("--blocks", type=int, help="VGG blocks (default log2(box/4): 3 at 32 px, 4 at 64 px)")
     g.add_argument("--iterations", type=int, default=2000, help="training steps (default 2000)")
