@@ -210,26 +210,24 @@ def run_searchref(args, out: Path) -> None:
             _, test = split_train_test(len(images), 0.2, seed=args.seed)
             test = test[:args.searchref_n]
             key = _snr_name(snr)
+            test_images = images[torch.as_tensor(test)]
             box = args.searchref_box or images.shape[-1]
             if box < images.shape[-1]:  # what the network sees: Fourier-cropped images, map cropped alike
                 px = px * images.shape[-1] / box
-                images = fourier_downsample_images(images[torch.as_tensor(test)], box)
+                test_images = fourier_downsample_images(test_images, box)
                 vol = fourier_downsample_volume(vol, box)
-                test_images = images
                 key = f"{key} at {box} px"
-            else:
-                test_images = images[torch.as_tensor(test)]
             t0 = time.perf_counter()
             res = search_poses(test_images, vol, px, ctf=meta.ctf[torch.as_tensor(test)],
                                config=SearchConfig(symmetry=sym))
             err = symmetry_aware_errors(res.rotmats.double(), torch.as_tensor(rot)[torch.as_tensor(test)].double(),
                                         symmetry=sym)
-            rows[key] = {"n": int(test.size), "box": int(images.shape[-1]), "pixel_angstrom": px,
-                                    "median_error_deg": float(err.median()), "mean_error_deg": float(err.mean()),
-                                    "search_grid": res.info, "seconds": time.perf_counter() - t0}
+            rows[key] = {"n": int(test.size), "box": int(test_images.shape[-1]), "pixel_angstrom": px,
+                         "median_error_deg": float(err.median()), "mean_error_deg": float(err.mean()),
+                         "search_grid": res.info, "seconds": time.perf_counter() - t0}
             _save(out, f"searchref_{structure}", rows)
             print(f"{structure} {_snr_name(snr)}: exhaustive search on {test.size} test particles at "
-                  f"{images.shape[-1]} px: median {float(err.median()):.2f}°, mean {float(err.mean()):.2f}°")
+                  f"{test_images.shape[-1]} px: median {float(err.median()):.2f}°, mean {float(err.mean()):.2f}°")
 
 
 def run_table3(args, out: Path) -> None:

@@ -29,8 +29,10 @@ continuous maps onto SO(3), which quaternions and rotation vectors are not (a ne
 jump somewhere between ``q`` and ``−q``, or at ``|ω| = π``): ``"s2s2"``, the first two columns
 of ``R`` made orthonormal by Gram–Schmidt (Zhou et al., CVPR 2019;
 :func:`cryopose.rotations.sixd_to_rotmat`), and ``"svd"``, a 3×3 matrix projected onto SO(3)
-by SVD (Levinson et al., NeurIPS 2020; :func:`cryopose.rotations.project_to_rotmat`). Batch normalisation is not in VGG16 (it came
-later) but makes training from scratch stable; ``batch_norm=False`` removes it.
+by SVD (Levinson et al., NeurIPS 2020; :func:`cryopose.rotations.project_to_rotmat`).
+
+Batch normalisation is not in VGG16 (it came later) but makes training from scratch stable;
+``batch_norm=False`` removes it.
 
 :func:`load_pose_model` reads a checkpoint written by
 :func:`cryopose.training.supervised.save_checkpoint` (``model_kind: "supervised"``) and returns
