@@ -4,8 +4,9 @@ Sections (``--sections``, each cached as JSON under ``--out`` so they can run on
 and ``--print`` collects them):
 
 * ``cv``      five-fold cross-validation of ``w`` in 0.0…1.0 (step 0.1) per structure, at
-              ``--cv-snr``, on ``--cv-particles`` training particles; the chosen ``w`` is used
-              by every cell of that structure's table.
+              ``--cv-snr``, on ``--cv-particles`` training particles (``--cv-folds`` and
+              ``--cv-w-values`` shrink it); the chosen ``w`` is used by every cell of that
+              structure's table.
 * ``tables``  Tables 1–2: β-gal (D2, real map Fourier-cropped 100 → 64 px) and 4AKE (C1, atomic
               model → density), noise-free and SNR 1.0, 0.4, 0.1, all with CTF (defocus
               1.0–2.5 µm); ``--n`` particles split 4:1; reprojection RMSE (normalised,
@@ -129,10 +130,10 @@ def run_cv(args, out: Path) -> None:
                                                                replace=False))
         mc, tc = _configs(args, sym, iterations=args.cv_iterations)
         t0 = time.perf_counter()
-        cv = cross_validate_w(images, rot, vol, model_config=mc, config=tc, indices=sub, w_values=DEFAULT_W_GRID,
-                              n_folds=5, progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
+        cv = cross_validate_w(images, rot, vol, model_config=mc, config=tc, indices=sub, w_values=args.cv_w_values,
+                              n_folds=args.cv_folds, progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
         doc = cv.as_dict()
-        doc.update({"structure": structure, "snr": args.cv_snr, "n_particles": int(sub.size),
+        doc.update({"structure": structure, "snr": args.cv_snr, "n_particles": int(sub.size), "n_folds": args.cv_folds,
                     "iterations_per_fold": args.cv_iterations, "wall_seconds": time.perf_counter() - t0})
         _save(out, f"cv_{structure}", doc)
         print(f"{structure}: best w = {cv.best_w:g} (mean median error per w: "
@@ -354,7 +355,8 @@ def print_tables(args, out: Path) -> None:
         _print_searchref(out, structure)
         cv = _load(out, f"cv_{structure}")
         if cv:
-            print("  CV (mean over 5 folds of the median error, °): "
+            print(f"  CV (mean over {cv.get('n_folds', 5)} folds of the median error, °, {cv['n_particles']} particles, "
+                  f"{_snr_name(cv['snr'])}, {cv['iterations_per_fold']} steps per fold): "
                   + "  ".join(f"w={w:g}: {s:.1f}" for w, s in zip(cv["w_values"], cv["mean_scores"])))
     t3 = _load(out, "table3")
     if t3:
@@ -434,6 +436,9 @@ def main(argv=None) -> int:
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)
+    p.add_argument("--cv-folds", type=int, default=5, help="cv: folds (default 5, the paper's)")
+    p.add_argument("--cv-w-values", type=float, nargs="*", default=list(DEFAULT_W_GRID),
+                   help="cv: grid of w (default the paper's 0.0, 0.1, …, 1.0)")
     p.add_argument("--searchref-n", type=int, default=200,
                    help="searchref: test particles searched (15° → 1.875°, true map, CTF) at the data box")
     p.add_argument("--searchref-box", type=int, default=None,
