@@ -473,6 +473,7 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
     args.snrs = [None if s.lower() in ("none", "0", "inf") else float(s) for s in args.snrs]
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # subnormal floats (tiny Adam moments) are slow on x86 CPUs
     out = Path(args.out or ("bench_out/supervised_quick" if args.quick else "bench_out/supervised"))
     runners = {"cv": run_cv, "tables": run_tables, "searchref": run_searchref, "table3": run_table3, "speed": run_speed, "refine": run_refine}
     for section in args.sections:

@@ -92,8 +92,9 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose abinitio``; returns the exit status."""
     from ..pipelines.abinitio import run_abinitio
-    from .common import write_run_config
+    from .common import configure_torch, write_run_config
 
+    configure_torch(None)  # the trainer chooses its threads (TrainConfig.num_threads)
     config = config_from_args(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():

@@ -63,6 +63,32 @@ def write_run_config(path, *, command_line: str, config: Any = None, extra: dict
     return path
 
 
+def configure_torch(threads: int | None) -> None:
+    """Set up torch for a command: its thread count, and subnormal floats flushed to zero.
+
+    Subnormal float32 values (``|x| < 1.2e-38``), which tiny weights, Adam moments and gradients
+    reach in long trainings, are treated as zero (``torch.set_flush_denormal(True)``, where the
+    CPU supports it): x86 CPUs process them many times slower (``python
+    benchmarks/denormals.py``), and values that small change no result.
+
+    Args:
+        threads: ``torch.set_num_threads`` value (the command's ``--threads``), or ``None`` to
+            keep torch's default.
+
+    Raises:
+        cryopose.errors.UserError: ``threads`` < 1.
+    """
+    import torch
+
+    from ..errors import UserError
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
 def prepare_output_dir(path, *, allow_existing: bool = True) -> Path:
     """Create an output folder (parents too) and return it as a ``Path``.
 

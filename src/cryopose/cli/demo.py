@@ -32,11 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose demo``; returns the exit status."""
-    import torch
-
     from ..errors import UserError
     from ..pipelines.demo import DemoConfig, run_demo
-    from .common import write_run_config
+    from .common import configure_torch, write_run_config
 
     kw = {"seed": args.seed}
     for name in ("n_particles", "epochs", "box_size", "snr"):
@@ -44,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
             kw[name] = getattr(args, name)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     config = DemoConfig(**kw)
     out = Path(args.output)
     if out.exists() and not out.is_dir():

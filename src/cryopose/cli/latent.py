@@ -126,17 +126,12 @@ def _train_config(args):
 def _run_train(args) -> int:
     import dataclasses
 
-    import torch
-
     from ..io.atomic import atomic_write_text
     from ..io.particles import load_particles
     from ..training.latent import CHECKPOINT_NAME, hyperparameter_search, train_vaegan
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     config = _train_config(args)
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)

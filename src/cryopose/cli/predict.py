@@ -59,17 +59,14 @@ def run(args: argparse.Namespace) -> int:
             encoder or with a supervised checkpoint recorded as trained without it, an
             unreadable model, or particles the model cannot take (box in Å).
     """
-    import torch
-
     from ..errors import UserError
     from ..pipelines.predict import predict_poses, predict_poses_supervised, read_model_file
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    from .common import configure_torch
+
+    configure_torch(args.threads)
     kind, state = read_model_file(args.model)
     if kind == "supervised":
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,

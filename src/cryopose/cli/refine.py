@@ -18,9 +18,7 @@ import math
 import sys
 
 import numpy as np
-import torch
 
-from ..errors import UserError
 from .train_supervised import add_model_arguments, model_configs
 
 COMMAND = "refine"
@@ -79,12 +77,9 @@ def run(args) -> int:
     from ..search.projection_matching import SearchConfig
     from ..search.run import working_grid
     from ..training.supervised import save_checkpoint
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,

@@ -96,17 +96,12 @@ def _source(args, stack):
 
 
 def _run_train(args) -> int:
-    import torch
-
     from ..io.atomic import atomic_write_text
     from ..io.particles import load_particles
     from ..training.rotinv import RotInvTrainConfig, train_rotinv, train_spatial_vae
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     config = RotInvTrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                lambda_image=args.lambda_image, lambda_wasserstein=args.lambda_wasserstein,
                                lambda_angle=args.lambda_angle, lambda_vector=args.lambda_vector,

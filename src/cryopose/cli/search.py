@@ -15,7 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 
 from ..errors import UserError
 
@@ -56,12 +55,9 @@ def run(args) -> int:
     from ..io.star import write_star
     from ..search.projection_matching import SearchConfig
     from ..search.run import GLOBAL_SCORE_COLUMN, SCORE_COLUMN, search_particles
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     out = Path(args.output)
     if out.suffix.lower() != ".star":
         raise UserError(f"-o must name a .star file, got {out}")

@@ -16,7 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 from ..errors import UserError
 
@@ -139,7 +138,7 @@ def _config(args, *, snr):
 def run(args) -> int:
     """Run ``cryopose simulate``: load the structure, simulate, write files and config."""
     from ..simulate import load_volume, simulate_particles, snr_from_db
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
     if args.snr is not None and args.snr_db is not None:
         raise UserError("give either --snr or --snr-db, not both")
@@ -149,10 +148,7 @@ def run(args) -> int:
         raise UserError(f"--box-size must be a positive number of pixels, got {args.box_size}")
     if args.chunk_size < 1:
         raise UserError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     snr = snr_from_db(args.snr_db) if args.snr_db is not None else args.snr
     config = _config(args, snr=snr)
 

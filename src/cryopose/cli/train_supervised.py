@@ -135,12 +135,9 @@ def run(args) -> int:
     from ..io.star import read_star
     from ..pipelines.refine import prepare_working_data, train_on_dataset
     from ..training.supervised import save_checkpoint
-    from .common import prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, write_run_config
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    configure_torch(args.threads)
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
     label_meta = read_star(args.poses, require_image_names=False)
