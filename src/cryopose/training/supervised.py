@@ -36,6 +36,10 @@ images", Acta Cryst. D 78 (2022):
 Images come from a tensor ``(N, n, n)`` or any object with ``len()`` and
 ``source[index_array]`` (e.g. a lazily read :class:`cryopose.io.particles.ParticleStack`);
 only one batch is read at a time.
+
+On a CPU, call ``torch.set_flush_denormal(True)`` before a long training, as the ``cryopose``
+commands do (:func:`cryopose.cli.common.configure_torch`): subnormal weights and moments
+otherwise slow the steps several-fold late in a run.
 """
 
 from __future__ import annotations
