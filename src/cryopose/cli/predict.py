@@ -61,11 +61,10 @@ def run(args: argparse.Namespace) -> int:
     """
     from ..errors import UserError
     from ..pipelines.predict import predict_poses, predict_poses_supervised, read_model_file
+    from .common import configure_torch
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from .common import configure_torch
-
     configure_torch(args.threads)
     kind, state = read_model_file(args.model)
     if kind == "supervised":
