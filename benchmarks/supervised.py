@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryopose.cli.common import configure_torch
 from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images, fourier_downsample_volume
 from cryopose.models.supervised import REPRESENTATIONS, SupervisedModelConfig
@@ -472,8 +473,7 @@ def main(argv=None) -> int:
                        cv_iterations=150, refine_n=2000, speed_particles=512, speed_search_particles=64)
         args = p.parse_args(argv)
     args.snrs = [None if s.lower() in ("none", "0", "inf") else float(s) for s in args.snrs]
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # subnormal floats (tiny Adam moments) are slow on x86 CPUs
+    configure_torch(args.threads)  # as the commands: threads, subnormal floats flushed (slow on x86 CPUs)
     out = Path(args.out or ("bench_out/supervised_quick" if args.quick else "bench_out/supervised"))
     runners = {"cv": run_cv, "tables": run_tables, "searchref": run_searchref, "table3": run_table3, "speed": run_speed, "refine": run_refine}
     for section in args.sections:

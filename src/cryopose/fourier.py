@@ -119,9 +119,14 @@ def fourier_downsample_images(images: torch.Tensor, m: int) -> torch.Tensor:
     if m == n:
         return images
     if images.is_complex():
-        ft = fourier_crop_2d(centered_fft2(images), m)
-        return centered_ifft2(ft).real * (m * m) / (n * n)
+        return _centred_downsample_images(images, m)
     return _rfft_downsample_images(images, m)
+
+
+def _centred_downsample_images(images: torch.Tensor, m: int) -> torch.Tensor:
+    """:func:`fourier_downsample_images` by its definition: centred full transforms, crop, real part."""
+    n = images.shape[-1]
+    return centered_ifft2(fourier_crop_2d(centered_fft2(images), m)).real * (m * m) / (n * n)
 
 
 def _rfft_downsample_images(images: torch.Tensor, m: int) -> torch.Tensor:
