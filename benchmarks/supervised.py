@@ -15,7 +15,9 @@ and ``--print`` collects them):
               test error with test-time quarter turns (the mean of the predictions for the four
               quarter turns of each image, :meth:`OrientationRegressor.predict_rotmat`) and the
               error on (up to 2,000) training particles, whose gap to the test error measures
-              overfitting.
+              overfitting, and the test error of the int8 copy of the network
+              (:meth:`OrientationRegressor.quantized_for_inference`, calibrated on 256 training
+              particles) with its median distance from the float network's poses.
 * ``searchref`` the reference point of those tables: ``cryopose search`` (15° → 1.875°, the true
               map, CTF, symmetry) on ``--searchref-n`` of the same test particles at the data box
               (or, with ``--searchref-box``, Fourier-cropped with the map to that box).
@@ -24,7 +26,8 @@ and ``--print`` collects them):
 * ``speed``   per-particle time of supervised inference vs ``cryopose search`` (15° → 1.875°),
               same particles, one thread, best of ``--speed-repeats`` timings of each; the network at
               the data's box and, with ``--speed-network-box``, on Fourier-cropped input (inference
-              time includes the crop).
+              time includes the crop); each network also as its int8 copy (``--no-speed-int8``
+              skips it).
 * ``refine``  ``cryopose refine`` at ``--refine-box`` (search 20 %, train the network on
               ``--box`` px Fourier-cropped inputs, infer 80 %, polish locally, reconstruct) vs
               the known-pose reconstruction of the same particles: half-map FSC = 0.143
@@ -38,7 +41,9 @@ Structures: ``betagal``, ``4ake`` (the A/B dimer; errors also reported modulo it
 2-fold) and ``4ake-A`` (chain A, truly asymmetric). Training defaults are the library's
 (quarter-turn augmentation, ℓ_QD modulo the point group); ``--augment none --no-qd-symmetric``
 is the paper's training. ``--input-ctf phase_flip`` phase-flips the images (at the data box)
-before the network sees them.
+before the network sees them. ``--synthetic-fraction F`` makes that share of every training
+batch fresh from the map (:class:`cryopose.training.synthetic.ReferenceProjections`, measured on
+the training split; not in the paper); here the map is the one that made the particles.
 
 Usage::
 
@@ -61,8 +66,10 @@ import torch
 from cryopose.cli.common import configure_torch
 from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images, fourier_downsample_volume
+from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.models.supervised import REPRESENTATIONS, SupervisedModelConfig
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
+from cryopose.training.synthetic import ReferenceProjections
 from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
                                           evaluate_model, predict_rotmats, split_train_test, train_supervised)
 
@@ -109,7 +116,7 @@ def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iteratio
     tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
                                learning_rate=lr or args.lr, w=w, symmetry=sym, seed=args.seed,
                                reproj_box_size=args.reproj_box, augment_inplane=args.augment,
-                               qd_symmetry_aware=args.qd_symmetric)
+                               qd_symmetry_aware=args.qd_symmetric, synthetic_fraction=args.synthetic_fraction)
     return mc, tc
 
 
@@ -125,14 +132,15 @@ def _load(out: Path, name: str):
 
 def run_cv(args, out: Path) -> None:
     for structure in args.structures:
-        images, rot, vol, _, sym, _ = _dataset(args, structure, args.cv_snr)
+        images, rot, vol, px, sym, meta = _dataset(args, structure, args.cv_snr)
         train_idx, _ = split_train_test(len(images), 0.2, seed=args.seed)
         sub = np.sort(np.random.default_rng(args.seed).choice(train_idx, min(args.cv_particles, train_idx.size),
                                                                replace=False))
         mc, tc = _configs(args, sym, iterations=args.cv_iterations)
         t0 = time.perf_counter()
         cv = cross_validate_w(images, rot, vol, model_config=mc, config=tc, indices=sub, w_values=args.cv_w_values,
-                              n_folds=args.cv_folds, progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
+                              n_folds=args.cv_folds, synthetic=_synthetic(args, images, rot, vol, px, meta, train_idx),
+                              progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
         doc = cv.as_dict()
         doc.update({"structure": structure, "snr": args.cv_snr, "n_particles": int(sub.size), "n_folds": args.cv_folds,
                     "iterations_per_fold": args.cv_iterations, "wall_seconds": time.perf_counter() - t0})
@@ -148,10 +156,25 @@ def _best_w(args, out: Path, structure: str) -> tuple[float, str]:
     return float(cv["best_w"]), f"CV at {_snr_name(cv['snr'])}"
 
 
+def _synthetic(args, images, rot, vol, px, meta, train_idx):
+    """The ``--synthetic-fraction`` source, measured on the training split (None without)."""
+    if not args.synthetic_fraction:
+        return None
+    data_box = getattr(args, "data_box", None) or args.box
+    src = ReferenceProjections.from_labelled(images, rot, vol, indices=train_idx, pixel_size_angstrom=px * data_box / args.box,
+                                             ctf=meta.ctf, seed=args.seed + 3)
+    print(f"  synthetic images: reference scale {src.scale:.4g}, noise σ {src.noise_sigma:.4g}, SNR at "
+          f"{args.box} px {src.snr:.3g}", file=sys.stderr)
+    return src
+
+
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
-    images, rot, vol, px, sym, _ = _dataset(args, structure, snr)
+    images, rot, vol, px, sym, meta = _dataset(args, structure, snr)
     mc, tc = _configs(args, sym, w=w, lr=lr, representation=representation)
+    train_idx, test_idx = split_train_test(len(images), tc.test_fraction, seed=tc.seed)
     res = train_supervised(images, rot, vol, model_config=mc, config=tc, device=args.device,
+                           train_indices=train_idx, test_indices=test_idx,
+                           synthetic=_synthetic(args, images, rot, vol, px, meta, train_idx),
                            progress=lambda s, r: print(f"  [{structure} {_snr_name(snr)} {representation} "
                                                        f"lr {tc.learning_rate:g}] step {s}: loss {r['loss']:.4f}",
                                                        file=sys.stderr) if s % 500 == 0 else None)
@@ -161,6 +184,11 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     # (a gap to the test error is overfitting)
     tta = evaluate_model(res.model, images, rot, test, symmetry=sym, test_time_turns=True)
     on_train = evaluate_model(res.model, images, rot, res.train_indices[:tc.eval_max_particles], symmetry=sym)
+    # the int8 copy (cryopose predict --int8), calibrated on 256 training particles
+    int8 = res.model.quantized_for_inference(images[torch.as_tensor(res.train_indices[:256])])
+    on_int8 = evaluate_model(int8, images, rot, test, symmetry=sym)
+    r_float, r_int8 = predict_rotmats(res.model, images, test), predict_rotmats(int8, images, test)
+    int8_shift = symmetry_aware_errors(r_int8.double(), r_float.double(), symmetry=sym)
     ncs = {}
     if structure == "4ake":  # also modulo the A/B pseudo-2-fold, as benchmarks/abinitio.py reports it
         from abinitio import _errors_modulo, ncs_rotation_4ake
@@ -176,8 +204,11 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
             "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
             "turns_median_error_deg": tta["median_error_deg"], "turns_mean_error_deg": tta["mean_error_deg"],
             "train_median_error_deg": on_train["median_error_deg"], "input_ctf": args.input_ctf,
+            "int8_median_error_deg": on_int8["median_error_deg"], "int8_mean_error_deg": on_int8["mean_error_deg"],
+            "int8_vs_float_median_deg": float(int8_shift.median()),
             "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
-            "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden}
+            "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden,
+            "synthetic_fraction": tc.synthetic_fraction}
 
 
 def run_tables(args, out: Path) -> None:
@@ -188,7 +219,8 @@ def run_tables(args, out: Path) -> None:
         rows = _load(out, f"table_{structure}") or {}
         for snr in args.snrs:
             key = (_snr_name(snr) + (f", w={w:g} forced" if args.force_w is not None else "")
-                   + (f", {args.representation}" if args.representation != "quaternion" else ""))
+                   + (f", {args.representation}" if args.representation != "quaternion" else "")
+                   + (f", synthetic {args.synthetic_fraction:g}" if args.synthetic_fraction else ""))
             rows[key] = _cell(args, structure, snr, w=w, representation=args.representation)
             _save(out, f"table_{structure}", rows)
             r = rows[key]
@@ -197,12 +229,13 @@ def run_tables(args, out: Path) -> None:
             print(f"{structure} {key}: RMSE {r['reprojection_rmse']:.3f}, median {r['median_error_deg']:.2f}°, "
                   f"mean {r['mean_error_deg']:.2f}°{ncs}; with test-time quarter turns "
                   f"{r['turns_median_error_deg']:.2f}° / {r['turns_mean_error_deg']:.2f}°; training particles "
-                  f"{r['train_median_error_deg']:.2f}° ({r['train_seconds']:.0f} s)")
+                  f"{r['train_median_error_deg']:.2f}°; int8 network {r['int8_median_error_deg']:.2f}° / "
+                  f"{r['int8_mean_error_deg']:.2f}° (median {r['int8_vs_float_median_deg']:.2f}° from the float "
+                  f"poses) ({r['train_seconds']:.0f} s)")
 
 
 def run_searchref(args, out: Path) -> None:
     """What the true map and an exhaustive search reach on the tables' own test particles."""
-    from cryopose.metrics.pose_error import symmetry_aware_errors
     from cryopose.search.projection_matching import SearchConfig, search_poses
 
     for structure in args.structures:
@@ -244,6 +277,19 @@ def run_table3(args, out: Path) -> None:
             print(f"table3 {key}: median {r['median_error_deg']:.2f}°, RMSE {r['reprojection_rmse']:.3f}")
 
 
+def _time_inference(model, x, crop, repeats: int) -> float:
+    """Best of ``repeats`` timings of crop + inference, seconds per particle (batches of 256)."""
+    best = math.inf
+    with torch.no_grad():
+        model(crop(x[:8]))
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for s in range(0, x.shape[0], 256):
+                predict_rotmats(model, crop(x[s:s + 256]), batch_size=256)
+            best = min(best, (time.perf_counter() - t0) / x.shape[0])
+    return best
+
+
 def run_speed(args, out: Path) -> None:
     from cryopose.models.supervised import OrientationRegressor, SupervisedModelConfig
     from cryopose.search.projection_matching import SearchConfig, search_poses
@@ -271,20 +317,24 @@ def run_speed(args, out: Path) -> None:
             # inference cost does not depend on the weights; batch norm folded as cryopose predict runs it
             model = OrientationRegressor(mc).eval().fused_for_inference()
             crop = (lambda im, nb=nbox: fourier_downsample_images(im, nb)) if nbox != args.box else (lambda im: im)
-            t_inf = math.inf
-            with torch.no_grad():
-                model(crop(x[:8]))
-                for _ in range(args.speed_repeats):
-                    t0 = time.perf_counter()
-                    for s in range(0, x.shape[0], 256):
-                        predict_rotmats(model, crop(x[s:s + 256]), batch_size=256)
-                    t_inf = min(t_inf, (time.perf_counter() - t0) / x.shape[0])
+            t_inf = _time_inference(model, x, crop, args.speed_repeats)
             key = f"{nbox} px, width {width}"
             doc[structure]["networks"][key] = {"network_box": nbox, "width": width, "hidden": hidden,
                                                "inference_ms_per_particle": 1000 * t_inf,
                                                "speedup": t_search / t_inf}
             print(f"{structure}: network {key}: inference {1000 * t_inf:.2f} ms/particle; search at {args.box} px "
                   f"{1000 * t_search:.1f} ms/particle; ratio {t_search / t_inf:.0f}×")
+            if args.speed_int8:  # the int8 copy of cryopose predict --int8 (calibrated on 256 particles)
+                t0 = time.perf_counter()
+                qmodel = model.quantized_for_inference(crop(x[:256]))
+                t_cal = time.perf_counter() - t0
+                t_q = _time_inference(qmodel, x, crop, args.speed_repeats)
+                doc[structure]["networks"][key + ", int8"] = {
+                    "network_box": nbox, "width": width, "hidden": hidden, "int8": True,
+                    "calibration_seconds": t_cal, "inference_ms_per_particle": 1000 * t_q, "speedup": t_search / t_q,
+                    "float_over_int8": t_inf / t_q}
+                print(f"{structure}: network {key}, int8: inference {1000 * t_q:.2f} ms/particle ({t_inf / t_q:.1f}× "
+                      f"the float network; calibration {t_cal:.1f} s); ratio to search {t_search / t_q:.0f}×")
     _save(out, "speed", doc)
 
 
@@ -434,6 +484,9 @@ def main(argv=None) -> int:
     p.add_argument("--input-ctf", default="none", choices=["none", "phase_flip"],
                    help="CTF correction of the network's input images (default none = the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
+    p.add_argument("--synthetic-fraction", type=float, default=0.0,
+                   help="share of each training batch made fresh from the reference (ReferenceProjections; "
+                        "tables and table3 cells, rows tagged)")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)
@@ -457,6 +510,8 @@ def main(argv=None) -> int:
     p.add_argument("--speed-network-width", type=int, default=16)
     p.add_argument("--speed-network-hidden", type=int, default=256)
     p.add_argument("--speed-search-particles", type=int, default=100)
+    p.add_argument("--speed-int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="speed: also time the int8 copy of each network (cryopose predict --int8)")
     p.add_argument("--speed-repeats", type=int, default=3,
                    help="speed: time the search and the inference this many times each and keep the best")
     p.add_argument("--refine-structure", default="betagal", choices=sorted(STRUCTURES))

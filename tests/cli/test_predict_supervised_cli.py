@@ -12,6 +12,7 @@ from cryopose.cli.main import main
 from cryopose.fourier import fourier_downsample_images
 from cryopose.io.particles import load_particles
 from cryopose.io.star import write_star
+from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.models.supervised import load_pose_model
 
 
@@ -59,6 +60,17 @@ def test_predict_with_supervised_model_matches_the_predictor(tmp_path, shared_da
     # amplifies float rounding (thread counts, FFT paths) to ~1e-4: compare at 1e-3
     torch.testing.assert_close(load_particles(out_t)[1].rotmats.float(), turned, atol=1e-3, rtol=0)
     assert not torch.allclose(turned, direct, atol=1e-2)
+
+    # --int8: the library's int8 copy calibrated on the first particles; close to the float poses
+    out_q = tmp_path / "pred_int8.star"
+    assert main(["predict", str(model), str(star), "-o", str(out_q), "--threads", "1", "--int8"]) == 0
+    q = net.quantized_for_inference(images16)
+    with torch.no_grad():
+        expected = q.predict_rotmat(images16)
+    pred_q = load_particles(out_q)[1].rotmats.float()
+    torch.testing.assert_close(pred_q, expected, atol=1e-4, rtol=0)
+    diff = symmetry_aware_errors(pred_q.double(), direct.double(), symmetry="C1")
+    assert float(diff.median()) < 3.0
 
     # a different box in Å is refused, naming the model
     coarse = sim.parent / "coarse.star"

@@ -34,6 +34,11 @@ by SVD (Levinson et al., NeurIPS 2020; :func:`cryopose.rotations.project_to_rotm
 Batch normalisation is not in VGG16 (it came later) but makes training from scratch stable;
 ``batch_norm=False`` removes it.
 
+For inference on a CPU, :meth:`OrientationRegressor.quantized_for_inference` makes a copy whose
+convolutions and linear layers compute in 8-bit integers (post-training static quantization,
+calibrated on a batch of particle images; ``cryopose predict --int8``). The README's issue-4
+section gives its speed and its effect on the pose errors.
+
 :func:`load_pose_model` reads a checkpoint written by
 :func:`cryopose.training.supervised.save_checkpoint` (``model_kind: "supervised"``) and returns
 a callable ``images -> (rotmats, None)`` for ``cryopose predict``.
@@ -173,6 +178,7 @@ class OrientationRegressor(nn.Module):
         self.pool = nn.MaxPool2d(2)
         self.regressor = nn.Sequential(nn.Linear(c.head_channels * c.final_grid**2, c.hidden), nn.ReLU(inplace=True),
                                        nn.Linear(c.hidden, c.output_size))
+        self.int8_core: nn.Module | None = None  # set on the copies of quantized_for_inference
 
     @staticmethod
     def standardize(images: torch.Tensor) -> torch.Tensor:
@@ -185,9 +191,77 @@ class OrientationRegressor(nn.Module):
         n = self.config.box_size
         if images.ndim != 3 or images.shape[-1] != n or images.shape[-2] != n:
             raise ValueError(f"expected images (B, {n}, {n}), got {tuple(images.shape)}")
-        x = self.standardize(images.float())[:, None].contiguous(memory_format=torch.channels_last)
-        x = self.head_convs(self.features(x))
-        return self.regressor(self.pool(x).flatten(1))
+        x = self.standardize(images.float())[:, None]
+        if self.int8_core is not None:
+            return self.int8_core(x)
+        return _layers(self, x.contiguous(memory_format=torch.channels_last))
+
+    @property
+    def is_int8(self) -> bool:
+        """Whether this copy computes in 8-bit integers (:meth:`quantized_for_inference`)."""
+        return self.int8_core is not None
+
+    def quantized_for_inference(self, calibration_images: torch.Tensor, *, batch_size: int = 256) -> "OrientationRegressor":
+        """A CPU copy computing in 8-bit integers: post-training static quantization.
+
+        The batch norms are folded first (:meth:`fused_for_inference`); then every convolution,
+        linear layer, ReLU and pooling runs on int8 activations and weights (per-channel weight
+        scales), with activation ranges observed on ``calibration_images`` (PyTorch FX graph
+        mode quantization, ``torch.ao.quantization``, with the default settings of the CPU's
+        quantized engine: ``x86`` on x86, ``qnnpack`` on ARM). The per-image standardisation
+        and the decoding of the outputs stay in float. ``self`` is left unchanged.
+
+        The copy is for inference only (eval mode, CPU, no gradients) and is not saved in
+        checkpoints: quantize again after loading. How much it changes the poses depends on the
+        network; the README's issue-4 section gives the measured change.
+
+        Args:
+            calibration_images: ``(C, n, n)`` particle images like those to be posed (e.g. the
+                first few hundred of the data set), raw (standardised here).
+            batch_size: Images per calibration pass.
+
+        Returns:
+            An :class:`OrientationRegressor` whose ``forward`` runs the int8 network
+            (``is_int8`` true).
+
+        Raises:
+            ValueError: Calibration images of the wrong shape, or fewer than one.
+            RuntimeError: This PyTorch build has no quantized CPU engine or no
+                ``torch.ao.quantization`` (deprecated upstream; present in the pinned release).
+        """
+        import warnings
+
+        n = self.config.box_size
+        cal = torch.as_tensor(calibration_images)
+        if cal.ndim != 3 or cal.shape[-2:] != (n, n) or cal.shape[0] < 1:
+            raise ValueError(f"calibration images must be (C >= 1, {n}, {n}), got {tuple(cal.shape)}")
+        engines = torch.backends.quantized.supported_engines
+        engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
+        if engine is None:
+            raise RuntimeError(f"this PyTorch build has no quantized CPU engine (it offers {engines})")
+        fused = self.fused_for_inference().cpu()
+        core = _Core(fused).eval()
+        z = self.standardize(cal.float().cpu())[:, None]
+        previous = torch.backends.quantized.engine
+        with warnings.catch_warnings(), torch.no_grad():
+            # torch.ao.quantization announces its move to torchao; the pinned torch still has it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*(quantize_per_tensor|reduce_range).*")
+            try:
+                from torch.ao.quantization import get_default_qconfig_mapping
+                from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+            except ImportError as err:
+                raise RuntimeError(f"int8 inference needs torch.ao.quantization, missing here: {err}") from None
+            torch.backends.quantized.engine = engine
+            try:
+                prepared = prepare_fx(core, get_default_qconfig_mapping(engine), example_inputs=(z[:1],))
+                for s in range(0, z.shape[0], int(batch_size)):
+                    prepared(z[s:s + int(batch_size)])
+                int8 = convert_fx(prepared)
+            finally:
+                torch.backends.quantized.engine = previous
+        fused.int8_core = int8
+        return fused
 
     def fused_for_inference(self) -> "OrientationRegressor":
         """A copy in eval mode with every batch norm folded into the convolution before it.
@@ -247,6 +321,23 @@ class OrientationRegressor(nn.Module):
         r = self.to_rotmat(self(rotate_quarter_turns(images.repeat(4, 1, 1), k))).double()
         rz = inplane_rotation(k.double().cpu() * (math.pi / 2)).to(r.device)
         return mean_rotation_modulo((rz.transpose(-1, -2) @ r).reshape(4, b, 3, 3), symmetry).to(images.dtype)
+
+
+def _layers(m, x: torch.Tensor) -> torch.Tensor:
+    """Standardised ``(B, 1, n, n)`` images → raw outputs: the layers of ``m`` after the standardisation."""
+    return m.regressor(m.pool(m.head_convs(m.features(x))).flatten(1))
+
+
+class _Core(nn.Module):
+    """The layers of an :class:`OrientationRegressor` after the standardisation, as one module (to quantize)."""
+
+    def __init__(self, model: OrientationRegressor):
+        super().__init__()
+        self.features, self.head_convs, self.pool, self.regressor = (model.features, model.head_convs, model.pool,
+                                                                     model.regressor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _layers(self, x)
 
 
 class SupervisedPosePredictor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data.dataset import ParticleDataset
@@ -147,7 +148,8 @@ def _supervised_invert_contrast(model: str | Path, state: dict, requested: bool 
 def predict_poses_supervised(model: str | Path, particles: str | Path, output: str | Path, *,
                              pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                              batch_size: int = 256, invert_contrast: bool | None = None,
-                             test_time_turns: bool = False, state: dict | None = None) -> torch.Tensor:
+                             test_time_turns: bool = False, int8: bool = False,
+                             state: dict | None = None) -> torch.Tensor:
     """Orientations of particles from a supervised regressor (Lian et al. 2022); writes a STAR.
 
     Each image is Fourier-cropped to the network's input box (same field of view; as
@@ -172,6 +174,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         test_time_turns: Average each particle's predictions for its four quarter turns modulo
             the checkpoint's point group
             (:meth:`cryopose.models.supervised.OrientationRegressor.predict_rotmat`; 4 × the time).
+        int8: Run the network in 8-bit integers, calibrated on the first (up to) 256 particles
+            (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
         state: The checkpoint's contents when already loaded (:func:`read_model_file`).
 
     Returns:
@@ -211,7 +215,10 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
                         "same box in Å")
     if n < m:
         raise UserError(f"{particles}: {n} px images are smaller than the {m} px input of the network in {model}")
-    rot = predict_rotmats(net, ResampledImages(stack, m, invert_contrast=invert), batch_size=batch_size,
+    images = ResampledImages(stack, m, invert_contrast=invert)
+    if int8:
+        net = net.quantized_for_inference(images[np.arange(min(256, len(images)))])
+    rot = predict_rotmats(net, images, batch_size=batch_size,
                           test_time_turns=test_time_turns, symmetry=state.get("symmetry", "C1"))
     write_star(output, meta.replace(rotmats=rot.float()))
     return rot.float()
