@@ -41,9 +41,7 @@ Structures: ``betagal``, ``4ake`` (the A/B dimer; errors also reported modulo it
 2-fold) and ``4ake-A`` (chain A, truly asymmetric). Training defaults are the library's
 (quarter-turn augmentation, ℓ_QD modulo the point group); ``--augment none --no-qd-symmetric``
 is the paper's training. ``--input-ctf phase_flip`` phase-flips the images (at the data box)
-before the network sees them. ``--synthetic-fraction F`` makes that share of every training
-batch fresh from the map (:class:`cryopose.training.synthetic.ReferenceProjections`, measured on
-the training split; not in the paper); here the map is the one that made the particles.
+before the network sees them.
 
 Usage::
 
@@ -69,7 +67,6 @@ from cryopose.fourier import fourier_downsample_images, fourier_downsample_volum
 from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.models.supervised import REPRESENTATIONS, SupervisedModelConfig
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
-from cryopose.training.synthetic import ReferenceProjections
 from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
                                           evaluate_model, predict_rotmats, split_train_test, train_supervised)
 
@@ -116,7 +113,7 @@ def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iteratio
     tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
                                learning_rate=lr or args.lr, w=w, symmetry=sym, seed=args.seed,
                                reproj_box_size=args.reproj_box, augment_inplane=args.augment,
-                               qd_symmetry_aware=args.qd_symmetric, synthetic_fraction=args.synthetic_fraction)
+                               qd_symmetry_aware=args.qd_symmetric)
     return mc, tc
 
 
@@ -132,15 +129,14 @@ def _load(out: Path, name: str):
 
 def run_cv(args, out: Path) -> None:
     for structure in args.structures:
-        images, rot, vol, px, sym, meta = _dataset(args, structure, args.cv_snr)
+        images, rot, vol, _, sym, _ = _dataset(args, structure, args.cv_snr)
         train_idx, _ = split_train_test(len(images), 0.2, seed=args.seed)
         sub = np.sort(np.random.default_rng(args.seed).choice(train_idx, min(args.cv_particles, train_idx.size),
                                                                replace=False))
         mc, tc = _configs(args, sym, iterations=args.cv_iterations)
         t0 = time.perf_counter()
         cv = cross_validate_w(images, rot, vol, model_config=mc, config=tc, indices=sub, w_values=args.cv_w_values,
-                              n_folds=args.cv_folds, synthetic=_synthetic(args, images, rot, vol, px, meta, train_idx),
-                              progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
+                              n_folds=args.cv_folds, progress=lambda m: print(f"  [{structure} cv] {m}", file=sys.stderr))
         doc = cv.as_dict()
         doc.update({"structure": structure, "snr": args.cv_snr, "n_particles": int(sub.size), "n_folds": args.cv_folds,
                     "iterations_per_fold": args.cv_iterations, "wall_seconds": time.perf_counter() - t0})
@@ -156,25 +152,10 @@ def _best_w(args, out: Path, structure: str) -> tuple[float, str]:
     return float(cv["best_w"]), f"CV at {_snr_name(cv['snr'])}"
 
 
-def _synthetic(args, images, rot, vol, px, meta, train_idx):
-    """The ``--synthetic-fraction`` source, measured on the training split (None without)."""
-    if not args.synthetic_fraction:
-        return None
-    data_box = getattr(args, "data_box", None) or args.box
-    src = ReferenceProjections.from_labelled(images, rot, vol, indices=train_idx, pixel_size_angstrom=px * data_box / args.box,
-                                             ctf=meta.ctf, seed=args.seed + 3)
-    print(f"  synthetic images: reference scale {src.scale:.4g}, noise σ {src.noise_sigma:.4g}, SNR at "
-          f"{args.box} px {src.snr:.3g}", file=sys.stderr)
-    return src
-
-
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
-    images, rot, vol, px, sym, meta = _dataset(args, structure, snr)
+    images, rot, vol, px, sym, _ = _dataset(args, structure, snr)
     mc, tc = _configs(args, sym, w=w, lr=lr, representation=representation)
-    train_idx, test_idx = split_train_test(len(images), tc.test_fraction, seed=tc.seed)
     res = train_supervised(images, rot, vol, model_config=mc, config=tc, device=args.device,
-                           train_indices=train_idx, test_indices=test_idx,
-                           synthetic=_synthetic(args, images, rot, vol, px, meta, train_idx),
                            progress=lambda s, r: print(f"  [{structure} {_snr_name(snr)} {representation} "
                                                        f"lr {tc.learning_rate:g}] step {s}: loss {r['loss']:.4f}",
                                                        file=sys.stderr) if s % 500 == 0 else None)
@@ -207,8 +188,7 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
             "int8_median_error_deg": on_int8["median_error_deg"], "int8_mean_error_deg": on_int8["mean_error_deg"],
             "int8_vs_float_median_deg": float(int8_shift.median()),
             "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
-            "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden,
-            "synthetic_fraction": tc.synthetic_fraction}
+            "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden}
 
 
 def run_tables(args, out: Path) -> None:
@@ -219,8 +199,7 @@ def run_tables(args, out: Path) -> None:
         rows = _load(out, f"table_{structure}") or {}
         for snr in args.snrs:
             key = (_snr_name(snr) + (f", w={w:g} forced" if args.force_w is not None else "")
-                   + (f", {args.representation}" if args.representation != "quaternion" else "")
-                   + (f", synthetic {args.synthetic_fraction:g}" if args.synthetic_fraction else ""))
+                   + (f", {args.representation}" if args.representation != "quaternion" else ""))
             rows[key] = _cell(args, structure, snr, w=w, representation=args.representation)
             _save(out, f"table_{structure}", rows)
             r = rows[key]
@@ -484,9 +463,6 @@ def main(argv=None) -> int:
     p.add_argument("--input-ctf", default="none", choices=["none", "phase_flip"],
                    help="CTF correction of the network's input images (default none = the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
-    p.add_argument("--synthetic-fraction", type=float, default=0.0,
-                   help="share of each training batch made fresh from the reference (ReferenceProjections; "
-                        "tables and table3 cells, rows tagged)")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)

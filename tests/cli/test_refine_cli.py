@@ -59,25 +59,6 @@ def test_train_supervised_rejects_labels_without_poses(tmp_path, shared_data):
     assert rc == 2
 
 
-def test_train_supervised_with_synthetic_images(tmp_path, shared_data, capsys):
-    """--synthetic-fraction: the report gives the measured scale, noise and SNR; particles whose
-    contrast does not match the reference are refused with a clear message."""
-    star = _simulate(tmp_path, shared_data, 40)
-    ref = str(shared_data / "pdb" / "4ake_mdanalysis.pdb")
-    out = tmp_path / "train"
-    rc = main(["train-supervised", str(star), "--poses", str(star), "--reference", ref, "-o", str(out),
-               "--iterations", "3", "--synthetic-fraction", "0.5", *_NET])
-    assert rc == 0
-    syn = json.loads((out / "train_report.json").read_text())["synthetic"]
-    assert syn["fraction"] == 0.5 and syn["images_per_batch"] == 4
-    # simulated at SNR 2 from the same model: the measured SNR is near it
-    assert syn["scale"] > 0 and 1.0 < syn["snr"] < 4.0
-    rc = main(["train-supervised", str(star), "--poses", str(star), "--reference", ref, "-o", str(tmp_path / "bad"),
-               "--iterations", "3", "--synthetic-fraction", "0.5", "--invert-contrast", *_NET])
-    assert rc == 2
-    assert "anti-correlates" in capsys.readouterr().err
-
-
 def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys):
     star = _simulate(tmp_path, shared_data, 40)
     out = tmp_path / "refine"
@@ -105,18 +86,16 @@ def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys)
     assert torch.load(out / "model.pt", weights_only=False)["model_kind"] == "supervised"
 
 
-def test_refine_with_int8_inference_and_synthetic_images(tmp_path, shared_data):
-    """--int8 infers the unlabelled particles with the int8 network; --synthetic-fraction trains on
-    images made from the reference, measured on the searched particles."""
+def test_refine_with_int8_inference(tmp_path, shared_data):
+    """--int8 infers the unlabelled particles with the int8 copy of the network."""
     star = _simulate(tmp_path, shared_data, 40)
     out = tmp_path / "refine"
     rc = main(["refine", str(star), "--reference", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out),
                "--labeled-fraction", "0.5", "--iterations", "3", "--step", "30", "--final-step", "7.5",
-               "--int8", "--synthetic-fraction", "0.25", *_NET])
+               "--int8", *_NET])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["int8_inference"] is True
-    assert report["synthetic"]["images_per_batch"] == 2 and report["synthetic"]["snr"] > 0
     meta = read_star(out / "particles.star")
     assert (meta.table["rlnCryoposePoseSource"].to_numpy(dtype=int) == 1).sum() == 20
     assert np.isfinite(meta.rotmats.numpy()).all()

@@ -49,10 +49,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--augment", choices=("none", "quarter", "continuous"), default="quarter",
                    help="turn training images and labels together in the image plane: by multiples of 90° "
                         "(exact, the default), by any angle (bicubic), or not at all (the paper)")
-    g.add_argument("--synthetic-fraction", type=float, default=0.0, metavar="F",
-                   help="share of each batch made fresh from the reference: projections at random orientations "
-                        "with the labelled particles' CTFs, shifts, scale and noise level (not in the paper; "
-                        "default 0)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (default 0.2, a 4:1 split)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
@@ -68,7 +64,7 @@ def model_configs(args, box_size: int, symmetry: str):
         tcfg = SupervisedTrainConfig(iterations=args.iterations, batch_size=args.batch_size, learning_rate=args.lr,
                                      weight_decay=args.weight_decay, w=args.w, test_fraction=args.test_fraction,
                                      symmetry=symmetry, qd_symmetry_aware=args.qd_symmetry_aware, seed=args.seed,
-                                     augment_inplane=args.augment, synthetic_fraction=args.synthetic_fraction)
+                                     augment_inplane=args.augment)
     except ValueError as err:
         raise UserError(str(err)) from None
     return mcfg, tcfg
@@ -105,24 +101,21 @@ def _short(name: str) -> str:
     return f"{idx}@{Path(path).name}"
 
 
-def _labels(meta, label_meta, path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Label rotations ``(N, 3, 3)`` and shifts ``(N, 2)`` Å (or ``None``) in the particles' order:
-    by ``rlnImageName`` (exactly, else by image number and stack file name) when both files name
-    images, else row by row."""
+def _labels(meta, label_meta, path) -> torch.Tensor:
+    """Label rotations in the particles' order: by ``rlnImageName`` (exactly, else by image
+    number and stack file name) when both files name images, else row by row."""
     if label_meta.rotmats is None:
         raise UserError(f"{path}: no poses (rlnAngleRot/Tilt/Psi) to train on")
     if len(label_meta) != len(meta):
         raise UserError(f"{path}: {len(label_meta)} label rows for {len(meta)} particles")
     a, b = _names(label_meta), _names(meta)
-    shifts = label_meta.shifts_angstrom
     if a is None or b is None or a == b:
-        return label_meta.rotmats, shifts
+        return label_meta.rotmats
     for key in (lambda x: x, _short):
         ka, kb = [key(x) for x in a], [key(x) for x in b]
         pos = {name: i for i, name in enumerate(ka)}
         if len(pos) == len(ka) and set(pos) == set(kb):
-            order = torch.as_tensor([pos[name] for name in kb])
-            return label_meta.rotmats[order], None if shifts is None else shifts[order]
+            return label_meta.rotmats[torch.as_tensor([pos[name] for name in kb])]
     raise UserError(f"{path}: its rlnImageName values do not match the particles' one to one")
 
 
@@ -148,7 +141,7 @@ def run(args) -> int:
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
     label_meta = read_star(args.poses, require_image_names=False)
-    labels, label_shifts = _labels(meta, label_meta, args.poses)
+    labels = _labels(meta, label_meta, args.poses)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     wd = prepare_working_data(stack, meta, ref, box_size=args.box_size, invert_contrast=args.invert_contrast)
@@ -156,8 +149,6 @@ def run(args) -> int:
     res, cv = train_on_dataset(wd.images, labels, wd.reference, model_config=mcfg, train_config=tcfg,
                                cv_w=args.cv_w, cv_iterations=args.cv_iterations,
                                cv_max_particles=args.cv_max_particles,
-                               pixel_size_angstrom=wd.pixel_size_angstrom, ctf=wd.metadata.ctf,
-                               label_shifts_angstrom=label_shifts,
                                progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     w = cv.best_w if cv is not None else tcfg.w
     # the network's input is the working grid itself (mcfg.box_size == wd.box_size)
@@ -170,7 +161,7 @@ def run(args) -> int:
     report = {"w": w, "test_metrics": res.test_metrics, "cv": None if cv is None else cv.as_dict(),
               "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
               "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
-              "seconds": res.seconds, "synthetic": res.synthetic,
+              "seconds": res.seconds,
               "loss_curve": {k: [float(v) for v in np.asarray(h[k])[::every]] for k in ("step", "loss", "loss_qd",
                                                                                        "loss_reproj", "lr")}}
     atomic_write_text(Path(out) / "train_report.json", json.dumps(report, indent=2))

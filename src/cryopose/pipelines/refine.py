@@ -84,7 +84,6 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
                      model_config: SupervisedModelConfig, train_config: SupervisedTrainConfig,
                      cv_w: bool = False, cv_w_values=None, cv_iterations: int | None = None,
                      cv_max_particles: int | None = None, cv_folds: int = 5,
-                     pixel_size_angstrom: float | None = None, ctf=None, label_shifts_angstrom=None,
                      progress=None) -> tuple[TrainResult, CVResult | None]:
     """Train the supervised regressor, optionally choosing ``w`` by cross-validation first.
 
@@ -93,17 +92,8 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
     fold (default ``train_config.iterations``), and the final model is trained on the whole
     training split with the chosen ``w`` and evaluated on the untouched test split.
 
-    With ``train_config.synthetic_fraction > 0`` a
-    :class:`cryopose.training.synthetic.ReferenceProjections` source is measured on the training
-    split (``pixel_size_angstrom`` of ``images``, their ``ctf`` and ``label_shifts_angstrom``,
-    all ``N`` rows) and feeds cross-validation and training alike.
-
     Returns:
         ``(train_result, cv_result or None)``.
-
-    Raises:
-        UserError: ``synthetic_fraction > 0`` without ``pixel_size_angstrom``, or a reference
-            that does not match the labelled particles (see ``ReferenceProjections.from_labelled``).
     """
     from ..training.supervised import DEFAULT_W_GRID, split_train_test
 
@@ -111,23 +101,6 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
     train_idx, test_idx = split_train_test(n, train_config.test_fraction, seed=train_config.seed)
     cv = None
     cfg = train_config
-    synthetic = None
-    say = progress or (lambda msg: None)
-    if train_config.synthetic_fraction > 0:
-        from ..training.synthetic import ReferenceProjections
-
-        if pixel_size_angstrom is None:
-            raise UserError("a synthetic fraction needs the particles' pixel size")
-        say(f"measuring signal and noise on the labelled particles for "
-            f"{train_config.synthetic_fraction:g} of each batch made from the reference")
-        try:
-            synthetic = ReferenceProjections.from_labelled(
-                images, label_rotmats, reference, indices=train_idx, pixel_size_angstrom=pixel_size_angstrom,
-                ctf=ctf, shifts_angstrom=label_shifts_angstrom, seed=train_config.seed + 3)
-        except ValueError as err:
-            raise UserError(f"synthetic training images: {err}") from None
-        say(f"synthetic images: reference scale {synthetic.scale:.4g}, noise σ "
-            f"{synthetic.noise_sigma:.4g}, SNR {synthetic.snr:.3g}")
     if cv_w:
         sub = train_idx
         if cv_max_particles is not None and sub.size > cv_max_particles:
@@ -135,10 +108,10 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
         cv_cfg = dataclasses.replace(train_config, iterations=int(cv_iterations or train_config.iterations))
         cv = cross_validate_w(images, label_rotmats, reference, model_config=model_config, config=cv_cfg,
                               indices=sub, w_values=cv_w_values or DEFAULT_W_GRID, n_folds=cv_folds,
-                              synthetic=synthetic, progress=progress)
+                              progress=progress)
         cfg = dataclasses.replace(train_config, w=cv.best_w)
     res = train_supervised(images, label_rotmats, reference, model_config=model_config, config=cfg,
-                           train_indices=train_idx, test_indices=test_idx, synthetic=synthetic,
+                           train_indices=train_idx, test_indices=test_idx,
                            progress=None if progress is None else (lambda s, r: progress(
                                f"step {s}: loss {r['loss']:.4f} (QD {r['loss_qd']:.4f}, reproj {r['loss_reproj']:.4f})")))
     return res, cv
@@ -293,10 +266,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     t2 = time.perf_counter()
     train, cv = train_on_dataset(net_images.subset(labeled), sres.rotmats, wd.reference, model_config=mcfg, train_config=tcfg,
                                  cv_w=config.cv_w, cv_iterations=config.cv_iterations,
-                                 cv_max_particles=config.cv_max_particles,
-                                 pixel_size_angstrom=wd.pixel_size_angstrom * wd.box_size / net_box,
-                                 ctf=None if ctf is None else ctf[labeled], label_shifts_angstrom=sres.shifts_angstrom,
-                                 progress=say)
+                                 cv_max_particles=config.cv_max_particles, progress=say)
     t_train = time.perf_counter() - t2
     # 3. infer the rest
     t3 = time.perf_counter()
@@ -359,7 +329,6 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,
-        "synthetic": train.synthetic,
         "seconds": {"search": t_search, "train": t_train, "inference": t_infer, "local_refine": t_local,
                     "reconstruct": t_rec, "total": time.perf_counter() - t0},
         "per_particle_seconds": {"search": per_search, "inference": per_infer,

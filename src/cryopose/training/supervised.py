@@ -111,9 +111,6 @@ class SupervisedTrainConfig:
         eval_max_particles: Largest number of test particles scored per evaluation.
         augment_inplane: ``"quarter"`` (default), ``"continuous"`` or ``"none"`` (the paper):
             turn each training image and its label in the image plane (module docstring).
-        synthetic_fraction: Share of each batch made fresh from the reference
-            (:class:`cryopose.training.synthetic.ReferenceProjections`, not in the paper), in
-            [0, 1]; 0 (default) trains on the labelled particles alone, as the paper.
     """
 
     iterations: int = 2000
@@ -131,7 +128,6 @@ class SupervisedTrainConfig:
     eval_every: int = 0
     eval_max_particles: int = 2000
     augment_inplane: str = "quarter"
-    synthetic_fraction: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.w <= 1.0:
@@ -143,8 +139,6 @@ class SupervisedTrainConfig:
         if self.learning_rate <= 0:
             raise ValueError(f"learning rate must be positive, got {self.learning_rate}")
         canonical_symbol(self.symmetry)
-        if not 0.0 <= self.synthetic_fraction <= 1.0:
-            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}")
         if self.augment_inplane not in AUGMENTATIONS:
             raise ValueError(f"augment_inplane must be one of {AUGMENTATIONS}, got {self.augment_inplane!r}")
 
@@ -159,8 +153,6 @@ class TrainResult:
         test_metrics: :func:`evaluate_model` on the test split (empty without one).
         train_indices, test_indices: The split (int64 arrays of particle positions).
         seconds: Training wall time.
-        synthetic: With synthetic images: their ``fraction`` of each batch, the reference's
-            ``scale``, ``noise_sigma`` and ``snr`` (:mod:`cryopose.training.synthetic`); else ``None``.
     """
 
     model: OrientationRegressor
@@ -169,7 +161,6 @@ class TrainResult:
     train_indices: np.ndarray
     test_indices: np.ndarray
     seconds: float
-    synthetic: dict | None = None
 
 
 @dataclasses.dataclass
@@ -344,7 +335,7 @@ def evaluate_model(model: OrientationRegressor, images, rotmats: torch.Tensor, i
 
 def train_supervised(images, rotmats, reference_volume, *, model_config: SupervisedModelConfig,
                      config: SupervisedTrainConfig = SupervisedTrainConfig(),
-                     train_indices=None, test_indices=None, synthetic=None,
+                     train_indices=None, test_indices=None,
                      progress: Callable[[int, dict], None] | None = None, device=None) -> TrainResult:
     """Train the orientation regressor on labelled particles.
 
@@ -358,9 +349,6 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
         model_config: Architecture.
         config: Training options.
         train_indices, test_indices: Explicit split (default: random ``test_fraction`` split).
-        synthetic: A :class:`cryopose.training.synthetic.ReferenceProjections` on the images'
-            grid, which makes ``round(synthetic_fraction · batch_size)`` images of every batch
-            (at least one; needed when ``config.synthetic_fraction > 0``, else unused).
         progress: Called as ``progress(step, record)`` every 50 steps and at the end.
         device: Torch device (default CPU).
 
@@ -368,8 +356,7 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
         :class:`TrainResult`.
 
     Raises:
-        ValueError: Shape mismatches, fewer training particles than one, or
-            ``synthetic_fraction > 0`` without a ``synthetic`` source (or on another box).
+        ValueError: Shape mismatches, or fewer training particles than one.
     """
     t0 = time.perf_counter()
     rot = torch.as_tensor(rotmats).float()
@@ -383,15 +370,6 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
         test_idx = np.zeros(0, dtype=np.int64) if test_indices is None else np.asarray(test_indices, dtype=np.int64)
     if train_idx.size < 1:
         raise ValueError("no training particles")
-    n_syn = 0
-    if config.synthetic_fraction > 0:
-        if synthetic is None:
-            raise ValueError("synthetic_fraction > 0 needs a synthetic source (ReferenceProjections)")
-        if synthetic.box_size != model_config.box_size:
-            raise ValueError(f"the synthetic source makes {synthetic.box_size} px images, the network takes "
-                             f"{model_config.box_size} px")
-        n_syn = min(config.batch_size, max(1, int(round(config.synthetic_fraction * config.batch_size))))
-    n_real = config.batch_size - n_syn
     device = torch.device(device or "cpu")
     torch.manual_seed(config.seed)
     model = OrientationRegressor(model_config).to(device).to(memory_format=torch.channels_last)
@@ -409,20 +387,15 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     pos = 0
     model.train()
     for step in range(1, config.iterations + 1):
-        if pos + n_real > order.size:
+        if pos + config.batch_size > order.size:
             order, pos = rng.permutation(train_idx), 0
-        bidx = np.sort(order[pos:pos + n_real])
-        pos += n_real
+        bidx = np.sort(order[pos:pos + config.batch_size])
+        pos += config.batch_size
         x = _read(images, bidx).to(device)
         t = torch.as_tensor(bidx)
         r_gt = rot[t].to(device)
-        if n_syn:
-            xs, rs = synthetic.sample(n_syn)
-            x, r_gt = torch.cat([x, xs.to(device)]), torch.cat([r_gt, rs.to(device)])
         if config.augment_inplane != "none":
             x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_gen)
-            q_gt = rotmat_to_quaternion(r_gt.double()).float()
-        elif n_syn:
             q_gt = rotmat_to_quaternion(r_gt.double()).float()
         else:
             q_gt = q_all[t].to(device)
@@ -452,15 +425,13 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     test_metrics = evaluate_model(model, images, rot, test_idx[:config.eval_max_particles], symmetry=config.symmetry,
                                   reference_volume=reference_volume,
                                   reproj_box_size=config.reproj_box_size or model_config.box_size) if test_idx.size else {}
-    syn = None if not n_syn else {"fraction": config.synthetic_fraction, "images_per_batch": n_syn,
-                                  "scale": synthetic.scale, "noise_sigma": synthetic.noise_sigma, "snr": synthetic.snr}
-    return TrainResult(model, hist, test_metrics, train_idx, test_idx, time.perf_counter() - t0, syn)
+    return TrainResult(model, hist, test_metrics, train_idx, test_idx, time.perf_counter() - t0)
 
 
 def cross_validate_w(images, rotmats, reference_volume, *, model_config: SupervisedModelConfig,
                      config: SupervisedTrainConfig = SupervisedTrainConfig(), indices=None,
                      w_values=DEFAULT_W_GRID, n_folds: int = 5, criterion: str = "median_error_deg",
-                     synthetic=None, progress: Callable[[str], None] | None = None, device=None) -> CVResult:
+                     progress: Callable[[str], None] | None = None, device=None) -> CVResult:
     """Choose ``w`` by ``n_folds``-fold cross-validation (Lian et al. 2022).
 
     Args:
@@ -472,7 +443,6 @@ def cross_validate_w(images, rotmats, reference_volume, *, model_config: Supervi
         n_folds: Number of folds (>= 2).
         criterion: ``"median_error_deg"`` (geodesic modulo symmetry, default),
             ``"mean_error_deg"`` or ``"reprojection_rmse"``; lower is better.
-        synthetic: As :func:`train_supervised` (every fold draws from it).
         progress: Called with a one-line message after every fold.
         device: Torch device.
 
@@ -501,8 +471,7 @@ def cross_validate_w(images, rotmats, reference_volume, *, model_config: Supervi
             held = np.sort(folds[k])
             train = np.sort(np.concatenate([folds[j] for j in range(n_folds) if j != k]))
             res = train_supervised(images, rotmats, reference_volume, model_config=model_config, config=cfg,
-                                   train_indices=train, test_indices=held, synthetic=synthetic,
-                                   device=device)
+                                   train_indices=train, test_indices=held, device=device)
             scores[i, k] = res.test_metrics[criterion] if criterion in res.test_metrics else math.nan
             if progress is not None:
                 progress(f"w={w:.1f} fold {k + 1}/{n_folds}: {criterion} {scores[i, k]:.4g}")
