@@ -14,7 +14,9 @@ regressed in one forward pass (no shifts, no CTF, no confidence; the input's ori
 The particles are negated as in training: `train-supervised` and `refine` record their
 --invert-contrast in the checkpoint and predict applies it by itself. --invert-contrast is only
 for older checkpoints without that record (trained with --invert-contrast); passing it for a
-checkpoint that records training without it is an error.
+checkpoint that records training without it is an error. --int8 runs the supervised network in
+8-bit integers, calibrated on the first 256 particles (faster on a CPU; poses move by ~2°, see
+the README).
 
 Writes POSES.star (RELION 3.1, the input's particle order and pixel size). The particles must
 have the same box in Å as the training particles.
