@@ -201,7 +201,8 @@ class OrientationRegressor(nn.Module):
         """Whether this copy computes in 8-bit integers (:meth:`quantized_for_inference`)."""
         return self.int8_core is not None
 
-    def quantized_for_inference(self, calibration_images: torch.Tensor, *, batch_size: int = 256) -> "OrientationRegressor":
+    def quantized_for_inference(self, calibration_images: torch.Tensor, *,
+                                batch_size: int = 256) -> "OrientationRegressor":
         """A CPU copy computing in 8-bit integers: post-training static quantization.
 
         The batch norms are folded first (:meth:`fused_for_inference`); then every convolution,
