@@ -167,15 +167,16 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     on_train = evaluate_model(res.model, images, rot, res.train_indices[:tc.eval_max_particles], symmetry=sym)
     # the int8 copy (cryopose predict --int8), calibrated on 256 training particles
     int8 = res.model.quantized_for_inference(images[torch.as_tensor(res.train_indices[:256])])
-    on_int8 = evaluate_model(int8, images, rot, test, symmetry=sym)
-    r_float, r_int8 = predict_rotmats(res.model, images, test), predict_rotmats(int8, images, test)
-    int8_shift = symmetry_aware_errors(r_int8.double(), r_float.double(), symmetry=sym)
+    gt = torch.as_tensor(rot)[torch.as_tensor(test)].double()
+    r_float = predict_rotmats(res.model, images, test).double()
+    r_int8 = predict_rotmats(int8, images, test).double()
+    e_int8 = symmetry_aware_errors(r_int8, gt, symmetry=sym)
+    int8_shift = symmetry_aware_errors(r_int8, r_float, symmetry=sym)
     ncs = {}
     if structure == "4ake":  # also modulo the A/B pseudo-2-fold, as benchmarks/abinitio.py reports it
         from abinitio import _errors_modulo, ncs_rotation_4ake
 
-        pred = predict_rotmats(res.model, images, test)
-        e = _errors_modulo(pred.double(), torch.as_tensor(rot)[torch.as_tensor(test)].double(), ncs_rotation_4ake())
+        e = _errors_modulo(r_float, gt, ncs_rotation_4ake())
         ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
     return {**ncs, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
             "lr": tc.learning_rate, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
@@ -185,7 +186,7 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
             "median_error_deg": m["median_error_deg"], "mean_error_deg": m["mean_error_deg"],
             "turns_median_error_deg": tta["median_error_deg"], "turns_mean_error_deg": tta["mean_error_deg"],
             "train_median_error_deg": on_train["median_error_deg"], "input_ctf": args.input_ctf,
-            "int8_median_error_deg": on_int8["median_error_deg"], "int8_mean_error_deg": on_int8["mean_error_deg"],
+            "int8_median_error_deg": float(e_int8.median()), "int8_mean_error_deg": float(e_int8.mean()),
             "int8_vs_float_median_deg": float(int8_shift.median()),
             "final_loss": float(np.mean(res.history["loss"][-50:])), "augment_inplane": tc.augment_inplane,
             "qd_symmetry_aware": tc.qd_symmetry_aware, "width": mc.width, "hidden": mc.hidden}
