@@ -18,8 +18,9 @@ from cryopose.rotations import (axis_angle_to_rotmat, quaternion_to_rotmat, rand
 from cryopose.symmetry import symmetry_operators
 from cryopose.data.transforms import rotate_quarter_turns
 from cryopose.rotations import inplane_rotation
+from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.training.supervised import (ReprojectionLoss, SupervisedTrainConfig, augment_inplane, cross_validate_w,
-                                          quaternion_distance_loss, save_checkpoint, split_train_test,
+                                          predict_rotmats, quaternion_distance_loss, save_checkpoint, split_train_test,
                                           symmetric_quaternion_distance_loss, train_supervised)
 
 
@@ -226,7 +227,6 @@ def test_test_time_quarter_turns_are_equivariant(symmetry):
     """Averaging over the four quarter turns makes the prediction exactly equivariant: the image
     turned by 90° is predicted at Rz(90°) times the prediction of the original (modulo the point
     group); without turns the prediction is the plain forward pass."""
-    from cryopose.metrics.pose_error import symmetry_aware_errors
 
     torch.manual_seed(0)
     model = OrientationRegressor(SupervisedModelConfig(**_TINY_MODEL)).eval()
@@ -240,3 +240,43 @@ def test_test_time_quarter_turns_are_equivariant(symmetry):
     err = symmetry_aware_errors(r_turned.double(), expected.double(), symmetry=symmetry)
     assert float(err.max()) < 0.05
     assert float(symmetry_aware_errors(r.double(), plain.double(), symmetry=symmetry).max()) > 0.05
+
+
+# int8 inference (OrientationRegressor.quantized_for_inference)
+
+def test_int8_copy_matches_the_float_network_and_leaves_it_unchanged():
+    torch.manual_seed(0)
+    model = OrientationRegressor(SupervisedModelConfig(box_size=32, width=8, head_channels=32, hidden=64)).eval()
+    images = torch.randn(64, 32, 32)
+    with torch.no_grad():
+        before = model(images)
+        q = model.quantized_for_inference(images[:32])
+        raw_f, raw_q = model.fused_for_inference()(images), q(images)
+        assert torch.equal(model(images), before)
+    assert q.is_int8 and not model.is_int8
+    assert any("quantized" in type(m).__module__ for m in q.int8_core.modules())
+    # 8-bit activations and per-channel weights: within a few percent of the outputs' spread
+    assert float((raw_q - raw_f).abs().max()) < 0.05 * float(raw_f.std())
+    assert not torch.equal(raw_q, raw_f)
+    with pytest.raises(ValueError, match="calibration images"):
+        model.quantized_for_inference(torch.randn(4, 16, 16))
+    with pytest.raises(ValueError, match="calibration images"):
+        model.quantized_for_inference(torch.randn(0, 32, 32))
+
+
+def test_int8_poses_of_a_trained_network_stay_close():
+    """A network trained on projections: the int8 copy's rotations stay within a few degrees of
+    the float ones (median), on particles it was not calibrated on."""
+    vol = _blob_volume(16, seed=4)
+    rot = random_rotations(160, generator=torch.Generator().manual_seed(1)).float()
+    images = project(vol, rot)
+    cfg = SupervisedTrainConfig(iterations=150, batch_size=32, learning_rate=3e-3, w=0.5)
+    res = train_supervised(images, rot, vol, model_config=SupervisedModelConfig(box_size=16, width=8, n_blocks=2,
+                                                                                head_channels=32, hidden=64),
+                           config=cfg)
+    q = res.model.quantized_for_inference(images[torch.as_tensor(res.train_indices[:64])])
+    test = res.test_indices
+    r_f = predict_rotmats(res.model, images, test)
+    r_q = predict_rotmats(q, images, test)
+    diff = symmetry_aware_errors(r_q.double(), r_f.double(), symmetry="C1")
+    assert float(diff.median()) < 3.0 and float(diff.max()) < 45.0
