@@ -17,7 +17,9 @@ and ``--print`` collects them):
               error on (up to 2,000) training particles, whose gap to the test error measures
               overfitting, and the test error of the int8 copy of the network
               (:meth:`OrientationRegressor.quantized_for_inference`, calibrated on 256 training
-              particles) with its median distance from the float network's poses.
+              particles) with its median distance from the float network's poses, and the test
+              error after a local search from the network's poses (``--tables-local-step`` →
+              1.875°, the true map, CTF-aware: ``cryopose refine --local-refine``'s polishing).
 * ``searchref`` the reference point of those tables: ``cryopose search`` (15° → 1.875°, the true
               map, CTF, symmetry) on ``--searchref-n`` of the same test particles at the data box
               (or, with ``--searchref-box``, Fourier-cropped with the map to that box).
@@ -66,9 +68,11 @@ from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images, fourier_downsample_volume
 from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.models.supervised import REPRESENTATIONS, SupervisedModelConfig
+from cryopose.search.projection_matching import SearchConfig, local_search, search_poses
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
-from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, SupervisedTrainConfig, cross_validate_w,
-                                          evaluate_model, predict_rotmats, split_train_test, train_supervised)
+from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, LR_SCHEDULES, SupervisedTrainConfig,
+                                          cross_validate_w, evaluate_model, predict_rotmats, split_train_test,
+                                          train_supervised)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRUCTURES = {
@@ -111,7 +115,7 @@ def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iteratio
     mc = SupervisedModelConfig(box_size=args.box, representation=representation, width=args.width,
                                head_channels=8 * args.width, hidden=args.hidden)
     tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
-                               learning_rate=lr or args.lr, w=w, symmetry=sym, seed=args.seed,
+                               learning_rate=lr or args.lr, lr_schedule=args.lr_schedule, w=w, symmetry=sym, seed=args.seed,
                                reproj_box_size=args.reproj_box, augment_inplane=args.augment,
                                qd_symmetry_aware=args.qd_symmetric)
     return mc, tc
@@ -152,8 +156,28 @@ def _best_w(args, out: Path, structure: str) -> tuple[float, str]:
     return float(cv["best_w"]), f"CV at {_snr_name(cv['snr'])}"
 
 
+def _local_polish(args, full_images, meta, vol, px, sym, rotmats, test) -> dict:
+    """Errors of the network's test poses after ``cryopose refine --local-refine``'s local search.
+
+    The search runs on the data-box particles (not the network's cropped input) against the true
+    map, CTF-aware, from ``--tables-local-step`` down to 1.875°, without shifts (the tables'
+    particles are centred).
+    """
+    idx = torch.as_tensor(test)
+    t0 = time.perf_counter()
+    res = local_search(full_images[idx], vol, px, rotmats.float(), ctf=meta.ctf[np.asarray(test)],
+                       config=SearchConfig(symmetry=sym), start_step_deg=args.tables_local_step,
+                       shift_step_angstrom=0.0)
+    seconds = time.perf_counter() - t0
+    e = symmetry_aware_errors(res.rotmats.double(), torch.as_tensor(meta.rotmats)[idx].double(), symmetry=sym)
+    return {"local_median_error_deg": float(e.median()), "local_mean_error_deg": float(e.mean()),
+            "local_start_step_deg": args.tables_local_step, "local_final_step_deg": res.info["steps_deg"][-1],
+            "local_ms_per_particle": 1000.0 * seconds / max(len(test), 1)}
+
+
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
-    images, rot, vol, px, sym, _ = _dataset(args, structure, snr)
+    full, rot, vol, px, sym, meta = _dataset(args, structure, snr, crop=False)
+    images = fourier_downsample_images(full, args.box) if full.shape[-1] != args.box else full
     mc, tc = _configs(args, sym, w=w, lr=lr, representation=representation)
     res = train_supervised(images, rot, vol, model_config=mc, config=tc, device=args.device,
                            progress=lambda s, r: print(f"  [{structure} {_snr_name(snr)} {representation} "
@@ -172,14 +196,15 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     r_int8 = predict_rotmats(int8, images, test).double()
     e_int8 = symmetry_aware_errors(r_int8, gt, symmetry=sym)
     int8_shift = symmetry_aware_errors(r_int8, r_float, symmetry=sym)
+    polish = _local_polish(args, full, meta, vol, px, sym, r_float, test) if args.tables_local_step > 0 else {}
     ncs = {}
     if structure == "4ake":  # also modulo the A/B pseudo-2-fold, as benchmarks/abinitio.py reports it
         from abinitio import _errors_modulo, ncs_rotation_4ake
 
         e = _errors_modulo(r_float, gt, ncs_rotation_4ake())
         ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
-    return {**ncs, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
-            "lr": tc.learning_rate, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
+    return {**ncs, **polish, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
+            "lr": tc.learning_rate, "lr_schedule": tc.lr_schedule, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
             "box": args.box, "data_box": getattr(args, "data_box", None) or args.box, "pixel_angstrom": px,
             "iterations": tc.iterations, "batch_size": tc.batch_size,
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
@@ -212,11 +237,14 @@ def run_tables(args, out: Path) -> None:
                   f"{r['train_median_error_deg']:.2f}°; int8 network {r['int8_median_error_deg']:.2f}° / "
                   f"{r['int8_mean_error_deg']:.2f}° (median {r['int8_vs_float_median_deg']:.2f}° from the float "
                   f"poses) ({r['train_seconds']:.0f} s)")
+            if "local_median_error_deg" in r:
+                print(f"{structure} {key}: network + local search ({r['local_start_step_deg']:g}° → "
+                      f"{r['local_final_step_deg']:g}°) {r['local_median_error_deg']:.2f}° / "
+                      f"{r['local_mean_error_deg']:.2f}° ({r['local_ms_per_particle']:.1f} ms/particle)")
 
 
 def run_searchref(args, out: Path) -> None:
     """What the true map and an exhaustive search reach on the tables' own test particles."""
-    from cryopose.search.projection_matching import SearchConfig, search_poses
 
     for structure in args.structures:
         rows = _load(out, f"searchref_{structure}") or {}
@@ -272,7 +300,6 @@ def _time_inference(model, x, crop, repeats: int) -> float:
 
 def run_speed(args, out: Path) -> None:
     from cryopose.models.supervised import OrientationRegressor, SupervisedModelConfig
-    from cryopose.search.projection_matching import SearchConfig, search_poses
 
     doc = {}
     for structure in args.structures:
@@ -321,7 +348,6 @@ def run_speed(args, out: Path) -> None:
 def run_refine(args, out: Path) -> None:
     from cryopose.io.mrc import MapData
     from cryopose.pipelines.refine import RefineConfig, refine
-    from cryopose.search.projection_matching import SearchConfig
 
     structure = args.refine_structure
     bargs = argparse.Namespace(**{**vars(args), "box": args.refine_box, "data_box": None})
@@ -379,6 +405,10 @@ def print_tables(args, out: Path) -> None:
             if "ncs_median_error_deg" in r:
                 print(f"{'  ↳ modulo the A/B 2-fold':<26} {'':>13} {r['ncs_median_error_deg']:10.2f}° "
                       f"{r['ncs_mean_error_deg']:9.2f}°")
+            if "local_median_error_deg" in r:
+                print(f"{'  ↳ + local search':<26} {'':>13} {r['local_median_error_deg']:10.2f}° "
+                      f"{r['local_mean_error_deg']:9.2f}°   ({r['local_start_step_deg']:g}° → "
+                      f"{r['local_final_step_deg']:g}°, {r['local_ms_per_particle']:.1f} ms/particle)")
             if "turns_median_error_deg" in r:
                 print(f"{'  ↳ test-time quarter turns':<26} {'':>13} {r['turns_median_error_deg']:10.2f}° "
                       f"{r['turns_mean_error_deg']:9.2f}°   (training particles: median "
@@ -455,6 +485,8 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="step", choices=LR_SCHEDULES,
+                   help="step: ÷5 after 80%% of the steps (the paper's); cosine: half a cosine to 0")
     p.add_argument("--w", type=float, default=0.5, help="w when no CV result is cached")
     p.add_argument("--force-w", type=float, help="tables: use this w instead of the CV choice (rows tagged)")
     p.add_argument("--augment", default="quarter", choices=AUGMENTATIONS,
@@ -464,6 +496,9 @@ def main(argv=None) -> int:
     p.add_argument("--input-ctf", default="none", choices=["none", "phase_flip"],
                    help="CTF correction of the network's input images (default none = the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
+    p.add_argument("--tables-local-step", type=float, default=7.5,
+                   help="tables: first step (°) of the local search that polishes the network's test poses, "
+                        "as cryopose refine --local-refine does (0: skip)")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)

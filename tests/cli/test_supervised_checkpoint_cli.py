@@ -65,10 +65,11 @@ def test_predict_applies_the_recorded_invert_contrast(tmp_path, shared_data, cap
     star = _simulate(tmp_path, pdb, 12)
     out = tmp_path / "train"
     assert main(["train-supervised", str(star), "--poses", str(star), "--reference", str(pdb), "-o", str(out),
-                 "--invert-contrast", "--iterations", "2", *_NET]) == 0
+                 "--invert-contrast", "--iterations", "2", "--lr-schedule", "cosine", *_NET]) == 0
     model = out / "model.pt"
     ckpt = torch.load(model, weights_only=False)
     assert ckpt["extra"]["invert_contrast"] is True
+    assert ckpt["train_config"]["lr_schedule"] == "cosine"
     assert ckpt["pixel_size_angstrom"] == pytest.approx(float(load_particles(star)[1].pixel_size_angstrom))
     images = _images(star)
     predictor = load_pose_model(model)

@@ -152,6 +152,24 @@ def test_training_reduces_loss():
     assert set(res.test_metrics) == {"n", "median_error_deg", "mean_error_deg", "reprojection_rmse"}
 
 
+def test_cosine_schedule_halves_midway_and_ends_at_zero():
+    from cryopose.training.supervised import _lr_scheduler
+
+    cfg = SupervisedTrainConfig(iterations=100, learning_rate=2e-3, lr_schedule="cosine")
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=cfg.learning_rate)
+    sched = _lr_scheduler(opt, cfg)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(cfg.iterations):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(2e-3) and lrs[50] == pytest.approx(1e-3) and lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[25] == pytest.approx(1e-3 * (1 + np.cos(np.pi / 4)))
+    assert np.all(np.diff(lrs) <= 0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SupervisedTrainConfig(lr_schedule="linear")
+
+
 @pytest.mark.parametrize("n", [16, 17])
 def test_quarter_turns_are_projections_along_the_turned_label(n):
     """A projection turned by k·90° is, to float precision, the projection along Rz(k·90°) R; four

@@ -40,6 +40,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     g.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="Adam ℓ2 penalty (default 1e-4)")
+    g.add_argument("--lr-schedule", choices=("step", "cosine"), default="step",
+                   help="learning-rate decay: ÷5 after 80%% of the steps (the paper's, default) or half a cosine to 0")
     g.add_argument("--w", type=float, default=0.5, help="weight of ℓ_QD, 1-w on ℓ_reproj (default 0.5)")
     g.add_argument("--cv-w", action="store_true", help="choose w in 0.0..1.0 (step 0.1) by five-fold CV")
     g.add_argument("--cv-iterations", type=int, help="steps per CV fold (default --iterations)")
@@ -62,7 +64,8 @@ def model_configs(args, box_size: int, symmetry: str):
         mcfg = SupervisedModelConfig(box_size=box_size, representation=args.representation, width=args.width,
                                      n_blocks=args.blocks)
         tcfg = SupervisedTrainConfig(iterations=args.iterations, batch_size=args.batch_size, learning_rate=args.lr,
-                                     weight_decay=args.weight_decay, w=args.w, test_fraction=args.test_fraction,
+                                     weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, w=args.w,
+                                     test_fraction=args.test_fraction,
                                      symmetry=symmetry, qd_symmetry_aware=args.qd_symmetry_aware, seed=args.seed,
                                      augment_inplane=args.augment)
     except ValueError as err:
