@@ -18,8 +18,9 @@ and ``--print`` collects them):
               overfitting, and the test error of the int8 copy of the network
               (:meth:`OrientationRegressor.quantized_for_inference`, calibrated on 256 training
               particles) with its median distance from the float network's poses, and the test
-              error after a local search from the network's poses (``--tables-local-step`` →
-              1.875°, the true map, CTF-aware: ``cryopose refine --local-refine``'s polishing).
+              error after a local search from the network's poses (from each of
+              ``--tables-local-steps`` to 1.875°, the true map, CTF-aware: ``cryopose refine
+              --local-refine``'s polishing).
 * ``searchref`` the reference point of those tables: ``cryopose search`` (15° → 1.875°, the true
               map, CTF, symmetry) on ``--searchref-n`` of the same test particles at the data box
               (or, with ``--searchref-box``, Fourier-cropped with the map to that box).
@@ -156,23 +157,35 @@ def _best_w(args, out: Path, structure: str) -> tuple[float, str]:
     return float(cv["best_w"]), f"CV at {_snr_name(cv['snr'])}"
 
 
-def _local_polish(args, full_images, meta, vol, px, sym, rotmats, test) -> dict:
+def _local_polish(args, full_images, meta, vol, px, sym, rotmats, test) -> list[dict]:
     """Errors of the network's test poses after ``cryopose refine --local-refine``'s local search.
 
-    The search runs on the data-box particles (not the network's cropped input) against the true
-    map, CTF-aware, from ``--tables-local-step`` down to 1.875°, without shifts (the tables'
-    particles are centred).
+    One entry per ``--tables-local-steps`` value: the search runs on the data-box particles (not
+    the network's cropped input) against the true map, CTF-aware, from that step down to 1.875°,
+    without shifts (the tables' particles are centred).
     """
     idx = torch.as_tensor(test)
-    t0 = time.perf_counter()
-    res = local_search(full_images[idx], vol, px, rotmats.float(), ctf=meta.ctf[np.asarray(test)],
-                       config=SearchConfig(symmetry=sym), start_step_deg=args.tables_local_step,
-                       shift_step_angstrom=0.0)
-    seconds = time.perf_counter() - t0
-    e = symmetry_aware_errors(res.rotmats.double(), torch.as_tensor(meta.rotmats)[idx].double(), symmetry=sym)
-    return {"local_median_error_deg": float(e.median()), "local_mean_error_deg": float(e.mean()),
-            "local_start_step_deg": args.tables_local_step, "local_final_step_deg": res.info["steps_deg"][-1],
-            "local_ms_per_particle": 1000.0 * seconds / max(len(test), 1)}
+    gt = torch.as_tensor(meta.rotmats)[idx].double()
+    out = []
+    for step in args.tables_local_steps:
+        t0 = time.perf_counter()
+        res = local_search(full_images[idx], vol, px, rotmats.float(), ctf=meta.ctf[np.asarray(test)],
+                           config=SearchConfig(symmetry=sym), start_step_deg=step, shift_step_angstrom=0.0)
+        seconds = time.perf_counter() - t0
+        e = symmetry_aware_errors(res.rotmats.double(), gt, symmetry=sym)
+        out.append({"median_error_deg": float(e.median()), "mean_error_deg": float(e.mean()),
+                    "start_step_deg": step, "final_step_deg": res.info["steps_deg"][-1],
+                    "ms_per_particle": 1000.0 * seconds / max(len(test), 1)})
+    return out
+
+
+def _local_rows(r: dict) -> list[dict]:
+    """The local-search entries of a cached cell (also the one-entry layout of earlier runs)."""
+    if "local_median_error_deg" in r:
+        return [{"median_error_deg": r["local_median_error_deg"], "mean_error_deg": r["local_mean_error_deg"],
+                 "start_step_deg": r["local_start_step_deg"], "final_step_deg": r["local_final_step_deg"],
+                 "ms_per_particle": r["local_ms_per_particle"]}]
+    return r.get("local_searches", [])
 
 
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
@@ -196,14 +209,14 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     r_int8 = predict_rotmats(int8, images, test).double()
     e_int8 = symmetry_aware_errors(r_int8, gt, symmetry=sym)
     int8_shift = symmetry_aware_errors(r_int8, r_float, symmetry=sym)
-    polish = _local_polish(args, full, meta, vol, px, sym, r_float, test) if args.tables_local_step > 0 else {}
+    polish = _local_polish(args, full, meta, vol, px, sym, r_float, test)
     ncs = {}
     if structure == "4ake":  # also modulo the A/B pseudo-2-fold, as benchmarks/abinitio.py reports it
         from abinitio import _errors_modulo, ncs_rotation_4ake
 
         e = _errors_modulo(r_float, gt, ncs_rotation_4ake())
         ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
-    return {**ncs, **polish, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
+    return {**ncs, "local_searches": polish, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
             "lr": tc.learning_rate, "lr_schedule": tc.lr_schedule, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
             "box": args.box, "data_box": getattr(args, "data_box", None) or args.box, "pixel_angstrom": px,
             "iterations": tc.iterations, "batch_size": tc.batch_size,
@@ -237,10 +250,10 @@ def run_tables(args, out: Path) -> None:
                   f"{r['train_median_error_deg']:.2f}°; int8 network {r['int8_median_error_deg']:.2f}° / "
                   f"{r['int8_mean_error_deg']:.2f}° (median {r['int8_vs_float_median_deg']:.2f}° from the float "
                   f"poses) ({r['train_seconds']:.0f} s)")
-            if "local_median_error_deg" in r:
-                print(f"{structure} {key}: network + local search ({r['local_start_step_deg']:g}° → "
-                      f"{r['local_final_step_deg']:g}°) {r['local_median_error_deg']:.2f}° / "
-                      f"{r['local_mean_error_deg']:.2f}° ({r['local_ms_per_particle']:.1f} ms/particle)")
+            for p in _local_rows(r):
+                print(f"{structure} {key}: network + local search ({p['start_step_deg']:g}° → "
+                      f"{p['final_step_deg']:g}°) {p['median_error_deg']:.2f}° / {p['mean_error_deg']:.2f}° "
+                      f"({p['ms_per_particle']:.1f} ms/particle)")
 
 
 def run_searchref(args, out: Path) -> None:
@@ -405,10 +418,10 @@ def print_tables(args, out: Path) -> None:
             if "ncs_median_error_deg" in r:
                 print(f"{'  ↳ modulo the A/B 2-fold':<26} {'':>13} {r['ncs_median_error_deg']:10.2f}° "
                       f"{r['ncs_mean_error_deg']:9.2f}°")
-            if "local_median_error_deg" in r:
-                print(f"{'  ↳ + local search':<26} {'':>13} {r['local_median_error_deg']:10.2f}° "
-                      f"{r['local_mean_error_deg']:9.2f}°   ({r['local_start_step_deg']:g}° → "
-                      f"{r['local_final_step_deg']:g}°, {r['local_ms_per_particle']:.1f} ms/particle)")
+            for p in _local_rows(r):
+                print(f"{'  ↳ + local search':<26} {'':>13} {p['median_error_deg']:10.2f}° "
+                      f"{p['mean_error_deg']:9.2f}°   ({p['start_step_deg']:g}° → "
+                      f"{p['final_step_deg']:g}°, {p['ms_per_particle']:.1f} ms/particle)")
             if "turns_median_error_deg" in r:
                 print(f"{'  ↳ test-time quarter turns':<26} {'':>13} {r['turns_median_error_deg']:10.2f}° "
                       f"{r['turns_mean_error_deg']:9.2f}°   (training particles: median "
@@ -496,9 +509,9 @@ def main(argv=None) -> int:
     p.add_argument("--input-ctf", default="none", choices=["none", "phase_flip"],
                    help="CTF correction of the network's input images (default none = the paper)")
     p.add_argument("--reproj-box", type=int, default=None, help="box of the ℓ_reproj projections")
-    p.add_argument("--tables-local-step", type=float, default=7.5,
-                   help="tables: first step (°) of the local search that polishes the network's test poses, "
-                        "as cryopose refine --local-refine does (0: skip)")
+    p.add_argument("--tables-local-steps", type=float, nargs="*", default=[7.5, 15.0],
+                   help="tables: first steps (°) of the local searches that polish the network's test poses, "
+                        "as cryopose refine --local-refine does (none: skip)")
     p.add_argument("--cv-snr", type=float, default=0.1)
     p.add_argument("--cv-particles", type=int, default=2000)
     p.add_argument("--cv-iterations", type=int, default=1000)
