@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-resolution", type=float, metavar="A", help="search band limit, Å")
     s.add_argument("--local-refine", action="store_true",
                    help="polish the network's predictions by a local search (from --local-step)")
-    s.add_argument("--local-step", type=float, default=3.75, metavar="DEG", help="first step of that local search")
+    s.add_argument("--local-step", type=float, default=15.0, metavar="DEG",
+                   help="first step of that local search (default 15, reaching about ±28°)")
     parser.add_argument("--test-time-turns", action="store_true",
                         help="infer each unlabelled particle as the mean of the network's predictions for its four "
                              "quarter turns, modulo --symmetry (4× the inference time)")

@@ -135,7 +135,9 @@ class RefineConfig:
         int8_inference: Infer with the network's int8 copy, calibrated on (up to) 256 labelled
             particles (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
         local_refine: Polish network predictions by a local search from ``local_refine_step_deg``.
-        local_refine_step_deg: First step of that local search, degrees.
+        local_refine_step_deg: First step of that local search, degrees (default 15: the search
+            then reaches about ±28°, the tail of a network's errors; from 7.5° it reaches ±13°
+            and misses more of that tail at about the same cost — README, issue 4).
         box_size: Working box of search and reconstruction (default from :func:`working_grid`).
         network_box_size: Box of the network's input (Fourier-cropped from the working grid,
             same field of view; default the working box), e.g. 32 for a 64 px data set.
@@ -154,7 +156,7 @@ class RefineConfig:
     test_time_turns: bool = False
     int8_inference: bool = False
     local_refine: bool = False
-    local_refine_step_deg: float = 3.75
+    local_refine_step_deg: float = 15.0
     box_size: int | None = None
     network_box_size: int | None = None
     invert_contrast: bool = False
