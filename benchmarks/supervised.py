@@ -184,6 +184,13 @@ def _local_polish(args, full_images, meta, vol, px, sym, rotmats, test, ncs=None
     return out
 
 
+def _ncs_text(r: dict) -> str:
+    """``"; modulo the A/B 2-fold m° / a°"`` when ``r`` holds 4AKE-dimer errors modulo its 2-fold, else ``""``."""
+    if "ncs_median_error_deg" not in r:
+        return ""
+    return f"; modulo the A/B 2-fold {r['ncs_median_error_deg']:.2f}° / {r['ncs_mean_error_deg']:.2f}°"
+
+
 def _local_rows(r: dict) -> list[dict]:
     """The local-search entries of a cached cell (also the one-entry layout of earlier runs)."""
     if "local_median_error_deg" in r:
@@ -246,20 +253,16 @@ def run_tables(args, out: Path) -> None:
             rows[key] = _cell(args, structure, snr, w=w, representation=args.representation)
             _save(out, f"table_{structure}", rows)
             r = rows[key]
-            ncs = (f"; modulo the A/B 2-fold {r['ncs_median_error_deg']:.2f}° / {r['ncs_mean_error_deg']:.2f}°"
-                   if "ncs_median_error_deg" in r else "")
             print(f"{structure} {key}: RMSE {r['reprojection_rmse']:.3f}, median {r['median_error_deg']:.2f}°, "
-                  f"mean {r['mean_error_deg']:.2f}°{ncs}; with test-time quarter turns "
+                  f"mean {r['mean_error_deg']:.2f}°{_ncs_text(r)}; with test-time quarter turns "
                   f"{r['turns_median_error_deg']:.2f}° / {r['turns_mean_error_deg']:.2f}°; training particles "
                   f"{r['train_median_error_deg']:.2f}°; int8 network {r['int8_median_error_deg']:.2f}° / "
                   f"{r['int8_mean_error_deg']:.2f}° (median {r['int8_vs_float_median_deg']:.2f}° from the float "
                   f"poses) ({r['train_seconds']:.0f} s)")
             for p in _local_rows(r):
-                ncs = (f"; modulo the A/B 2-fold {p['ncs_median_error_deg']:.2f}° / {p['ncs_mean_error_deg']:.2f}°"
-                       if "ncs_median_error_deg" in p else "")
                 print(f"{structure} {key}: network + local search ({p['start_step_deg']:g}° → "
-                      f"{p['final_step_deg']:g}°) {p['median_error_deg']:.2f}° / {p['mean_error_deg']:.2f}°{ncs} "
-                      f"({p['ms_per_particle']:.1f} ms/particle)")
+                      f"{p['final_step_deg']:g}°) {p['median_error_deg']:.2f}° / {p['mean_error_deg']:.2f}°"
+                      f"{_ncs_text(p)} ({p['ms_per_particle']:.1f} ms/particle)")
 
 
 def run_searchref(args, out: Path) -> None:
@@ -425,11 +428,9 @@ def print_tables(args, out: Path) -> None:
                 print(f"{'  ↳ modulo the A/B 2-fold':<26} {'':>13} {r['ncs_median_error_deg']:10.2f}° "
                       f"{r['ncs_mean_error_deg']:9.2f}°")
             for p in _local_rows(r):
-                ncs = (f"; modulo the A/B 2-fold {p['ncs_median_error_deg']:.2f}° / {p['ncs_mean_error_deg']:.2f}°"
-                       if "ncs_median_error_deg" in p else "")
                 print(f"{'  ↳ + local search':<26} {'':>13} {p['median_error_deg']:10.2f}° "
                       f"{p['mean_error_deg']:9.2f}°   ({p['start_step_deg']:g}° → "
-                      f"{p['final_step_deg']:g}°, {p['ms_per_particle']:.1f} ms/particle{ncs})")
+                      f"{p['final_step_deg']:g}°, {p['ms_per_particle']:.1f} ms/particle{_ncs_text(p)})")
             if "turns_median_error_deg" in r:
                 print(f"{'  ↳ test-time quarter turns':<26} {'':>13} {r['turns_median_error_deg']:10.2f}° "
                       f"{r['turns_mean_error_deg']:9.2f}°   (training particles: median "
