@@ -117,8 +117,8 @@ def _configs(args, sym, *, w=0.5, lr=None, representation="quaternion", iteratio
     mc = SupervisedModelConfig(box_size=args.box, representation=representation, width=args.width,
                                head_channels=8 * args.width, hidden=args.hidden)
     tc = SupervisedTrainConfig(iterations=iterations or args.iterations, batch_size=args.batch_size,
-                               learning_rate=lr or args.lr, lr_schedule=args.lr_schedule, w=w, symmetry=sym, seed=args.seed,
-                               reproj_box_size=args.reproj_box, augment_inplane=args.augment,
+                               learning_rate=lr or args.lr, lr_schedule=args.lr_schedule, w=w, symmetry=sym,
+                               seed=args.seed, reproj_box_size=args.reproj_box, augment_inplane=args.augment,
                                qd_symmetry_aware=args.qd_symmetric)
     return mc, tc
 
@@ -191,15 +191,6 @@ def _ncs_text(r: dict) -> str:
     return f"; modulo the A/B 2-fold {r['ncs_median_error_deg']:.2f}° / {r['ncs_mean_error_deg']:.2f}°"
 
 
-def _local_rows(r: dict) -> list[dict]:
-    """The local-search entries of a cached cell (also the one-entry layout of earlier runs)."""
-    if "local_median_error_deg" in r:
-        return [{"median_error_deg": r["local_median_error_deg"], "mean_error_deg": r["local_mean_error_deg"],
-                 "start_step_deg": r["local_start_step_deg"], "final_step_deg": r["local_final_step_deg"],
-                 "ms_per_particle": r["local_ms_per_particle"]}]
-    return r.get("local_searches", [])
-
-
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     full, rot, vol, px, sym, meta = _dataset(args, structure, snr, crop=False)
     images = fourier_downsample_images(full, args.box) if full.shape[-1] != args.box else full
@@ -227,8 +218,9 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
         e = _errors_modulo(r_float, gt, op)
         ncs = {"ncs_median_error_deg": float(e.median()), "ncs_mean_error_deg": float(e.mean())}
     polish = _local_polish(args, full, meta, vol, px, sym, r_float, test, ncs=op)
-    return {**ncs, "local_searches": polish, "structure": structure, "symmetry": sym, "snr": snr, "w": w, "representation": representation,
-            "lr": tc.learning_rate, "lr_schedule": tc.lr_schedule, "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
+    return {**ncs, "local_searches": polish, "structure": structure, "symmetry": sym, "snr": snr, "w": w,
+            "representation": representation, "lr": tc.learning_rate, "lr_schedule": tc.lr_schedule,
+            "n_train": int(res.train_indices.size), "n_test": int(res.test_indices.size),
             "box": args.box, "data_box": getattr(args, "data_box", None) or args.box, "pixel_angstrom": px,
             "iterations": tc.iterations, "batch_size": tc.batch_size,
             "train_seconds": res.seconds, "reprojection_rmse": m["reprojection_rmse"],
@@ -259,7 +251,7 @@ def run_tables(args, out: Path) -> None:
                   f"{r['train_median_error_deg']:.2f}°; int8 network {r['int8_median_error_deg']:.2f}° / "
                   f"{r['int8_mean_error_deg']:.2f}° (median {r['int8_vs_float_median_deg']:.2f}° from the float "
                   f"poses) ({r['train_seconds']:.0f} s)")
-            for p in _local_rows(r):
+            for p in r.get("local_searches", []):
                 print(f"{structure} {key}: network + local search ({p['start_step_deg']:g}° → "
                       f"{p['final_step_deg']:g}°) {p['median_error_deg']:.2f}° / {p['mean_error_deg']:.2f}°"
                       f"{_ncs_text(p)} ({p['ms_per_particle']:.1f} ms/particle)")
@@ -418,7 +410,7 @@ def print_tables(args, out: Path) -> None:
             f", network on {any_row['box']} px Fourier-cropped input" if data_box != any_row["box"] else ""))
         print(f"\n{titles[structure]}: {grid}, CTF, "
               f"{any_row['n_train']} train / {any_row['n_test']} test, {any_row['iterations']} iterations × "
-              f"{any_row['batch_size']}, w = {w:g} ({how})")
+              f"{any_row['batch_size']} ({any_row.get('lr_schedule', 'step')} learning-rate decay), w = {w:g} ({how})")
         print(f"{'condition':<26} {'reproj. RMSE':>13} {'median err':>11} {'mean err':>10} {'train s':>8}")
         for key, r in rows.items():
             print(f"{key:<26} {r['reprojection_rmse']:13.4f} {r['median_error_deg']:10.2f}° "
@@ -427,7 +419,7 @@ def print_tables(args, out: Path) -> None:
             if "ncs_median_error_deg" in r:
                 print(f"{'  ↳ modulo the A/B 2-fold':<26} {'':>13} {r['ncs_median_error_deg']:10.2f}° "
                       f"{r['ncs_mean_error_deg']:9.2f}°")
-            for p in _local_rows(r):
+            for p in r.get("local_searches", []):
                 print(f"{'  ↳ + local search':<26} {'':>13} {p['median_error_deg']:10.2f}° "
                       f"{p['mean_error_deg']:9.2f}°   ({p['start_step_deg']:g}° → "
                       f"{p['final_step_deg']:g}°, {p['ms_per_particle']:.1f} ms/particle{_ncs_text(p)})")

@@ -78,11 +78,13 @@ __all__ = [
     "save_checkpoint",
     "DEFAULT_W_GRID",
     "AUGMENTATIONS",
+    "LR_SCHEDULES",
     "augment_inplane",
 ]
 
 #: Values of ``SupervisedTrainConfig.augment_inplane``.
 AUGMENTATIONS = ("none", "quarter", "continuous")
+#: Values of ``SupervisedTrainConfig.lr_schedule``.
 LR_SCHEDULES = ("step", "cosine")
 
 #: The paper's grid of loss weights for cross-validation: 0.0, 0.1, …, 1.0.
