@@ -69,7 +69,7 @@ from cryopose.cli.common import configure_torch
 from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images, fourier_downsample_volume
 from cryopose.metrics.pose_error import symmetry_aware_errors
-from cryopose.models.supervised import REPRESENTATIONS, SupervisedModelConfig
+from cryopose.models.supervised import INT8_CALIBRATION_PARTICLES, REPRESENTATIONS, SupervisedModelConfig
 from cryopose.search.projection_matching import SearchConfig, local_search, search_poses
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
 from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, LR_SCHEDULES, SupervisedTrainConfig,
@@ -92,6 +92,11 @@ def _snr_name(snr) -> str:
     return "noise-free" if snr is None else f"SNR {snr:g}"
 
 
+def _network_input(args, images: torch.Tensor) -> torch.Tensor:
+    """Data-box particles Fourier-cropped to the network's ``--box`` (unchanged when equal)."""
+    return fourier_downsample_images(images, args.box) if images.shape[-1] != args.box else images
+
+
 def _dataset(args, structure: str, snr, *, n=None, seed=0, crop=True):
     """Simulated particles: ``(images, rotmats, volume, pixel, symmetry, metadata)``.
 
@@ -108,8 +113,8 @@ def _dataset(args, structure: str, snr, *, n=None, seed=0, crop=True):
                                                                                              int(1000 * snr)))
     if args.input_ctf == "phase_flip":  # at the data box, before cropping
         images = phase_flip_images(images, meta.ctf, vol.pixel_size_angstrom)
-    if crop and data_box != args.box:
-        images = fourier_downsample_images(images, args.box)
+    if crop:
+        images = _network_input(args, images)
     return images, meta.rotmats, torch.from_numpy(vol.volume), vol.pixel_size_angstrom, sym, meta
 
 
@@ -193,7 +198,7 @@ def _ncs_text(r: dict) -> str:
 
 def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     full, rot, vol, px, sym, meta = _dataset(args, structure, snr, crop=False)
-    images = fourier_downsample_images(full, args.box) if full.shape[-1] != args.box else full
+    images = _network_input(args, full)
     mc, tc = _configs(args, sym, w=w, lr=lr, representation=representation)
     res = train_supervised(images, rot, vol, model_config=mc, config=tc, device=args.device,
                            progress=lambda s, r: print(f"  [{structure} {_snr_name(snr)} {representation} "
@@ -205,8 +210,8 @@ def _cell(args, structure, snr, *, w, lr=None, representation="quaternion"):
     # (a gap to the test error is overfitting)
     tta = evaluate_model(res.model, images, rot, test, symmetry=sym, test_time_turns=True)
     on_train = evaluate_model(res.model, images, rot, res.train_indices[:tc.eval_max_particles], symmetry=sym)
-    # the int8 copy (cryopose predict --int8), calibrated on 256 training particles
-    int8 = res.model.quantized_for_inference(images[torch.as_tensor(res.train_indices[:256])])
+    # the int8 copy (cryopose predict --int8), calibrated on training particles
+    int8 = res.model.quantized_for_inference(images[torch.as_tensor(res.train_indices[:INT8_CALIBRATION_PARTICLES])])
     gt = torch.as_tensor(rot)[torch.as_tensor(test)].double()
     r_float = predict_rotmats(res.model, images, test).double()
     r_int8 = predict_rotmats(int8, images, test).double()
@@ -347,7 +352,7 @@ def run_speed(args, out: Path) -> None:
                   f"{1000 * t_search:.1f} ms/particle; ratio {t_search / t_inf:.0f}×")
             if args.speed_int8:  # the int8 copy of cryopose predict --int8 (calibrated on 256 particles)
                 t0 = time.perf_counter()
-                qmodel = model.quantized_for_inference(crop(x[:256]))
+                qmodel = model.quantized_for_inference(crop(x[:INT8_CALIBRATION_PARTICLES]))
                 t_cal = time.perf_counter() - t0
                 t_q = _time_inference(qmodel, x, crop, args.speed_repeats)
                 doc[structure]["networks"][key + ", int8"] = {

@@ -30,8 +30,11 @@ HELP = "train the supervised orientation regressor (Lian et al. 2022) on particl
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``train-supervised`` and ``refine`` (network and training)."""
+    from ..models.supervised import REPRESENTATIONS
+    from ..training.supervised import AUGMENTATIONS, LR_SCHEDULES
+
     g = parser.add_argument_group("network and training (Lian et al. 2022)")
-    g.add_argument("--representation", choices=("quaternion", "axis_angle", "s2s2", "svd"), default="quaternion",
+    g.add_argument("--representation", choices=REPRESENTATIONS, default="quaternion",
                    help="regressor output: quaternion (default) or axis_angle, the paper's two; s2s2 (6D, "
                         "Gram-Schmidt) or svd (3x3 projected onto SO(3)), continuous, not in the paper")
     g.add_argument("--width", type=int, default=32, help="channels of the first VGG block (default 32)")
@@ -40,7 +43,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     g.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="Adam ℓ2 penalty (default 1e-4)")
-    g.add_argument("--lr-schedule", choices=("step", "cosine"), default="step",
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step",
                    help="learning-rate decay: ÷5 after 80%% of the steps (the paper's, default) or half a cosine to 0")
     g.add_argument("--w", type=float, default=0.5, help="weight of ℓ_QD, 1-w on ℓ_reproj (default 0.5)")
     g.add_argument("--cv-w", action="store_true", help="choose w in 0.0..1.0 (step 0.1) by five-fold CV")
@@ -48,7 +51,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cv-max-particles", type=int, help="cross-validate on at most this many particles")
     g.add_argument("--qd-symmetry-aware", action=argparse.BooleanOptionalAction, default=True,
                    help="take ℓ_QD's minimum over the point group (default; --no-qd-symmetry-aware: the paper's ℓ_QD)")
-    g.add_argument("--augment", choices=("none", "quarter", "continuous"), default="quarter",
+    g.add_argument("--augment", choices=AUGMENTATIONS, default="quarter",
                    help="turn training images and labels together in the image plane: by multiples of 90° "
                         "(exact, the default), by any angle (bicubic), or not at all (the paper)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction (default 0.2, a 4:1 split)")

@@ -61,6 +61,7 @@ from ..rotations import (axis_angle_to_rotmat, project_to_rotmat, quaternion_to_
 __all__ = [
     "MODEL_KIND",
     "REPRESENTATIONS",
+    "INT8_CALIBRATION_PARTICLES",
     "SupervisedModelConfig",
     "OrientationRegressor",
     "rotvec_to_quaternion",
@@ -73,6 +74,9 @@ MODEL_KIND = "supervised"
 #: Output parametrisations of the regressor.
 REPRESENTATIONS = ("quaternion", "axis_angle", "s2s2", "svd")
 _OUTPUT_SIZES = {"quaternion": 4, "axis_angle": 3, "s2s2": 6, "svd": 9}
+#: Particles that ``cryopose predict --int8`` and ``refine --int8`` calibrate the int8 copy on
+#: (:meth:`OrientationRegressor.quantized_for_inference`).
+INT8_CALIBRATION_PARTICLES = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

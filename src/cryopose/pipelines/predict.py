@@ -191,7 +191,7 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
     from ..errors import InputFileError
     from ..io.particles import load_particles
     from ..io.star import write_star
-    from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
+    from ..models.supervised import INT8_CALIBRATION_PARTICLES, MODEL_KIND, OrientationRegressor, SupervisedModelConfig
     from ..search.run import ResampledImages
     from ..training.supervised import predict_rotmats
 
@@ -217,7 +217,7 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         raise UserError(f"{particles}: {n} px images are smaller than the {m} px input of the network in {model}")
     images = ResampledImages(stack, m, invert_contrast=invert)
     if int8:
-        net = net.quantized_for_inference(images[np.arange(min(256, len(images)))])
+        net = net.quantized_for_inference(images[np.arange(min(INT8_CALIBRATION_PARTICLES, len(images)))])
     rot = predict_rotmats(net, images, batch_size=batch_size,
                           test_time_turns=test_time_turns, symmetry=state.get("symmetry", "C1"))
     write_star(output, meta.replace(rotmats=rot.float()))

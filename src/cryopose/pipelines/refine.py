@@ -37,7 +37,7 @@ from ..errors import UserError
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
 from ..metrics.pose_error import symmetry_aware_errors
-from ..models.supervised import OrientationRegressor, SupervisedModelConfig
+from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor, SupervisedModelConfig
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
 from ..simulate.volumes import resample_volume
@@ -275,7 +275,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     rest_images = wd.images.subset(unlabeled)
     net = train.model
     if config.int8_inference:
-        net = net.quantized_for_inference(net_images[labeled[:256]])
+        net = net.quantized_for_inference(net_images[labeled[:INT8_CALIBRATION_PARTICLES]])
     pred = (predict_rotmats(net, net_images.subset(unlabeled), test_time_turns=config.test_time_turns,
                             symmetry=sym) if unlabeled.size else torch.zeros(0, 3, 3))
     t_infer = time.perf_counter() - t3
