@@ -29,6 +29,7 @@ HELP = "angular and shift error of estimated poses against reference poses (afte
 
 
 def add_arguments(parser) -> None:
+    """Add the ``evaluate-poses`` options to ``parser`` (an ``argparse.ArgumentParser``)."""
     parser.add_argument("estimated", type=Path, help="STAR (RELION 3.0/3.1/5) or cryoSPARC .cs with estimated poses")
     parser.add_argument("reference", type=Path, help="STAR or .cs with reference (true) poses")
     parser.add_argument("--symmetry", default="C1", help="point group of the particle (C1, Cn, Dn, T, O, I); default C1")
@@ -121,6 +122,13 @@ def reprojection_report(map_path: Path, est, ref, *, map_pixel_size: float | Non
 
 
 def run(args) -> int:
+    """Run ``cryopose evaluate-poses``; prints the errors (or one JSON object) and returns 0.
+
+    Raises:
+        InputFileError: An unreadable pose file or map, or a map whose box in Å is not the
+            particles'.
+        UserError: Bad option values (``--max-particles`` < 1, ...).
+    """
     from ..metrics.pose_error import evaluate_poses
 
     est = _read(args.estimated, args.pixel_size)
