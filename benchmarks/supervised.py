@@ -549,7 +549,8 @@ def main(argv=None) -> int:
     p.add_argument("--refine-snr", type=float, default=0.1)
     p.add_argument("--refine-n", type=int, default=10000)
     p.add_argument("--refine-box", type=int, default=64, help="box of the refine data set (search, maps)")
-    p.add_argument("--refine-local-step", type=float, default=7.5)
+    p.add_argument("--refine-local-step", type=float, default=15.0,
+                   help="first step (°) of refine's local search (default 15, as `cryopose refine --local-step`)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
