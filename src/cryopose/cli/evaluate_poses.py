@@ -127,7 +127,9 @@ def run(args) -> int:
     Raises:
         InputFileError: An unreadable pose file or map, or a map whose box in Å is not the
             particles'.
-        UserError: Bad option values (``--max-particles`` < 1, ...).
+        UserError: ``--max-particles`` < 1 or ``--reprojection-box`` < 8.
+        PixelSizeError: ``--reference-map`` without a voxel size in its header and no
+            ``--map-pixel-size``.
     """
     from ..metrics.pose_error import evaluate_poses
 
