@@ -70,6 +70,7 @@ from cryopose.ctf import phase_flip_images
 from cryopose.fourier import fourier_downsample_images, fourier_downsample_volume
 from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.models.supervised import INT8_CALIBRATION_PARTICLES, REPRESENTATIONS, SupervisedModelConfig
+from cryopose.pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG
 from cryopose.search.projection_matching import SearchConfig, local_search, search_poses
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
 from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, LR_SCHEDULES, SupervisedTrainConfig,
@@ -549,8 +550,8 @@ def main(argv=None) -> int:
     p.add_argument("--refine-snr", type=float, default=0.1)
     p.add_argument("--refine-n", type=int, default=10000)
     p.add_argument("--refine-box", type=int, default=64, help="box of the refine data set (search, maps)")
-    p.add_argument("--refine-local-step", type=float, default=15.0,
-                   help="first step (°) of refine's local search (default 15, as `cryopose refine --local-step`)")
+    p.add_argument("--refine-local-step", type=float, default=DEFAULT_LOCAL_REFINE_STEP_DEG,
+                   help="first step (°) of refine's local search (default as `cryopose refine --local-step`)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -46,9 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-time-turns", action="store_true",
                         help="supervised models: average the predictions for the four quarter turns of each "
                              "image, modulo the model's point group (4× the time)")
+    from ..models.supervised import INT8_CALIBRATION_PARTICLES
+
     parser.add_argument("--int8", action="store_true",
                         help="supervised models: run the network in 8-bit integers on the CPU, calibrated on the "
-                             "first 256 particles (several times faster; see the README for the change in poses)")
+                             f"first {INT8_CALIBRATION_PARTICLES} particles (several times faster; see the README "
+                             "for the change in poses)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

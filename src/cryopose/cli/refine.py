@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
     parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    from ..models.supervised import INT8_CALIBRATION_PARTICLES
+    from ..pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG as local_step
+
     s = parser.add_argument_group("search of the labelled subset")
     s.add_argument("--step", type=float, default=15.0, metavar="DEG", help="global grid step (default 15)")
     s.add_argument("--final-step", type=float, default=1.875, metavar="DEG", help="finest local step (default 1.875)")
@@ -49,14 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--max-resolution", type=float, metavar="A", help="search band limit, Å")
     s.add_argument("--local-refine", action="store_true",
                    help="polish the network's predictions by a local search (from --local-step)")
-    s.add_argument("--local-step", type=float, default=15.0, metavar="DEG",
-                   help="first step of that local search (default 15, reaching about ±28°)")
+    s.add_argument("--local-step", type=float, default=local_step, metavar="DEG",
+                   help=f"first step of that local search (default {local_step:g})")
     parser.add_argument("--test-time-turns", action="store_true",
                         help="infer each unlabelled particle as the mean of the network's predictions for its four "
                              "quarter turns, modulo --symmetry (4× the inference time)")
     parser.add_argument("--int8", action="store_true",
-                        help="infer the unlabelled particles with the network in 8-bit integers, calibrated on 256 "
-                             "labelled particles (several times faster on a CPU)")
+                        help="infer the unlabelled particles with the network in 8-bit integers, calibrated on "
+                             f"{INT8_CALIBRATION_PARTICLES} labelled particles (several times faster on a CPU)")
     add_model_arguments(parser)
 
 

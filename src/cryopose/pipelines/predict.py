@@ -174,7 +174,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         test_time_turns: Average each particle's predictions for its four quarter turns modulo
             the checkpoint's point group
             (:meth:`cryopose.models.supervised.OrientationRegressor.predict_rotmat`; 4 × the time).
-        int8: Run the network in 8-bit integers, calibrated on the first (up to) 256 particles
+        int8: Run the network in 8-bit integers, calibrated on the first (up to)
+            ``INT8_CALIBRATION_PARTICLES`` particles
             (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
         state: The checkpoint's contents when already loaded (:func:`read_model_file`).
 

@@ -44,7 +44,13 @@ from ..simulate.volumes import resample_volume
 from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
                                    predict_rotmats, train_supervised)
 
-__all__ = ["WorkingData", "prepare_working_data", "train_on_dataset", "RefineConfig", "RefineResult", "refine"]
+__all__ = ["WorkingData", "prepare_working_data", "train_on_dataset", "RefineConfig", "RefineResult", "refine",
+           "DEFAULT_LOCAL_REFINE_STEP_DEG"]
+
+#: First step (°) of the local search that polishes the network's predictions (``RefineConfig``,
+#: ``cryopose refine --local-step``): it then reaches about ±28°, the tail of a network's errors;
+#: from 7.5° it reaches ±13° and misses more of that tail at about the same cost (README, issue 4).
+DEFAULT_LOCAL_REFINE_STEP_DEG = 15.0
 
 
 @dataclasses.dataclass
@@ -132,12 +138,12 @@ class RefineConfig:
         test_time_turns: Infer each unlabelled particle as the mean of the predictions for its
             four quarter turns, modulo the point group
             (:meth:`cryopose.models.supervised.OrientationRegressor.predict_rotmat`; 4 × the time).
-        int8_inference: Infer with the network's int8 copy, calibrated on (up to) 256 labelled
-            particles (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
+        int8_inference: Infer with the network's int8 copy, calibrated on (up to)
+            ``INT8_CALIBRATION_PARTICLES`` labelled particles
+            (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
         local_refine: Polish network predictions by a local search from ``local_refine_step_deg``.
-        local_refine_step_deg: First step of that local search, degrees (default 15: the search
-            then reaches about ±28°, the tail of a network's errors; from 7.5° it reaches ±13°
-            and misses more of that tail at about the same cost — README, issue 4).
+        local_refine_step_deg: First step of that local search, degrees (default
+            :data:`DEFAULT_LOCAL_REFINE_STEP_DEG`, 15).
         box_size: Working box of search and reconstruction (default from :func:`working_grid`).
         network_box_size: Box of the network's input (Fourier-cropped from the working grid,
             same field of view; default the working box), e.g. 32 for a 64 px data set.
@@ -156,7 +162,7 @@ class RefineConfig:
     test_time_turns: bool = False
     int8_inference: bool = False
     local_refine: bool = False
-    local_refine_step_deg: float = 15.0
+    local_refine_step_deg: float = DEFAULT_LOCAL_REFINE_STEP_DEG
     box_size: int | None = None
     network_box_size: int | None = None
     invert_contrast: bool = False
