@@ -52,8 +52,10 @@ Sections (``--sections``):
                 pose error of each for context (search and relion: against the truth modulo D2,
                 no alignment, both use the true map; predict: after global alignment), and
                 search's own stage timings (fixed reference preparation vs the per-particle
-                global stage, from its ``POSES_search.json``). Without ``relion_refine`` on PATH
-                the relion row is skipped with a message.
+                global stage, from its ``POSES_search.json``). ``cryopose predict --int8`` (the
+                encoder in 8-bit integers, calibrated on the first 256 particles) is timed in the
+                same rounds and reported beside the float predict with the same ratios. Without
+                ``relion_refine`` on PATH the relion row is skipped with a message.
 
 Usage::
 
@@ -434,15 +436,18 @@ def section_throughput(out: Path, *, n_particles: int, epochs: int, box_size: in
     n_search = min(n_search, n_predict)
     for name, k in (("warmup", 8), ("search_subset", n_search)):
         write_star(work / f"{name}.star", test_meta.subset(np.arange(min(k, n_predict))))
-    predict = lambda src, dst: ["predict", encoder, src, "-o", dst, "--threads", threads, "--no-progress"]  # noqa: E731
+    predict = lambda src, dst, *x: ["predict", encoder, src, "-o", dst, "--threads", threads,  # noqa: E731
+                                    "--no-progress", *x]
     search = lambda src, dst: ["search", src, "--reference", betagal, "-o", dst, "--symmetry", SYMMETRY,  # noqa: E731
                                "--step", 7.5, "--final-step", 7.5, "--threads", threads]
     _cli(predict(work / "warmup.star", work / "warmup_predict.star"), capture=True)
+    _cli(predict(work / "warmup.star", work / "warmup_predict_int8.star", "--int8"), capture=True)
     _cli(search(work / "warmup.star", work / "warmup_search.star"), capture=True)
     n_relion = min(n_relion, n_predict)
-    walls: dict[str, list[float]] = {"predict": [], "search": [], "relion": []}
-    for _ in range(repeats):  # interleaved rounds: a change of machine load hits all three alike
+    walls: dict[str, list[float]] = {"predict": [], "predict_int8": [], "search": [], "relion": []}
+    for _ in range(repeats):  # interleaved rounds: a change of machine load hits all of them alike
         walls["predict"].append(_cli(predict(test, work / "predict.star"), capture=True)[0])
+        walls["predict_int8"].append(_cli(predict(test, work / "predict_int8.star", "--int8"), capture=True)[0])
         walls["search"].append(_cli(search(work / "search_subset.star", work / "search.star"), capture=True)[0])
         relion = _relion_estep(work, test_meta, betagal, n_relion, threads=threads,
                                offset_range=relion_offset_range)
@@ -454,8 +459,12 @@ def section_throughput(out: Path, *, n_particles: int, epochs: int, box_size: in
         relion["ms_per_particle"] = 1000 * relion["wall_s"] / n_relion
 
     _, pred = load_particles(work / "predict.star")
+    _, pred8 = load_particles(work / "predict_int8.star")
     _, found = load_particles(work / "search.star")
     err_pred = align_rotations(pred.rotmats.double(), test_meta.rotmats.double(), symmetry=SYMMETRY, seed=seed)
+    err_pred8 = align_rotations(pred8.rotmats.double(), test_meta.rotmats.double(), symmetry=SYMMETRY, seed=seed)
+    t_pred8 = float(np.median(walls["predict_int8"]))
+    ms_pred8 = 1000 * t_pred8 / n_predict
     err_search = symmetry_aware_errors(found.rotmats.double(), test_meta.rotmats[:n_search].double(), symmetry=SYMMETRY)
     ms_pred, ms_search = 1000 * t_pred / n_predict, 1000 * t_search / n_search
     sj = work / "search_search.json"  # POSES_search.json: the search's own stage timings
@@ -468,10 +477,15 @@ def section_throughput(out: Path, *, n_particles: int, epochs: int, box_size: in
         "repeats": repeats, "walls_s": walls,
         "predict": {"n": n_predict, "wall_s": t_pred, "ms_per_particle": ms_pred,
                     "median_error_deg": err_pred.median_error_deg, "hand": err_pred.hand},
+        "predict_int8": {"n": n_predict, "wall_s": t_pred8, "ms_per_particle": ms_pred8,
+                         "median_error_deg": err_pred8.median_error_deg, "hand": err_pred8.hand,
+                         "int8_vs_float_median_deg": float(symmetry_aware_errors(
+                             pred8.rotmats.double(), pred.rotmats.double(), symmetry=SYMMETRY).median())},
         "search": {"n": n_search, "wall_s": t_search, "ms_per_particle": ms_search,
                    "median_error_deg": float(err_search.median()),
                    "stage_seconds": stages, "global_stage_ms_per_particle": ms_global},
         "speedup": ms_search / ms_pred,
+        "speedup_int8": ms_search / ms_pred8,
         "speedup_global_stage_only": None if ms_global is None else ms_global / ms_pred,
     }
     if "rotmats" in relion:
@@ -479,8 +493,9 @@ def section_throughput(out: Path, *, n_particles: int, epochs: int, box_size: in
                                         symmetry=SYMMETRY)
         relion.update({"median_error_deg": float(err_rel.median()), "mean_error_deg": float(err_rel.mean())})
         result["speedup_vs_relion"] = relion["ms_per_particle"] / ms_pred
+        result["speedup_int8_vs_relion"] = relion["ms_per_particle"] / ms_pred8
     else:
-        result["speedup_vs_relion"] = None
+        result["speedup_vs_relion"] = result["speedup_int8_vs_relion"] = None
     result["relion"] = relion
     print(_throughput_table(result), flush=True)
     return result
@@ -506,8 +521,13 @@ def _throughput_table(r: dict) -> str:
              "| command | particles | timed | wall (s) | ms/particle | median err (°) |", "|---|---|---|---|---|---|",
              f"| cryopose predict ENCODER.pt | {p['n']} | CLI call in-process: load encoder, read STAR + images, "
              f"infer, write STAR | {p['wall_s']:.2f} | {p['ms_per_particle']:.2f} | {p['median_error_deg']:.2f} "
-             f"(aligned, {p['hand']}) |",
-             f"| cryopose search --step 7.5 --final-step 7.5 --symmetry D2 | {s['n']} | CLI call in-process: read "
+             f"(aligned, {p['hand']}) |"]
+    q = r.get("predict_int8")
+    if q is not None:
+        lines.append(f"| cryopose predict ENCODER.pt --int8 | {q['n']} | as predict, the encoder in int8 | "
+                     f"{q['wall_s']:.2f} | {q['ms_per_particle']:.2f} | {q['median_error_deg']:.2f} (aligned, "
+                     f"{q['hand']}; {q['int8_vs_float_median_deg']:.2f} from float) |")
+    lines += [f"| cryopose search --step 7.5 --final-step 7.5 --symmetry D2 | {s['n']} | CLI call in-process: read "
              f"map, STAR + images, global grid, write STAR | {s['wall_s']:.2f} | {s['ms_per_particle']:.2f} | "
              f"{s['median_error_deg']:.2f} (vs truth) |"]
     fine = 60.0 / 2 ** (RELION_HEALPIX_ORDER + 1)
@@ -528,13 +548,21 @@ def _throughput_table(r: dict) -> str:
                      f"({verdict(sr)} against ≥ 100×).")
     else:
         lines.append("speed-up predict vs relion_refine E-step: — (relion row skipped).")
-    passed = [name for name, x in (("cryopose search", r["speedup"]), ("relion_refine E-step", sr))
+    if q is not None:
+        s8 = r.get("speedup_int8_vs_relion")
+        lines.append(f"speed-up predict --int8: {r['speedup_int8']:.1f}× vs search, "
+                     + (f"{s8:.1f}× vs relion_refine E-step" if s8 is not None else "— vs relion_refine")
+                     + f"; {p['wall_s'] / q['wall_s']:.2f}× faster than the float predict.")
+    passed = [name for name, x in (("cryopose search", r["speedup"]), ("relion_refine E-step", sr),
+                                   ("cryopose search with predict --int8", r.get("speedup_int8")),
+                                   ("relion_refine E-step with predict --int8", r.get("speedup_int8_vs_relion")))
               if x is not None and x >= 100]
     lines.append("Target (issue: ≥ 100× faster than cryopose's exhaustive 7.5° projection matching *or* "
                  "relion_refine's expectation step; both baselines are stated, either suffices): "
                  + (f"met against {' and '.join(passed)}." if passed else "not met against either baseline."))
     lines.append(f"Each call timed {r.get('repeats', 1)}× in interleaved rounds; the median wall is used"
-                 + (f" (walls, s: predict {_walls(r, 'predict')}; search {_walls(r, 'search')}; "
+                 + (f" (walls, s: predict {_walls(r, 'predict')}; predict --int8 {_walls(r, 'predict_int8')}; "
+                    f"search {_walls(r, 'search')}; "
                     f"relion {_walls(r, 'relion')})." if r.get("repeats", 1) > 1 else "."))
     st = s.get("stage_seconds") or {}
     if "prepare" in st and s.get("global_stage_ms_per_particle") is not None:

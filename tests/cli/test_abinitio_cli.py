@@ -95,6 +95,38 @@ def test_predict_on_unseen_particles(run_dir, tmp_path):
     assert "rlnCryoposeConfidence" in meta.table.columns
 
 
+def test_predict_int8_encoder_stays_close_to_the_float_encoder(run_dir, tmp_path, capsys):
+    """--int8 quantizes the encoder (calibrated on the first particles): on the training
+    particles its poses agree with the float encoder's for most particles; --test-time-turns is
+    refused for a CryoPoseNet encoder."""
+    from cryopose.metrics.pose_error import symmetry_aware_errors
+    from cryopose.pipelines import predict as predict_mod
+
+    _, star, out = run_dir
+    args = ["predict", str(out / "encoder.pt"), str(star), "--no-progress", "--threads", "1"]
+    assert main([*args, "-o", str(tmp_path / "f.star")]) == 0
+    seen = []
+    orig = predict_mod.infer_poses
+
+    def spy(model, *a, **k):
+        seen.append(model.encoder.is_int8)
+        return orig(model, *a, **k)
+
+    predict_mod.infer_poses = spy
+    try:
+        assert main([*args, "-o", str(tmp_path / "q.star"), "--int8"]) == 0
+    finally:
+        predict_mod.infer_poses = orig
+    assert seen == [True]
+    _, f = load_particles(tmp_path / "f.star")
+    _, q = load_particles(tmp_path / "q.star")
+    diff = symmetry_aware_errors(q.rotmats.double(), f.rotmats.double(), symmetry="C1")
+    assert float(diff.median()) < 3.0 and float((diff < 10).float().mean()) > 0.9
+    assert "rlnCryoposeConfidence" in q.table.columns
+    assert main([*args, "-o", str(tmp_path / "t.star"), "--test-time-turns"]) == 2
+    assert "--test-time-turns is for supervised models" in capsys.readouterr().err
+
+
 def test_predict_rejects_a_different_physical_box(run_dir, tmp_path, capsys):
     _, star, out = run_dir
     rc = main(["predict", str(out / "encoder.pt"), str(star), "-o", str(tmp_path / "p.star"),

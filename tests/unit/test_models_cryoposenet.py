@@ -64,6 +64,46 @@ def test_fused_model_gives_the_same_outputs_and_leaves_the_original_alone(make_m
     assert not fused.training
 
 
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["paper", "batch-norm"])
+def test_int8_encoder_copy_is_close_to_the_float_encoder_and_leaves_it_alone(batch_norm):
+    """``CryoPoseNetEncoder.quantized_for_inference``: int8 layers inside, features within a few
+    percent of their spread on images it was not calibrated on, the original unchanged."""
+    torch.manual_seed(0)
+    enc = CryoPoseNetEncoder(16, channels=(8, 16, 16), hidden=(32, 32), batch_norm=batch_norm)
+    if batch_norm:
+        with torch.no_grad():
+            for _ in range(3):
+                enc(torch.randn(16, 16, 16))
+    enc.eval()
+    images = torch.randn(96, 16, 16)
+    with torch.no_grad():
+        before = enc(images)
+        q = enc.quantized_for_inference(images[:64], batch_size=16)
+        f, out = enc.fused_for_inference()(images[64:]), q(images[64:])
+        assert torch.equal(enc(images), before)
+    assert q.is_int8 and not enc.is_int8
+    assert any("quantized" in type(m).__module__ for m in q.int8_core.modules())
+    assert out.shape == f.shape == (32, 32) and out.dtype == torch.float32
+    assert float((out - f).abs().max()) < 0.1 * float(f.std())
+    assert not torch.equal(out, f)
+    with pytest.raises(ValueError, match="calibration images"):
+        enc.quantized_for_inference(torch.randn(4, 8, 8))
+    with pytest.raises(ValueError, match="calibration images"):
+        enc.quantized_for_inference(torch.randn(0, 16, 16))
+    with pytest.raises(ValueError, match="encoder expects 16-px"):
+        q(torch.randn(2, 8, 8))
+
+
+def test_quantize_int8_rejects_empty_calibration_and_bad_batch_size():
+    from cryopose.models.quantize import quantize_int8
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
+    with pytest.raises(ValueError, match="at least one input"):
+        quantize_int8(net, torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="batch_size"):
+        quantize_int8(net, torch.zeros(2, 4), batch_size=0)
+
+
 def test_encoder_rejects_wrong_and_too_small_boxes():
     with pytest.raises(ValueError, match="encoder expects 32-px"):
         CryoPoseNetEncoder(32)(torch.randn(2, 24, 24))

@@ -14,9 +14,11 @@ regressed in one forward pass (no shifts, no CTF, no confidence; the input's ori
 The particles are negated as in training: `train-supervised` and `refine` record their
 --invert-contrast in the checkpoint and predict applies it by itself. --invert-contrast is only
 for older checkpoints without that record (trained with --invert-contrast); passing it for a
-checkpoint that records training without it is an error. --int8 runs the supervised network in
-8-bit integers, calibrated on the first 256 particles (faster on a CPU; poses move by ~2°, see
-the README).
+checkpoint that records training without it is an error.
+
+--int8 (both kinds) runs the network in 8-bit integers on the CPU, calibrated on the first 256
+particles: several times faster; poses move a little (see the README). For CryoPoseNet only
+the encoder is quantized; its candidates are still scored in float against the map.
 
 Writes POSES.star (RELION 3.1, the input's particle order and pixel size). The particles must
 have the same box in Å as the training particles.
@@ -46,12 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-time-turns", action="store_true",
                         help="supervised models: average the predictions for the four quarter turns of each "
                              "image, modulo the model's point group (4× the time)")
-    from ..models.supervised import INT8_CALIBRATION_PARTICLES
+    from ..models.quantize import INT8_CALIBRATION_PARTICLES
 
     parser.add_argument("--int8", action="store_true",
-                        help="supervised models: run the network in 8-bit integers on the CPU, calibrated on the "
-                             f"first {INT8_CALIBRATION_PARTICLES} particles (several times faster; see the README "
-                             "for the change in poses)")
+                        help="run the network (CryoPoseNet: its encoder) in 8-bit integers on the CPU, calibrated "
+                             f"on the first {INT8_CALIBRATION_PARTICLES} particles (several times faster; see the "
+                             "README for the change in poses)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
                                        test_time_turns=args.test_time_turns, int8=args.int8, state=state)
         print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
         return 0
-    if args.test_time_turns or args.int8:
-        flag = "--test-time-turns" if args.test_time_turns else "--int8"
-        raise UserError(f"{flag} is for supervised models, not the CryoPoseNet encoder {args.model}")
+    if args.test_time_turns:
+        raise UserError(f"--test-time-turns is for supervised models, not the CryoPoseNet encoder {args.model}")
     if args.invert_contrast:
         raise UserError(f"--invert-contrast is for supervised models; the CryoPoseNet encoder {args.model} "
                         "records its own contrast setting")
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
-                        ctf_star=args.ctf, batch_size=args.batch_size, progress=not args.no_progress, state=state)
+                        ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
+                        progress=not args.no_progress, state=state)
     print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
           f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

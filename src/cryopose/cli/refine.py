@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
     parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    from ..models.supervised import INT8_CALIBRATION_PARTICLES
+    from ..models.quantize import INT8_CALIBRATION_PARTICLES
     from ..pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG as local_step
 
     s = parser.add_argument_group("search of the labelled subset")

@@ -9,7 +9,9 @@ orientation and 3D map reconstruction from cryo-electron microscopy data", ICCV 
 
 Implementation notes: convolutions run in ``channels_last`` memory format, which is several
 times faster on CPUs (oneDNN) than the default layout; optional batch normalisation after each
-convolution (off in the paper) is available for ablations.
+convolution (off in the paper) is available for ablations. For CPU inference
+(``cryopose predict --int8``), :meth:`CryoPoseNetEncoder.quantized_for_inference` makes a copy
+computing in 8-bit integers (:func:`cryopose.models.quantize.quantize_int8`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class CryoPoseNetEncoder(nn.Module):
         batch_norm: Batch normalisation after each convolution and MLP layer (not in the paper).
 
     Input ``(B, n, n)`` or ``(B, 1, n, n)`` float images; output ``(B, hidden[-1])`` features.
+
+    Raises:
+        ValueError: Images too small for the pooling (at construction,
+            :func:`encoder_output_size`) or of another box than ``box_size`` (in ``forward``).
     """
 
     def __init__(self, box_size: int, *, channels: tuple[int, ...] = (32, 64, 128),
@@ -104,6 +110,7 @@ class CryoPoseNetEncoder(nn.Module):
         self.mlp = nn.Sequential(*mlp)
         self.box_size = int(box_size)
         self.out_features = f_in
+        self.int8_core: nn.Module | None = None  # set on the copies of quantized_for_inference
         self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,8 +118,51 @@ class CryoPoseNetEncoder(nn.Module):
         x = images[:, None] if images.ndim == 3 else images
         if x.shape[-1] != self.box_size or x.shape[-2] != self.box_size:
             raise ValueError(f"encoder expects {self.box_size}-px images, got {tuple(x.shape[-2:])}")
+        if self.int8_core is not None:
+            return self.int8_core(x.float())
         x = x.contiguous(memory_format=torch.channels_last)
         return self.mlp(self.conv(x))
+
+    @property
+    def is_int8(self) -> bool:
+        """Whether this copy computes in 8-bit integers (:meth:`quantized_for_inference`)."""
+        return self.int8_core is not None
+
+    def quantized_for_inference(self, calibration_images: torch.Tensor, *,
+                                batch_size: int = 256) -> "CryoPoseNetEncoder":
+        """A CPU copy computing in 8-bit integers: post-training static quantization.
+
+        The batch norms are folded first (:meth:`fused_for_inference`); then every convolution,
+        linear layer, ReLU and pooling runs on int8 activations and weights (per-channel weight
+        scales), with activation ranges observed on ``calibration_images``
+        (:func:`cryopose.models.quantize.quantize_int8`). The output features are float.
+        ``self`` is left unchanged. The copy is for inference only (eval mode, CPU, no
+        gradients) and is not saved: quantize again after loading. The README's issue-2 section
+        gives its speed and the change in poses.
+
+        Args:
+            calibration_images: ``(C, n, n)`` or ``(C, 1, n, n)`` images normalised as the
+                encoder's inputs are (e.g. the first few hundred particles of the data set).
+            batch_size: Images per calibration pass.
+
+        Returns:
+            A :class:`CryoPoseNetEncoder` whose ``forward`` runs the int8 network (``is_int8``).
+
+        Raises:
+            ValueError: Calibration images of another box, or fewer than one.
+            RuntimeError: No quantized CPU engine or no ``torch.ao.quantization`` here.
+        """
+        from .quantize import quantize_int8
+
+        n = self.box_size
+        cal = torch.as_tensor(calibration_images)
+        cal = cal[:, None] if cal.ndim == 3 else cal
+        if cal.ndim != 4 or tuple(cal.shape[1:]) != (1, n, n) or cal.shape[0] < 1:
+            raise ValueError(f"calibration images must be (C >= 1, {n}, {n}), got {tuple(calibration_images.shape)}")
+        fused = self.fused_for_inference().cpu()
+        core = nn.Sequential(fused.conv, fused.mlp)
+        fused.int8_core = quantize_int8(core, cal.float(), batch_size=batch_size)
+        return fused
 
     def fused_for_inference(self) -> "CryoPoseNetEncoder":
         """A copy in eval mode with every batch normalisation folded into the layer before it.

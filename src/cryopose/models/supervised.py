@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from ..fourier import fourier_downsample_images
+from .quantize import INT8_CALIBRATION_PARTICLES, quantize_int8
 from ..rotations import (axis_angle_to_rotmat, project_to_rotmat, quaternion_to_rotmat, rotmat_to_quaternion,
                          sixd_to_rotmat)
 
@@ -74,9 +75,6 @@ MODEL_KIND = "supervised"
 #: Output parametrisations of the regressor.
 REPRESENTATIONS = ("quaternion", "axis_angle", "s2s2", "svd")
 _OUTPUT_SIZES = {"quaternion": 4, "axis_angle": 3, "s2s2": 6, "svd": 9}
-#: Particles that ``cryopose predict --int8`` and ``refine --int8`` calibrate the int8 copy on
-#: (:meth:`OrientationRegressor.quantized_for_inference`).
-INT8_CALIBRATION_PARTICLES = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -211,9 +209,9 @@ class OrientationRegressor(nn.Module):
 
         The batch norms are folded first (:meth:`fused_for_inference`); then every convolution,
         linear layer, ReLU and pooling runs on int8 activations and weights (per-channel weight
-        scales), with activation ranges observed on ``calibration_images`` (PyTorch FX graph
-        mode quantization, ``torch.ao.quantization``, with the default settings of the CPU's
-        quantized engine: ``x86`` on x86, ``qnnpack`` on ARM). The per-image standardisation
+        scales), with activation ranges observed on ``calibration_images``
+        (:func:`cryopose.models.quantize.quantize_int8`: PyTorch FX graph mode quantization
+        with the CPU quantized engine's defaults). The per-image standardisation
         and the decoding of the outputs stay in float. ``self`` is left unchanged.
 
         The copy is for inference only (eval mode, CPU, no gradients) and is not saved in
@@ -234,37 +232,12 @@ class OrientationRegressor(nn.Module):
             RuntimeError: This PyTorch build has no quantized CPU engine or no
                 ``torch.ao.quantization`` (deprecated upstream; present in the pinned release).
         """
-        import warnings
-
         n = self.config.box_size
         cal = torch.as_tensor(calibration_images)
         if cal.ndim != 3 or cal.shape[-2:] != (n, n) or cal.shape[0] < 1:
             raise ValueError(f"calibration images must be (C >= 1, {n}, {n}), got {tuple(cal.shape)}")
-        engines = torch.backends.quantized.supported_engines
-        engine = next((e for e in ("x86", "fbgemm", "qnnpack") if e in engines), None)
-        if engine is None:
-            raise RuntimeError(f"this PyTorch build has no quantized CPU engine (it offers {engines})")
         fused = self.fused_for_inference().cpu()
-        core = _Core(fused).eval()
-        z = self.standardize(cal.float().cpu())[:, None]
-        previous = torch.backends.quantized.engine
-        with warnings.catch_warnings(), torch.no_grad():
-            # torch.ao.quantization announces its move to torchao; the pinned torch still has it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*(quantize_per_tensor|reduce_range).*")
-            try:
-                from torch.ao.quantization import get_default_qconfig_mapping
-                from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-            except ImportError as err:
-                raise RuntimeError(f"int8 inference needs torch.ao.quantization, missing here: {err}") from None
-            torch.backends.quantized.engine = engine
-            try:
-                prepared = prepare_fx(core, get_default_qconfig_mapping(engine), example_inputs=(z[:1],))
-                for s in range(0, z.shape[0], int(batch_size)):
-                    prepared(z[s:s + int(batch_size)])
-                int8 = convert_fx(prepared)
-            finally:
-                torch.backends.quantized.engine = previous
+        int8 = quantize_int8(_Core(fused), self.standardize(cal.float().cpu())[:, None], batch_size=batch_size)
         fused.int8_core = int8
         return fused
 

@@ -28,7 +28,8 @@ PREDICT_MODEL_KINDS = ("cryoposenet", "supervised")
 
 def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path, *,
                   pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                  batch_size: int = 256, progress: bool = True, state: dict | None = None) -> PoseInference:
+                  batch_size: int = 256, int8: bool = False, progress: bool = True,
+                  state: dict | None = None) -> PoseInference:
     """Amortized inference: poses of (unseen) particles from a trained ``encoder.pt``.
 
     The particles are Fourier-cropped to the encoder's working pixel size (their box times
@@ -42,6 +43,10 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
         output: Output STAR path.
         pixel_size_angstrom, ctf_star: As :func:`run_abinitio`.
         batch_size: Images per forward pass.
+        int8: Run the encoder in 8-bit integers, calibrated on the first (up to)
+            ``INT8_CALIBRATION_PARTICLES`` particles
+            (:meth:`cryopose.models.encoders.CryoPoseNetEncoder.quantized_for_inference`); the
+            candidates are still scored in float against the volume.
         progress: Progress bar.
         state: The encoder file's contents when already loaded (:func:`read_model_file`).
 
@@ -67,7 +72,13 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                         f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
     dataset = ParticleDataset(stack, meta, box_size=m, invert=config.invert_contrast,
                               normalization=info["normalization"])
-    model.encoder = model.encoder.fused_for_inference()  # batch norm folded: same poses, faster encoder
+    if int8:
+        from ..models.quantize import INT8_CALIBRATION_PARTICLES
+
+        calibration = dataset.batch(np.arange(min(INT8_CALIBRATION_PARTICLES, len(dataset)))).images
+        model.encoder = model.encoder.quantized_for_inference(calibration)
+    else:
+        model.encoder = model.encoder.fused_for_inference()  # batch norm folded: same poses, faster encoder
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
                             progress=progress)
     write_poses(output, meta, inference, dataset.pixel_size_angstrom)
