@@ -226,7 +226,6 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     if saved is not None:
         trainer.load_state_dict(saved)
     seconds = {}
-    t0 = time.perf_counter()
     try:
         trainer.train()
     except KeyboardInterrupt:
