@@ -110,6 +110,7 @@ class LatentCritic(nn.Module):
                                  nn.LeakyReLU(0.2), nn.Linear(h, 1))
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
+        """Critic scores ``(B,)`` of content codes ``(B, D)``."""
         return self.net(c)[:, 0]
 
 
@@ -133,6 +134,7 @@ class RotInvAutoencoder(nn.Module):
         return c, torch.atan2(v[:, 1], v[:, 0]), v
 
     def forward(self, x: torch.Tensor):
+        """``(canonical image (B, n, n), θ̂ (B,) radians, content code (B, D), raw angle vector (B, 2))``."""
         c, theta, v = self.encode(x)
         return self.decoder(c), theta, c, v
 

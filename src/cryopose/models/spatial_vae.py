@@ -133,6 +133,8 @@ class SpatialVAE(nn.Module):
         return self.generator(coords, z).view(-1, n, n)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`posterior` of ``x`` plus ``"recon"``, the ``(B, n, n)`` image rendered from a sample
+        of it (reparameterised, drawn with ``generator``; the means in eval mode)."""
         post = self.posterior(x)
 
         def sample(mu, logstd):

@@ -190,6 +190,13 @@ class OrientationRegressor(nn.Module):
         return (images - mean) / std
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(B, 4 | 3 | 6 | 9)`` of raw images ``(B, n, n)`` (standardised here).
+
+        Decode them with :meth:`to_quaternion` / :meth:`to_rotmat`.
+
+        Raises:
+            ValueError: Images not of shape ``(B, n, n)`` with ``n = config.box_size``.
+        """
         n = self.config.box_size
         if images.ndim != 3 or images.shape[-1] != n or images.shape[-2] != n:
             raise ValueError(f"expected images (B, {n}, {n}), got {tuple(images.shape)}")

@@ -131,6 +131,7 @@ class VAEEncoder(nn.Module):
         self.logvar = nn.Linear(self.trunk.out_features, config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, log σ²)``, each ``(B, L)``, of images ``(B, n, n)``; log σ² clamped to [−12, 8]."""
         h = self.trunk(x)
         return self.mu(h), self.logvar(h).clamp(-12.0, 8.0)
 
@@ -169,6 +170,7 @@ class VAEDecoder(nn.Module):
         self.box_size = config.box_size
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Image logits ``(B, n, n)`` of latents ``(B, L)``."""
         c, m = self.start
         h = self.fc(z).view(-1, c, m, m).contiguous(memory_format=torch.channels_last)
         out = self.net(h)[:, 0]
@@ -186,6 +188,7 @@ class Discriminator(nn.Module):
         self.head = nn.Linear(self.trunk.out_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` (real = positive) of images ``(B, n, n)`` in [0, 1]."""
         return self.head(self.trunk(x))[:, 0]
 
 
