@@ -130,15 +130,13 @@ class CryoPoseNetEncoder(nn.Module):
 
     def quantized_for_inference(self, calibration_images: torch.Tensor, *,
                                 batch_size: int = 256) -> "CryoPoseNetEncoder":
-        """A CPU copy computing in 8-bit integers: post-training static quantization.
+        """An int8 CPU copy for ``cryopose predict --int8`` (post-training static quantization).
 
-        The batch norms are folded first (:meth:`fused_for_inference`); then every convolution,
-        linear layer, ReLU and pooling runs on int8 activations and weights (per-channel weight
-        scales), with activation ranges observed on ``calibration_images``
-        (:func:`cryopose.models.quantize.quantize_int8`). The output features are float.
-        ``self`` is left unchanged. The copy is for inference only (eval mode, CPU, no
-        gradients) and is not saved: quantize again after loading. The README's issue-2 section
-        gives its speed and the change in poses.
+        :meth:`fused_for_inference` first, then :func:`cryopose.models.quantize.quantize_int8`
+        of the conv blocks and the MLP, calibrated on ``calibration_images``; the features come
+        out in float. ``self`` is left unchanged; the copy (eval mode, CPU, no gradients) is not
+        saved, so quantize again after loading. Speed and change in poses: the README's
+        issue-3 section (``benchmarks/predict_int8.py``).
 
         Args:
             calibration_images: ``(C, n, n)`` or ``(C, 1, n, n)`` images normalised as the
