@@ -56,6 +56,8 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
     Raises:
         UserError: Particles whose physical box does not match the encoder's working pixel size,
             or an output folder that does not exist.
+        RuntimeError: ``int8`` on a PyTorch build without a quantized CPU engine
+            (:func:`cryopose.models.quantize.quantize_int8`).
     """
     from ..io.particles import load_particles
 
@@ -199,6 +201,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
             records its pixel size), images smaller than the network's box, an
             ``invert_contrast`` that contradicts the checkpoint's recorded setting (the message
             names ``model``), or a missing output folder.
+        RuntimeError: ``int8`` on a PyTorch build without a quantized CPU engine
+            (:func:`cryopose.models.quantize.quantize_int8`).
     """
     from ..errors import InputFileError
     from ..io.particles import load_particles
