@@ -10,8 +10,8 @@ alternating float and int8 runs ``--repeats`` times (the minimum of each is kept
   float vs ``int8=True``, and their ratio;
 * the wall time of the encoder alone on every particle (batches of ``--batch-size``), float
   (batch norms folded, as ``predict`` runs it) vs the int8 copy
-  (:meth:`cryopose.models.encoders.CryoPoseNetEncoder.quantized_for_inference`, calibrated on
-  the first ``INT8_CALIBRATION_PARTICLES`` particles), and their ratio;
+  (:func:`cryopose.pipelines.predict.inference_encoder`, as ``predict`` builds them), and
+  their ratio;
 * the median / mean pose error of each against the truth after global alignment (both hands,
   modulo ``--symmetry``; :func:`cryopose.metrics.pose_error.evaluate_poses`), and the angle
   between the float and the int8 pose of each particle (median, mean, fraction above 10°).
@@ -72,18 +72,15 @@ def main(argv=None) -> int:
     from cryopose.data.dataset import ParticleDataset
     from cryopose.io.particles import load_particles
     from cryopose.metrics.pose_error import evaluate_poses, symmetry_aware_errors
-    from cryopose.models.quantize import INT8_CALIBRATION_PARTICLES
     from cryopose.pipelines.abinitio import load_encoder
-    from cryopose.pipelines.predict import predict_poses
+    from cryopose.pipelines.predict import inference_encoder, predict_poses
 
     # the encoder alone, on the images predict feeds it
     config, model, info = load_encoder(encoder)
     stack, truth = load_particles(particles)
     dataset = ParticleDataset(stack, truth, box_size=info["working_box_size"], invert=config.invert_contrast,
                               normalization=info["normalization"])
-    enc_f = model.encoder.fused_for_inference()
-    enc_q = model.encoder.quantized_for_inference(
-        dataset.batch(np.arange(min(INT8_CALIBRATION_PARTICLES, len(dataset)))).images)
+    enc_f, enc_q = (inference_encoder(model.encoder, dataset, int8=q) for q in (False, True))
     enc_times = {"float": [], "int8": []}
     pipe_times = {"float": [], "int8": []}
     with tempfile.TemporaryDirectory() as tmp:

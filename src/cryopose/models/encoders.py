@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from .quantize import quantize_int8
+
 __all__ = ["CryoPoseNetEncoder", "encoder_output_size", "fold_batch_norm_"]
 
 
@@ -150,13 +152,11 @@ class CryoPoseNetEncoder(nn.Module):
             ValueError: Calibration images of another box, or fewer than one.
             RuntimeError: No quantized CPU engine or no ``torch.ao.quantization`` here.
         """
-        from .quantize import quantize_int8
-
         n = self.box_size
-        cal = torch.as_tensor(calibration_images)
-        cal = cal[:, None] if cal.ndim == 3 else cal
+        raw = torch.as_tensor(calibration_images)
+        cal = raw[:, None] if raw.ndim == 3 else raw
         if cal.ndim != 4 or tuple(cal.shape[1:]) != (1, n, n) or cal.shape[0] < 1:
-            raise ValueError(f"calibration images must be (C >= 1, {n}, {n}), got {tuple(calibration_images.shape)}")
+            raise ValueError(f"calibration images must be (C >= 1, {n}, {n}), got {tuple(raw.shape)}")
         fused = self.fused_for_inference().cpu()
         core = nn.Sequential(fused.conv, fused.mlp)
         fused.int8_core = quantize_int8(core, cal.float(), batch_size=batch_size)

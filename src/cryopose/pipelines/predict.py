@@ -19,7 +19,7 @@ from ..training.checkpoint import CHECKPOINT_FORMAT
 from ..training.trainer import PoseInference, infer_poses
 from .abinitio import ENCODER_FORMAT_KEYS, load_encoder, write_poses
 
-__all__ = ["PREDICT_MODEL_KINDS", "predict_poses", "predict_poses_supervised", "read_model_file"]
+__all__ = ["PREDICT_MODEL_KINDS", "inference_encoder", "predict_poses", "predict_poses_supervised", "read_model_file"]
 
 #: Model files ``cryopose predict`` accepts: a CryoPoseNet ``encoder.pt`` (no ``model_kind`` key)
 #: and a supervised regressor checkpoint (``model_kind: "supervised"``).
@@ -43,10 +43,8 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
         output: Output STAR path.
         pixel_size_angstrom, ctf_star: As :func:`run_abinitio`.
         batch_size: Images per forward pass.
-        int8: Run the encoder in 8-bit integers, calibrated on the first (up to)
-            ``INT8_CALIBRATION_PARTICLES`` particles
-            (:meth:`cryopose.models.encoders.CryoPoseNetEncoder.quantized_for_inference`); the
-            candidates are still scored in float against the volume.
+        int8: Run the encoder in 8-bit integers (:func:`inference_encoder`); the candidates
+            are still scored in float against the volume.
         progress: Progress bar.
         state: The encoder file's contents when already loaded (:func:`read_model_file`).
 
@@ -74,17 +72,36 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                         f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
     dataset = ParticleDataset(stack, meta, box_size=m, invert=config.invert_contrast,
                               normalization=info["normalization"])
-    if int8:
-        from ..models.quantize import INT8_CALIBRATION_PARTICLES
-
-        calibration = dataset.batch(np.arange(min(INT8_CALIBRATION_PARTICLES, len(dataset)))).images
-        model.encoder = model.encoder.quantized_for_inference(calibration)
-    else:
-        model.encoder = model.encoder.fused_for_inference()  # batch norm folded: same poses, faster encoder
+    model.encoder = inference_encoder(model.encoder, dataset, int8=int8)
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
                             progress=progress)
     write_poses(output, meta, inference, dataset.pixel_size_angstrom)
     return inference
+
+
+def inference_encoder(encoder, dataset: ParticleDataset, *, int8: bool = False):
+    """The copy of a CryoPoseNet encoder that :func:`predict_poses` runs on ``dataset``.
+
+    Args:
+        encoder: The trained :class:`cryopose.models.encoders.CryoPoseNetEncoder`.
+        dataset: The particles to be posed, prepared as the encoder's inputs.
+        int8: The int8 copy, calibrated on the first (up to) ``INT8_CALIBRATION_PARTICLES``
+            images of ``dataset`` (:meth:`~cryopose.models.encoders.CryoPoseNetEncoder.quantized_for_inference`),
+            instead of the float copy with batch norm folded (same poses, faster;
+            :meth:`~cryopose.models.encoders.CryoPoseNetEncoder.fused_for_inference`).
+
+    Returns:
+        The encoder copy (eval mode); ``encoder`` is left unchanged.
+
+    Raises:
+        RuntimeError: ``int8`` on a PyTorch build without a quantized CPU engine.
+    """
+    if not int8:
+        return encoder.fused_for_inference()
+    from ..models.quantize import INT8_CALIBRATION_PARTICLES
+
+    calibration = dataset.batch(np.arange(min(INT8_CALIBRATION_PARTICLES, len(dataset)))).images
+    return encoder.quantized_for_inference(calibration)
 
 
 def _check_output(output) -> Path:
