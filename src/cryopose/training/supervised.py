@@ -403,6 +403,7 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     hist = {"step": [], "loss": [], "loss_qd": [], "loss_reproj": [], "lr": [], "evaluations": []}
     order = rng.permutation(train_idx)
     pos = 0
+    pending: list[torch.Tensor] = []  # per-step (loss, loss_qd, loss_reproj) not yet in hist
     model.train()
     for step in range(1, config.iterations + 1):
         if pos + config.batch_size > order.size:
@@ -428,10 +429,14 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
         opt.step()
         sched.step()
         hist["step"].append(step)
-        hist["loss"].append(loss.item())
-        hist["loss_qd"].append(l_qd.item())
-        hist["loss_reproj"].append(l_rp.item())
         hist["lr"].append(opt.param_groups[0]["lr"])
+        # the losses are read back every 50 steps, not every step: on a GPU each read is a sync
+        pending.append(torch.stack([loss.detach(), l_qd.detach(), l_rp.detach()]))
+        if step % 50 == 0 or step == config.iterations:
+            for rec in torch.stack(pending).cpu().tolist():
+                for key, value in zip(("loss", "loss_qd", "loss_reproj"), rec):
+                    hist[key].append(value)
+            pending = []
         if config.eval_every and step % config.eval_every == 0 and test_idx.size:
             ev = evaluate_model(model, images, rot, test_idx[:config.eval_max_particles], symmetry=config.symmetry)
             ev["step"] = step
