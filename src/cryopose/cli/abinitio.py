@@ -58,7 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in C1 even for symmetric particles, as with cryoSPARC and RELION: imposing D2 on "
                              "β-galactosidase from a random start stalled at ~45° median error where C1 converged "
                              "(an exploratory run); impose the symmetry in refinement")
-    parser.add_argument("--invert-contrast", action="store_true", help="particles are dark (multiply by -1)")
+    contrast = parser.add_mutually_exclusive_group()
+    contrast.add_argument("--invert-contrast", action="store_true",
+                          help="particles are dark (multiply by -1); default: detected from the data and reported")
+    contrast.add_argument("--no-invert-contrast", action="store_true",
+                          help="particles are bright as given (skip the contrast detection)")
+    shifts = parser.add_mutually_exclusive_group()
+    shifts.add_argument("--estimate-shifts", action="store_true",
+                        help="estimate origins (centring, shift head, refined in polishing) even if the input has "
+                             "them; default: when the input has no origins")
+    shifts.add_argument("--no-estimate-shifts", action="store_true",
+                        help="keep the input's origins (zero when it has none)")
+    parser.add_argument("--no-whiten", action="store_true",
+                        help="do not whiten images and projections with the noise spectrum measured on the "
+                             "particles' background")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--resume", action="store_true", help="continue the run in OUTDIR (same options)")
@@ -84,7 +97,10 @@ def config_from_args(args: argparse.Namespace):
         train_kw["march_fraction"] = 0.0
     if args.search_fraction is not None:
         train_kw["search_fraction"] = args.search_fraction
-    return AbinitioConfig(box_size=args.box_size, invert_contrast=bool(args.invert_contrast),
+    invert = True if args.invert_contrast else (False if args.no_invert_contrast else None)
+    estimate = True if args.estimate_shifts else (False if args.no_estimate_shifts else None)
+    return AbinitioConfig(box_size=args.box_size, invert_contrast=invert, estimate_shifts=estimate,
+                          whiten=not args.no_whiten,
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds)
 

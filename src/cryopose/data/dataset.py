@@ -20,6 +20,8 @@ import torch
 from ..conventions import shifts_angstrom_to_pixels
 from ..ctf import compute_ctf
 from ..errors import UserError
+from ..fourier import centered_fft2, centered_ifft2
+from .preprocess import estimate_noise_spectrum, whitening_filter
 from .transforms import Normalization, downsample, estimate_normalization, invert_contrast, normalize
 
 __all__ = ["ParticleBatch", "ParticleDataset", "TensorStack"]
@@ -48,7 +50,8 @@ class ParticleBatch:
     Attributes:
         indices: ``(B,)`` int64 particle positions in the data set.
         images: ``(B, m, m)`` float32 normalised images.
-        ctf: ``(B, m, m)`` CTF on the centred working grid, or ``None`` without CTF metadata.
+        ctf: ``(B, m, m)`` CTF on the centred working grid (times the whitening filter when the
+            data are whitened), or ``None`` without CTF metadata and whitening.
         shifts_px: ``(B, 2)`` RELION origins in working pixels, or ``None`` without shifts.
     """
 
@@ -68,7 +71,14 @@ class ParticleDataset:
         invert: Invert contrast first (dark particles).
         use_ctf: Evaluate the CTF from ``metadata.ctf`` (ignored when there is none).
         use_shifts: Use ``metadata.shifts_angstrom`` (ignored when there are none).
-        normalization: Fixed normalisation; by default estimated from up to 1,000 particles.
+        normalization: Fixed normalisation (e.g. an encoder's, for ``predict``); by default
+            estimated from up to 1,000 particles.
+        per_image: When estimating the normalisation: RELION's per-image background
+            normalisation (mean 0, s.d. 1 outside the particle circle) instead of one global scale.
+        whiten: When estimating the normalisation: also estimate the noise power spectrum from
+            the background (:func:`cryopose.data.preprocess.estimate_noise_spectrum`) and
+            whiten the images; the CTFs of :meth:`batch` are then multiplied by the same
+            filter, so model predictions are whitened with the images.
         cache_limit_mb: Keep the preprocessed images in memory when they fit.
         chunk_size: Images read at a time when caching or estimating.
 
@@ -78,7 +88,8 @@ class ParticleDataset:
 
     def __init__(self, stack, metadata, *, box_size: int | None = None, invert: bool = False,
                  use_ctf: bool = True, use_shifts: bool = True, normalization: Normalization | None = None,
-                 cache_limit_mb: float = 1024.0, chunk_size: int = 1000):
+                 per_image: bool = False, whiten: bool = False, cache_limit_mb: float = 1024.0,
+                 chunk_size: int = 1000):
         n_src = int(getattr(stack, "box_size", None) or metadata.box_size)
         if len(stack) == 0:
             raise UserError("the particle set is empty")
@@ -98,10 +109,20 @@ class ParticleDataset:
         self.shifts_angstrom = metadata.shifts_angstrom if use_shifts else None
         self.chunk_size = int(chunk_size)
         self._cache: torch.Tensor | None = None
+        self.whitening: torch.Tensor | None = None
+        self.noise_spectrum = None
         if normalization is None:
-            sample = np.linspace(0, len(stack) - 1, min(len(stack), 1000)).round().astype(np.int64)
-            normalization = estimate_normalization(self._raw(np.unique(sample)))
+            sample = np.unique(np.linspace(0, len(stack) - 1, min(len(stack), 1000)).round().astype(np.int64))
+            raw = self._raw(sample)
+            normalization = dataclasses.replace(estimate_normalization(raw), per_image=bool(per_image))
+            if whiten:
+                self.noise_spectrum = estimate_noise_spectrum(normalize(raw, normalization),
+                                                              pixel_size_angstrom=self.pixel_size_angstrom,
+                                                              particle_radius_fraction=normalization.background_radius)
+                normalization = dataclasses.replace(normalization, noise_power=self.noise_spectrum.power)
         self.normalization = normalization
+        if normalization.noise_power is not None:
+            self.whitening = whitening_filter(normalization.noise_power, m)
         if len(stack) * m * m * 4 / 2**20 <= cache_limit_mb:
             parts = [self._prepared(np.arange(s, min(s + self.chunk_size, len(stack))))
                      for s in range(0, len(stack), self.chunk_size)]
@@ -117,7 +138,20 @@ class ParticleDataset:
         return downsample(x, self.box_size) if self.box_size != self.source_box_size else x
 
     def _prepared(self, idx: np.ndarray) -> torch.Tensor:
-        return normalize(self._raw(idx), self.normalization)
+        x = normalize(self._raw(idx), self.normalization)
+        if self.whitening is not None:
+            x = centered_ifft2(centered_fft2(x) * self.whitening).real
+        return x
+
+    def invert_contrast(self) -> None:
+        """Flip the contrast of every image from now on (after contrast detection).
+
+        The normalisation and the noise spectrum do not depend on the sign, so they are kept;
+        a cache is negated in place.
+        """
+        self.invert = not self.invert
+        if self._cache is not None:
+            self._cache.neg_()
 
     def images(self, indices) -> torch.Tensor:
         """Normalised working-box images ``(B, m, m)`` of the given particles."""
@@ -136,6 +170,8 @@ class ParticleDataset:
         ctf = None
         if self.ctf is not None:
             ctf = compute_ctf(self.ctf[t], self.box_size, self.pixel_size_angstrom)
+        if self.whitening is not None:
+            ctf = self.whitening.expand(len(idx), -1, -1) if ctf is None else ctf * self.whitening
         shifts = None
         if self.shifts_angstrom is not None:
             shifts = shifts_angstrom_to_pixels(self.shifts_angstrom[t].float(), self.pixel_size_angstrom)

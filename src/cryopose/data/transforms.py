@@ -19,6 +19,7 @@ __all__ = [
     "invert_contrast",
     "downsample",
     "background_mean",
+    "background_std",
     "estimate_normalization",
     "normalize",
     "rotate_half_turn",
@@ -31,16 +32,32 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Normalization:
-    """Image normalisation ``(x − background mean of x) / std``.
+    """Image normalisation ``(x − background mean of x) / s`` and optional noise whitening.
+
+    With ``per_image`` (RELION's normalisation, ``relion_preprocess --norm``), ``s`` is each
+    image's own background standard deviation, so the background has mean 0 and s.d. 1 in
+    every image whatever the ice thickness; otherwise ``s = std`` for all images (the behaviour
+    of encoders written before per-image normalisation).
 
     Attributes:
         std: Global scale (standard deviation of background-subtracted images, working box).
         background_radius: Background is the region outside this radius, as a fraction of
-            ``n / 2``; its mean is subtracted per image.
+            ``n / 2``; its mean (and, with ``per_image``, its s.d.) is measured per image.
+        per_image: Divide by each image's background s.d. instead of ``std``.
+        noise_power: Radial noise power spectrum of the normalised images at the working box
+            (``n // 2 + 1`` shells, :func:`cryopose.data.preprocess.estimate_noise_spectrum`),
+            or ``None``: when given, images and CTFs are whitened with
+            :func:`cryopose.data.preprocess.whitening_filter`.
     """
 
     std: float
     background_radius: float = 0.85
+    per_image: bool = False
+    noise_power: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.noise_power is not None:
+            object.__setattr__(self, "noise_power", tuple(float(v) for v in self.noise_power))
 
 
 def invert_contrast(images: torch.Tensor) -> torch.Tensor:
@@ -83,9 +100,28 @@ def estimate_normalization(images: torch.Tensor, *, background_radius: float = 0
     return Normalization(std=std, background_radius=background_radius)
 
 
+def background_std(images: torch.Tensor, radius_fraction: float = 0.85) -> torch.Tensor:
+    """Standard deviation of each image outside a circle of ``radius_fraction · n / 2`` pixels: ``(B,)``.
+
+    The whole image is used when the circle leaves no background (tiny boxes).
+    """
+    n = images.shape[-1]
+    outside = 1.0 - circular_mask(n, radius_fraction * n / 2, device=images.device, dtype=images.dtype)
+    if outside.sum() < 2:
+        return images.flatten(1).std(dim=1)
+    mean = (images * outside).sum(dim=(-2, -1)) / outside.sum()
+    var = (((images - mean[:, None, None]) * outside).square()).sum(dim=(-2, -1)) / (outside.sum() - 1)
+    return var.sqrt()
+
+
 def normalize(images: torch.Tensor, norm: Normalization) -> torch.Tensor:
-    """Subtract each image's background mean and divide by ``norm.std``."""
-    return (images - background_mean(images, norm.background_radius)[:, None, None]) / norm.std
+    """Subtract each image's background mean and divide by ``norm.std`` (or, with
+    ``norm.per_image``, by each image's background s.d.; constant images are left at 0)."""
+    x = images - background_mean(images, norm.background_radius)[:, None, None]
+    if norm.per_image:
+        s = background_std(images, norm.background_radius)
+        return x / torch.where(s > 0, s, torch.ones_like(s))[:, None, None]
+    return x / norm.std
 
 
 def rotate_half_turn(images: torch.Tensor) -> torch.Tensor:

@@ -156,8 +156,92 @@ def write_poses(path: Path, metadata, inference: PoseInference, working_pixel_si
     return path
 
 
+def has_origins(metadata) -> bool:
+    """Whether particle metadata carry origins (not absent, not all zero: a picker writes none)."""
+    s = metadata.shifts_angstrom
+    return s is not None and bool((torch.as_tensor(s).abs() > 0).any())
+
+
+def resolve_config(config: AbinitioConfig, metadata) -> AbinitioConfig:
+    """Settle the data-dependent defaults that do not need the images.
+
+    ``estimate_shifts=None`` becomes ``True`` when the particles have no origins; with it the
+    shift head is switched on (an amortized per-image correction, so ``predict`` gives shifts
+    for new particles too; a per-particle table could not). ``invert_contrast=None`` stays
+    ``None`` here: it is detected from the images by :func:`prepare_particles`.
+    """
+    est = (not has_origins(metadata)) if config.estimate_shifts is None else bool(config.estimate_shifts)
+    model = config.model if not est else dataclasses.replace(config.model, shift_head=True)
+    return dataclasses.replace(config, estimate_shifts=est, model=model)
+
+
+def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progress: bool = False,
+                      saved: dict | None = None) -> tuple[AbinitioConfig, dict]:
+    """Contrast detection and centring of a data set, before training or prediction.
+
+    With ``config.invert_contrast is None`` the contrast is detected
+    (:func:`cryopose.data.preprocess.centre_particles`) and the data set flipped when the
+    particles are dark; with ``config.estimate_shifts`` the particles are centred on their
+    rotational average and the data set's origins set to that (the shift head learns the
+    rest). ``saved`` (a checkpoint's ``preprocess`` entry) replays an earlier run's decisions
+    instead of measuring again, so that a resumed run sees the same data.
+
+    Returns:
+        ``(config, info)``: the config with ``invert_contrast`` settled, and a JSON-friendly
+        record (``contrast``, ``centring``) for the summary and the checkpoint (the centring
+        origins as a tensor under ``centring_shifts_px``).
+    """
+    from ..data.preprocess import centre_particles
+
+    info: dict = {}
+    need_contrast = config.invert_contrast is None
+    if saved is not None:
+        inverted = bool(saved["inverted"])
+        shifts = saved.get("centring_shifts_px")
+        info = {k: v for k, v in saved.items()}
+    else:
+        shifts, inverted = None, bool(config.invert_contrast)
+        if need_contrast or config.estimate_shifts:
+            res = centre_particles(dataset, iterations=3 if config.estimate_shifts else 1, progress=progress)
+            if need_contrast:
+                inverted = res.contrast_sign < 0
+                info["contrast"] = {"detected": True, "inverted": inverted,
+                                    "fraction_bright": res.contrast_fraction}
+            if config.estimate_shifts:
+                shifts = res.shifts_px
+                norms = shifts.norm(dim=1)
+                info["centring"] = {"median_shift_px": float(norms.median()),
+                                    "max_shift_px": float(norms.max())}
+        if not need_contrast:
+            info["contrast"] = {"detected": False, "inverted": inverted}
+        info["inverted"] = inverted
+        if shifts is not None:
+            info["centring_shifts_px"] = shifts
+    if inverted != dataset.invert:
+        dataset.invert_contrast()
+    if config.estimate_shifts and shifts is not None:
+        dataset.shifts_angstrom = torch.as_tensor(shifts).double() * dataset.pixel_size_angstrom
+    return dataclasses.replace(config, invert_contrast=inverted), info
+
+
+class InvertedStack:
+    """A particle stack read with its contrast flipped (``len``, ``box_size``, ``[idx] → −images``)."""
+
+    def __init__(self, stack):
+        self.stack = stack
+        self.box_size = stack.box_size
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, index):
+        return -torch.as_tensor(self.stack[index]).float()
+
+
 def _check_resume(saved: dict, config: AbinitioConfig) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
+    if config.invert_contrast is None:  # detected in the first run: keep what it found
+        config = dataclasses.replace(config, invert_contrast=saved_cfg.invert_contrast)
     if dataclasses.replace(saved_cfg, training=dataclasses.replace(saved_cfg.training, epochs=config.training.epochs)) != config:
         diff = [k for k, v in dataclasses.asdict(config).items() if dataclasses.asdict(saved_cfg).get(k) != v]
         raise UserError("--resume: the options differ from the interrupted run's (" + ", ".join(diff) +
@@ -207,16 +291,24 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size
     box = min(int(box), int(stack.box_size))
+    config = resolve_config(config, meta)
     saved = load_checkpoint(ckpt_path) if resume else None
     if saved is not None:
         config = _check_resume(saved, config)
     norm = None if saved is None else Normalization(**saved["normalization"])
-    dataset = ParticleDataset(stack, meta, box_size=box, invert=config.invert_contrast, normalization=norm)
+    dataset = ParticleDataset(stack, meta, box_size=box, invert=False, normalization=norm,
+                              per_image=config.per_image_normalization, whiten=config.whiten)
+    config, prep = prepare_particles(dataset, config, progress=progress,
+                                     saved=None if saved is None else saved.get("preprocess"))
+    if config.estimate_shifts:
+        meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
+    source = InvertedStack(stack) if config.invert_contrast else stack
     model = build_model(config, box_size=dataset.box_size, pixel_size_angstrom=dataset.pixel_size_angstrom)
     if saved is None:
         model.volume.scale.fill_(estimate_volume_scale(dataset))
     extra = {"config": dataclasses.asdict(config), "normalization": dataclasses.asdict(dataset.normalization),
-             "working_box_size": dataset.box_size, "working_pixel_size_angstrom": dataset.pixel_size_angstrom}
+             "working_box_size": dataset.box_size, "working_pixel_size_angstrom": dataset.pixel_size_angstrom,
+             "preprocess": prep}
 
     def write_encoder(tr: Trainer) -> None:
         save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
@@ -244,7 +336,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     encoder_rotmats = inference.rotmats
     if config.reconstruct:
         t2 = time.perf_counter()
-        rec = _reconstruct(stack, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads)
+        rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads)
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             from ..rotations import geodesic_distance_deg
@@ -252,17 +344,27 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
             from .polish import polish_poses
 
             t3 = time.perf_counter()
-            posed = meta.replace(shifts_angstrom=shifts_a.double() if shifts_a is not None else meta.shifts_angstrom)
             rot = inference.rotmats
+            # origins refined with the poses when cryopose estimated them, from half a working pixel
+            shift_step = 0.5 * dataset.pixel_size_angstrom if config.estimate_shifts else 0.0
             for _ in range(config.polish_rounds):
-                rot = polish_poses(stack, posed, rot, rec.volume, symmetry=config.model.symmetry,
-                                   start_step_deg=config.polish_start_step_deg,
-                                   final_step_deg=config.polish_final_step_deg)
-                rec = _reconstruct(stack, meta, rot, shifts_a, config, outdir, progress, reconstruct_threads)
+                posed = meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
+                res_limit = rec.resolution_fsc0p143_angstrom
+                res_limit = None if res_limit is None or not math.isfinite(res_limit) else 0.9 * float(res_limit)
+                rot, sh = polish_poses(source, posed, rot, rec.volume, symmetry=config.model.symmetry,
+                                       start_step_deg=config.polish_start_step_deg,
+                                       final_step_deg=config.polish_final_step_deg,
+                                       shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
+                                       return_shifts=True)
+                if shift_step > 0:
+                    shifts_a = sh
+                rec = _reconstruct(source, meta, rot, shifts_a, config, outdir, progress, reconstruct_threads)
             write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
             mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
             polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
-            inference = dataclasses.replace(inference, rotmats=rot.float())
+            inference = dataclasses.replace(
+                inference, rotmats=rot.float(),
+                shifts_px=None if shifts_a is None else shifts_a.float() / dataset.pixel_size_angstrom)
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
         map_path = outdir / "map.mrc"
@@ -275,6 +377,15 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         "median_confidence": float(inference.confidence.median()),
         "polish_rounds": config.polish_rounds if config.reconstruct else 0,
         "polish_median_change_deg": None if polish_change is None else float(polish_change.median()),
+        "contrast_inverted": bool(config.invert_contrast),
+        "contrast_detected": config.invert_contrast is not None and "fraction_bright" in prep.get("contrast", {}),
+        "contrast_fraction_bright": prep.get("contrast", {}).get("fraction_bright"),
+        "shifts_estimated": bool(config.estimate_shifts),
+        "centring": prep.get("centring"),
+        "noise_spectrum": None if dataset.noise_spectrum is None else {
+            "frequency_per_angstrom": [float(v) for v in dataset.noise_spectrum.frequencies_per_angstrom()],
+            "power": list(dataset.noise_spectrum.power),
+            "low_to_high_ratio": dataset.noise_spectrum.colour_ratio()},
         "resolution_fsc0p5_angstrom": None if rec is None else rec.resolution_fsc0p5_angstrom,
         "resolution_fsc0p143_angstrom": None if rec is None else rec.resolution_fsc0p143_angstrom,
         "seconds": seconds,

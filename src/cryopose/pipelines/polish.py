@@ -27,29 +27,41 @@ __all__ = ["polish_poses"]
 
 def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor, *, symmetry: str = "C1",
                  start_step_deg: float = 3.75, final_step_deg: float = 0.9375,
-                 particle_chunk: int = 256) -> torch.Tensor:
-    """Refine poses locally against a map at the particles' box.
+                 particle_chunk: int = 256, shift_step_angstrom: float = 0.0,
+                 max_resolution_angstrom: float | None = None, return_shifts: bool = False):
+    """Refine poses (and optionally origins) locally against a map at the particles' box.
 
     Args:
         stack: Particle images (``len`` and ``stack[indices] → (B, n, n)``), as read by
             :func:`cryopose.io.particles.load_particles` (same contrast as the map).
         metadata: Their :class:`~cryopose.io.particles.ParticleMetadata` (pixel size, CTF,
-            origins in Å; the origins are kept, not refined).
+            origins in Å, the starting origins).
         rotmats: ``(N, 3, 3)`` starting poses (RELION matrices).
         reference: ``(n, n, n)`` map on the particles' grid (e.g. reconstructed from ``rotmats``).
         symmetry: Point group of the map; poses are returned in RELION's asymmetric unit.
         start_step_deg: First lattice step, degrees (about the starting poses' error).
         final_step_deg: Last lattice step, degrees.
         particle_chunk: Particles scored at a time (bounds memory).
+        shift_step_angstrom: First step of the ``3 × 3`` origin lattice searched with each
+            rotation lattice, Å, halving with the angular step down to a quarter pixel
+            (0 = keep the origins).
+        max_resolution_angstrom: Ignore frequencies finer than this (Å), e.g. the map's
+            FSC = 0.143 resolution: they carry no signal of the map, and leaving them out makes
+            polishing cheaper at large boxes. ``None`` = Nyquist.
+        return_shifts: Also return the refined origins.
 
     Returns:
-        ``(N, 3, 3)`` float32 refined poses.
+        ``(N, 3, 3)`` float32 refined poses, or ``(poses, origins)`` with ``return_shifts``
+        (``(N, 2)`` float32 RELION origins in Å).
 
     Raises:
         UserError: Inconsistent inputs (from :func:`local_search`).
     """
-    cfg = SearchConfig(symmetry=symmetry, final_step_deg=float(final_step_deg), particle_chunk=int(particle_chunk))
+    cfg = SearchConfig(symmetry=symmetry, final_step_deg=float(final_step_deg), particle_chunk=int(particle_chunk),
+                       max_resolution_angstrom=max_resolution_angstrom)
     res = local_search(stack, reference, float(metadata.pixel_size_angstrom), rotmats.float(),
                        metadata.shifts_angstrom, ctf=metadata.ctf, config=cfg, start_step_deg=float(start_step_deg),
-                       shift_step_angstrom=0.0)
+                       shift_step_angstrom=float(shift_step_angstrom))
+    if return_shifts:
+        return res.rotmats.float(), res.shifts_angstrom.float()
     return res.rotmats.float()

@@ -176,7 +176,15 @@ class AbinitioConfig:
     Attributes:
         box_size: Working box in pixels (images Fourier-cropped to it); ``None`` keeps the
             images' box. The final map is reconstructed at the original box.
-        invert_contrast: Particles are dark on a bright background (multiply by −1 first).
+        invert_contrast: Particles are dark on a bright background (multiply by −1 first);
+            ``None`` = detect it from the data (:func:`cryopose.data.preprocess.centre_particles`).
+        estimate_shifts: Estimate per-particle origins: centre the particles on their
+            rotational average first, learn corrections with the shift head and refine them in
+            polishing. ``None`` = when the input has no origins (as a picker's particles).
+        whiten: Estimate the noise power spectrum from the particles' background and whiten
+            images and model projections with it (:mod:`cryopose.data.preprocess`).
+        per_image_normalization: RELION's per-image normalisation (background mean 0, s.d. 1)
+            instead of one global scale.
         model: :class:`ModelConfig`.
         training: :class:`TrainingConfig`.
         reconstruct: Reconstruct ``map.mrc`` and half maps from the inferred poses at the end.
@@ -189,7 +197,10 @@ class AbinitioConfig:
     """
 
     box_size: int | None = 64
-    invert_contrast: bool = False
+    invert_contrast: bool | None = None
+    estimate_shifts: bool | None = None
+    whiten: bool = True
+    per_image_normalization: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     reconstruct: bool = True
