@@ -202,14 +202,14 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         raise UserError(f"{outdir} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
     if resume and not ckpt_path.exists():
         raise UserError(f"--resume: no checkpoint.pt in {outdir}")
+    saved = load_checkpoint(ckpt_path) if resume else None  # checked before the (slow) particles
+    if saved is not None:
+        config = _check_resume(saved, config)
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size
     box = min(int(box), int(stack.box_size))
-    saved = load_checkpoint(ckpt_path) if resume else None
-    if saved is not None:
-        config = _check_resume(saved, config)
     norm = None if saved is None else Normalization(**saved["normalization"])
     dataset = ParticleDataset(stack, meta, box_size=box, invert=config.invert_contrast, normalization=norm)
     model = build_model(config, box_size=dataset.box_size, pixel_size_angstrom=dataset.pixel_size_angstrom)
