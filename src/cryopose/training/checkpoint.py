@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path, PurePath
 from typing import Any, Iterable
@@ -72,10 +73,10 @@ def to_plain(value: Any, *, where: str = "checkpoint") -> Any:
     Raises:
         TypeError: Anything else (a programming error: checkpoints hold plain values only).
     """
+    if isinstance(value, np.generic):  # before the scalars: np.float64 is a float
+        return value.item()
     if isinstance(value, (torch.Tensor, torch.Size)) or isinstance(value, _SCALARS):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:
             raise TypeError(f"{where}: object arrays cannot be stored in a checkpoint")
@@ -124,11 +125,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, format: s
 
 
 def _refusal_reason(message: str) -> str:
-    """The line of torch's weights-only error that says what was refused."""
-    for line in message.splitlines():
-        if "unsupported" in line.lower():
-            return line.strip().rstrip(".")
-    return "objects other than tensors and plain values"
+    """What torch's weights-only error says was refused (e.g. ``unsupported GLOBAL posix.system``)."""
+    m = re.search(r"unsupported\s+(?:global:\s+)?(GLOBAL\s+\S+|operand\s+\S+)", message, flags=re.IGNORECASE)
+    return f"unsupported {m.group(1)}" if m else "objects other than tensors and plain values"
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
