@@ -63,8 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="mean defocus uniform in [MIN, MAX] Å (default 10000 25000)")
     ctf.add_argument("--defocus-values", type=float, nargs="+", metavar="UM",
                      help="defocus values in µm (e.g. 0.5 1.0 1.5 2.0 2.5 3.0), particles split evenly")
-    ctf.add_argument("--ctf-table", metavar="FILE.npy",
-                     help="cryoDRGN CTF table [box, Å/px, dfU, dfV, dfAng, kV, Cs, w, phase]; rows drawn with the seed")
+    ctf.add_argument("--ctf-table", metavar="FILE",
+                     help="CTF table to draw rows from (with the seed): .npy cryoDRGN array [box, Å/px, dfU, dfV, "
+                          "dfAng, kV, Cs, w, phase], .csv with those 9 columns, or a RELION .star; "
+                          "pickles (.pkl) are refused")
     ctf.add_argument("--astigmatism-angstrom", type=float, metavar="A",
                      help="defocus U − V in Å, random angle (default 0)")
     ctf.add_argument("--voltage-kv", type=float, help="voltage in kV (default 300)")

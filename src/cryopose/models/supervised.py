@@ -375,23 +375,30 @@ def load_pose_model(path: str | os.PathLike, *, map_location="cpu") -> Supervise
 
     Args:
         path: ``.pt`` file written by :func:`cryopose.training.supervised.save_checkpoint`.
-        map_location: Device for the weights.
+        map_location: Device for the weights (the file is read on the CPU, then moved).
 
     Returns:
         :class:`SupervisedPosePredictor`: ``predictor(images) -> (rotmats, None)``.
 
     Raises:
         FileNotFoundError: Missing file.
-        ValueError: The checkpoint's ``model_kind`` is not ``"supervised"``.
+        InputFileError: (a ``ValueError``) An unreadable file, one that ``weights_only``
+            loading refuses (it could run code:
+            :func:`cryopose.training.checkpoint.read_torch_file`), or a ``model_kind`` other
+            than ``"supervised"``.
     """
+    from ..errors import InputFileError
+    from ..training.checkpoint import read_torch_file
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model checkpoint: {path}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = read_torch_file(path, "model file")
     kind = ckpt.get("model_kind") if isinstance(ckpt, dict) else None
     if kind != MODEL_KIND:
-        raise ValueError(f"{path}: model_kind is {kind!r}, expected {MODEL_KIND!r}")
+        raise InputFileError(path, f"model_kind is {kind!r}, expected {MODEL_KIND!r}")
     model = OrientationRegressor(SupervisedModelConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["state_dict"])
+    model.to(map_location)
     return SupervisedPosePredictor(model, pixel_size_angstrom=ckpt.get("pixel_size_angstrom"),
                                    symmetry=ckpt.get("symmetry", "C1"))
 

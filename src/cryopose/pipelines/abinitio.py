@@ -286,13 +286,13 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         raise UserError(f"{outdir} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
     if resume and not ckpt_path.exists():
         raise UserError(f"--resume: no checkpoint.pt in {outdir}")
+    saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size
     box = min(int(box), int(stack.box_size))
     config = resolve_config(config, meta)
-    saved = load_checkpoint(ckpt_path) if resume else None
     if saved is not None:
         config = _check_resume(saved, config)
     norm = None if saved is None else Normalization(**saved["normalization"])

@@ -132,17 +132,18 @@ def read_model_file(path: str | Path) -> tuple[str, dict]:
         (CPU tensors).
 
     Raises:
-        InputFileError: Missing or unreadable file, or a kind ``predict`` cannot use (the message
-            names the file, its ``model_kind`` and the kinds accepted).
+        InputFileError: Missing or unreadable file, one that ``weights_only`` loading refuses
+            (it could run code: :func:`cryopose.training.checkpoint.read_torch_file`), or a kind
+            ``predict`` cannot use (the message names the file, its ``model_kind`` and the kinds
+            accepted).
     """
     from ..errors import InputFileError
-    from ..training.checkpoint import read_torch_file
+    from ..training.checkpoint import checkpoint_format, read_torch_file
 
     path = Path(path)
     state = read_torch_file(path, "model file")
     kind = state.get("model_kind") if isinstance(state, dict) else None
-    if kind is None and isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT \
-            and all(k in state for k in ENCODER_FORMAT_KEYS):
+    if kind is None and checkpoint_format(state) == CHECKPOINT_FORMAT and all(k in state for k in ENCODER_FORMAT_KEYS):
         kind = "cryoposenet"
     if kind not in PREDICT_MODEL_KINDS:
         what = f"model_kind {kind!r}" if kind is not None else "neither a model_kind nor a CryoPoseNet encoder"

@@ -8,7 +8,8 @@ Three sources, one per data set:
   design of the in-plane latent-space experiments;
 * rows drawn (uniformly, with replacement) from a cryoDRGN-style CTF table
   ``[box, Å/px, dfU Å, dfV Å, dfAng °, kV, Cs mm, amp. contrast, phase shift °]``
-  (``cryodrgn parse_ctf_*`` output saved as ``.npy``, e.g. EMPIAR-10028's), which gives
+  (``cryodrgn parse_ctf_*`` output saved as ``.npy``, e.g. EMPIAR-10028's, or a ``.star`` or
+  ``.csv``: :func:`cryopose.simulate.ctf_table.load_ctf_table`, which never unpickles), which gives
   defocus, astigmatism, voltage, Cs, amplitude contrast and phase shift per particle. The
   table's box and pixel columns are ignored (defocus is physical, in Å).
 
@@ -20,53 +21,15 @@ RELION's order (``u >= v``) by swapping them and adding 90° to the angle, which
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..ctf import CTFParams
-from ..errors import InputFileError, UserError
+from ..errors import UserError
+from .ctf_table import load_ctf_table
 
 __all__ = ["load_ctf_table", "sample_ctf", "split_evenly"]
-
-_TABLE_COLUMNS = 9
-
-
-def load_ctf_table(path: str | os.PathLike) -> np.ndarray:
-    """Read a cryoDRGN-style CTF table (``.npy``, or a ``.pkl`` holding one array).
-
-    Returns:
-        float64 array ``(M, 9)``.
-
-    Raises:
-        InputFileError: Unreadable file, wrong shape, no rows, non-finite values, or
-            non-positive voltage / out-of-range amplitude contrast.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "no such file")
-    try:
-        if path.suffix.lower() == ".pkl":
-            import pickle
-
-            with open(path, "rb") as f:
-                table = np.asarray(pickle.load(f), dtype=np.float64)
-        else:
-            table = np.load(path, allow_pickle=False).astype(np.float64)
-    except (OSError, ValueError, TypeError, EOFError) as err:
-        raise InputFileError(path, f"not a readable CTF table ({err})") from None
-    if table.ndim != 2 or table.shape[1] != _TABLE_COLUMNS or table.shape[0] == 0:
-        raise InputFileError(path, f"CTF table must be (M, 9) rows [box, Å/px, dfU, dfV, dfAng, kV, Cs, "
-                                   f"amp. contrast, phase shift], got shape {table.shape}")
-    if not np.isfinite(table).all():
-        raise InputFileError(path, "CTF table holds NaN or infinite values")
-    if (table[:, 5] <= 0).any():
-        raise InputFileError(path, "CTF table has a non-positive voltage (column 6, kV)")
-    if ((table[:, 7] < 0) | (table[:, 7] >= 1)).any():
-        raise InputFileError(path, "CTF table has an amplitude contrast outside [0, 1) (column 8)")
-    return table
 
 
 def split_evenly(n: int, n_groups: int, *, generator: torch.Generator) -> np.ndarray:

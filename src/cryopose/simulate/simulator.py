@@ -79,7 +79,8 @@ class SimulationConfig:
         defocus_range_angstrom: ``(min, max)`` mean defocus, uniform (underfocus positive).
         defocus_values_angstrom: Mean defocus values (Å), particles split evenly; overrides
             the range.
-        ctf_table_path: cryoDRGN-style CTF table (``.npy``) to draw rows from; overrides both.
+        ctf_table_path: CTF table to draw rows from (``.npy``, ``.star`` or ``.csv``:
+            :func:`~cryopose.simulate.ctf_table.load_ctf_table`; a pickle is refused); overrides both.
         astigmatism_angstrom: ``defocus_u − defocus_v`` (random angle) for range/values.
         voltage_kv, spherical_aberration_mm, amplitude_contrast, phase_shift_deg: Microscope
             constants for range/values (a table gives its own).

@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-_KIND = "cryopose.vaegan"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -400,17 +399,22 @@ def _validate(model: VAEGAN, source, idx: np.ndarray, config: LatentTrainConfig,
 
 
 def save_latent_checkpoint(path, result_or_state: dict) -> None:
-    """Write a checkpoint dict atomically (``torch.save`` to a temporary file, then rename)."""
-    from ..io.atomic import atomic_path
+    """Write a checkpoint dict atomically, as plain values tagged
+    :data:`~cryopose.training.checkpoint.VAEGAN_FORMAT`
+    (:func:`cryopose.training.checkpoint.save_checkpoint`: NumPy index arrays become int64
+    tensors, which :func:`load_latent_checkpoint` turns back into arrays).
 
-    with atomic_path(path) as tmp:
-        torch.save(result_or_state, tmp)
+    Raises:
+        TypeError: A value that cannot be stored as a plain value.
+    """
+    from .checkpoint import VAEGAN_FORMAT, save_checkpoint
+
+    save_checkpoint(path, result_or_state, format=VAEGAN_FORMAT)
 
 
 def _state(model: VAEGAN, opt_g, opt_d, *, config: LatentTrainConfig, scaling: ImageScaling, epoch: int,
            history: list, split: tuple[np.ndarray, np.ndarray], box_size: int, generator: torch.Generator) -> dict:
     return {
-        "kind": _KIND,
         "cryopose_version": __version__,
         "train_config": dataclasses.asdict(config),
         "model_config": dataclasses.asdict(model.config),
@@ -431,20 +435,21 @@ def load_latent_checkpoint(path) -> tuple[VAEGAN, ImageScaling, LatentTrainConfi
     """Load a checkpoint written by :func:`train_vaegan`.
 
     Returns:
-        ``(model in eval mode, scaling, train config, the raw checkpoint dict)``.
+        ``(model in eval mode, scaling, train config, the raw checkpoint dict)``; in the dict,
+        ``train_indices`` and ``validation_indices`` are int64 NumPy arrays.
 
     Raises:
-        UserError: Missing file or not a VAE-GAN checkpoint.
+        UserError: Missing file. InputFileError (a ``UserError``): an unreadable file, one that
+            ``weights_only`` loading refuses (it could run code), or not a VAE-GAN checkpoint.
     """
+    from .checkpoint import VAEGAN_FORMAT, load_checkpoint
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found (run `cryopose latent train` first)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"{path}: cannot read checkpoint ({err.__class__.__name__}: {err})") from None
-    if not isinstance(ck, dict) or ck.get("kind") != _KIND:
-        raise UserError(f"{path}: not a cryopose VAE-GAN checkpoint")
+    ck = load_checkpoint(path, (VAEGAN_FORMAT,))
+    for key in ("train_indices", "validation_indices"):
+        ck[key] = np.asarray(ck[key], dtype=np.int64)
     tc = dict(ck["train_config"])
     config = LatentTrainConfig(**tc)
     model = VAEGAN(VAEGANConfig(**ck["model_config"]))

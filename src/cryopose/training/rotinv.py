@@ -53,6 +53,7 @@ from .. import __version__
 from ..data.transforms import rotate_images
 from ..errors import UserError
 from ..fourier import frequency_indices
+from .checkpoint import ROTINV_FORMAT, SPATIAL_VAE_FORMAT, load_checkpoint, save_checkpoint
 
 __all__ = [
     "rotate_images", "circular_mask", "random_angles", "theta_to_psi_deg", "psi_deg_to_theta",
@@ -116,10 +117,6 @@ def lowpass_images(images: torch.Tensor, fraction: float | None) -> torch.Tensor
 # --------------------------------------------------------------------------------------------
 # Configs, checkpoints
 # --------------------------------------------------------------------------------------------
-
-
-ROTINV_KIND = "cryopose.rotinv"
-SPATIAL_VAE_KIND = "cryopose.spatial_vae"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -229,13 +226,6 @@ def prepare_images(x: torch.Tensor, config: RotInvTrainConfig, standardization: 
     return x
 
 
-def _save(path, state: dict) -> None:
-    from ..io.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def load_rotinv_checkpoint(path):
     """Load a checkpoint of :func:`train_rotinv` or :func:`train_spatial_vae`.
 
@@ -244,7 +234,8 @@ def load_rotinv_checkpoint(path):
         ``"rotinv"`` or ``"spatial_vae"``.
 
     Raises:
-        UserError: Missing or foreign file.
+        UserError: Missing file. InputFileError (a ``UserError``): an unreadable file, one that
+            ``weights_only`` loading refuses (it could run code), or a foreign file.
     """
     from ..models.rotinv import RotInvAutoencoder, RotInvConfig
     from ..models.spatial_vae import SpatialVAE, SpatialVAEConfig
@@ -252,21 +243,16 @@ def load_rotinv_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found (run `cryopose rotinv train` first)")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"{path}: cannot read checkpoint ({err.__class__.__name__}: {err})") from None
-    kind = ck.get("kind") if isinstance(ck, dict) else None
-    if kind == ROTINV_KIND:
+    ck = load_checkpoint(path, (ROTINV_FORMAT, SPATIAL_VAE_FORMAT))
+    if ck["format"] == ROTINV_FORMAT:
         model = RotInvAutoencoder(RotInvConfig(**ck["model_config"]))
-    elif kind == SPATIAL_VAE_KIND:
-        model = SpatialVAE(SpatialVAEConfig(**ck["model_config"]))
     else:
-        raise UserError(f"{path}: not a cryopose rotinv / spatial-VAE checkpoint")
+        model = SpatialVAE(SpatialVAEConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     model.eval()
     cfg = RotInvTrainConfig(**ck["train_config"])
-    return model, ("rotinv" if kind == ROTINV_KIND else "spatial_vae"), cfg, Standardization(**ck["standardization"]), ck
+    kind = "rotinv" if ck["format"] == ROTINV_FORMAT else "spatial_vae"
+    return model, kind, cfg, Standardization(**ck["standardization"]), ck
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,12 +430,13 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
                                                                   if k not in ("epoch", "seconds"))
                 + f" ({row['seconds']:.1f} s)")
         if checkpoint_path is not None:
-            _save(checkpoint_path, {
-                "kind": ROTINV_KIND if kind == "rotinv" else SPATIAL_VAE_KIND, "cryopose_version": __version__,
+            save_checkpoint(checkpoint_path, {
+                "cryopose_version": __version__,
                 "model_config": dataclasses.asdict(model.config), "train_config": dataclasses.asdict(config),
                 "standardization": dataclasses.asdict(std), "model": model.state_dict(), "opt": opt.state_dict(),
                 "opt_c": opt_c.state_dict() if opt_c is not None else None, "epoch": epoch + 1, "history": history,
-                "generator_state": gen.get_state(), "box_size": int(model.config.box_size)})
+                "generator_state": gen.get_state(), "box_size": int(model.config.box_size)},
+                format=ROTINV_FORMAT if kind == "rotinv" else SPATIAL_VAE_FORMAT)
     bar.close()
     model.eval()
     return RotInvTrainResult(model=model, kind=kind, config=config, standardization=std, history=history,

@@ -508,9 +508,12 @@ def save_checkpoint(path, model: OrientationRegressor, *, train_config: Supervis
                     invert_contrast: bool | None = None) -> Path:
     """Write a checkpoint that :func:`cryopose.models.supervised.load_pose_model` reads.
 
-    Contents: ``model_kind: "supervised"``, ``model_config`` (dict), ``state_dict``,
-    ``train_config`` (dict), ``pixel_size_angstrom``, ``symmetry``, ``cryopose_version`` and
-    ``extra``. Written to a temporary file and renamed (atomic).
+    Contents: ``format`` (:data:`~cryopose.training.checkpoint.SUPERVISED_FORMAT`),
+    ``model_kind: "supervised"``, ``model_config`` (dict), ``state_dict``, ``train_config``
+    (dict), ``pixel_size_angstrom``, ``symmetry``, ``cryopose_version`` and ``extra``, all plain
+    values (:func:`cryopose.training.checkpoint.save_checkpoint`: NumPy values in ``extra`` become
+    Python numbers or tensors), so the file loads with ``weights_only=True``. Written to a
+    temporary file and renamed (atomic).
 
     Args:
         path: Output ``.pt`` path.
@@ -531,8 +534,13 @@ def save_checkpoint(path, model: OrientationRegressor, *, train_config: Supervis
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        TypeError: ``extra`` holds a value that is not plain (see
+            :func:`cryopose.training.checkpoint.to_plain`).
     """
-    from ..io.atomic import atomic_path
+    from .checkpoint import SUPERVISED_FORMAT
+    from .checkpoint import save_checkpoint as save_plain
 
     path = Path(path)
     extra_doc = dict(extra or {})
@@ -548,6 +556,4 @@ def save_checkpoint(path, model: OrientationRegressor, *, train_config: Supervis
         "cryopose_version": __version__,
         "extra": extra_doc,
     }
-    with atomic_path(path) as tmp:
-        torch.save(doc, tmp)
-    return path
+    return save_plain(path, doc, format=SUPERVISED_FORMAT)
