@@ -23,10 +23,13 @@ HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``abinitio`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
+    add_datadir_argument(parser)
     parser.add_argument("--box-size", type=int, default=64,
                         help="working box in pixels; images are Fourier-cropped to it (default 64, "
                              "or the images' box if smaller)")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
                      extra={"particles": str(args.particles), "resume": bool(args.resume)})
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
-                          ctf_star=args.ctf, resume=args.resume, progress=not args.no_progress,
+                          ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report)
     res = result.resolution_fsc0p143_angstrom
     print(f"inferred poses of {len(result.confidence)} particles (median confidence "
