@@ -65,8 +65,9 @@ def test_abinitio_writes_every_output(run_dir):
     assert m.volume.shape == (BOX,) * 3 and m.pixel_size_angstrom == pytest.approx(APIX, rel=1e-4)
 
 
-def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir):
-    _, star, out = run_dir
+def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir, monkeypatch):
+    folder, star, out = run_dir
+    monkeypatch.chdir(folder)  # the user's folder: the stacks are read only inside it (or the STAR's, or --datadir)
     _, truth = load_particles(star)
     _, est = load_particles(out / "poses.star")
     assert len(est) == len(truth)
