@@ -10,6 +10,8 @@ Writes in OUTDIR: poses.star (RELION 3.1, same particle order and pixel size, rl
 rlnOriginX/YAngst and rlnCryoposeConfidence), map.mrc, map_half1.mrc, map_half2.mrc, fsc.json,
 encoder.pt (for `cryopose predict`), checkpoint.pt (every epoch and on Ctrl-C; continue with
 --resume), config.yaml (version and command line), summary.json, report.html and its PNGs.
+As in RELION, the image names in poses.star resolve from the folder cryopose ran in (the input's
+own names where they did), so `relion_reconstruct --i OUTDIR/poses.star` run there reads them.
 """
 
 from __future__ import annotations
