@@ -284,8 +284,8 @@ def _resolve_paths(star_path: Path, df: pd.DataFrame, files: list[str], datadir,
                 allowed = ", ".join(f"{label} {root}" for label, root in roots)
                 raise InputFileError(star_path, f"rlnImageName {df['rlnImageName'].iloc[i]!r} resolves to "
                                                 f"{os.path.realpath(chosen)}, outside the folders images are read "
-                                                f"from ({allowed}); pass --datadir DIR (datadir=) naming a folder "
-                                                "that holds the stack", row=int(df.index[i]) + 1)
+                                                f"from ({allowed}); pass --datadir DIR (in Python: datadir=) naming "
+                                                "a folder that holds the stack", row=int(df.index[i]) + 1)
             outside.add(chosen)
         resolved.append(chosen)
     return [resolved[c] for c in codes], outside
@@ -559,6 +559,7 @@ def _optics_groups(md: ParticleMetadata) -> tuple[np.ndarray, dict[str, list]]:
 
 
 def _outside(rel: str) -> bool:
+    """Whether a relative path (``os.path.relpath``) climbs out of its base folder."""
     return rel == ".." or rel.startswith(".." + os.sep) or rel.startswith("../")
 
 
