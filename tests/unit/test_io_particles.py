@@ -108,7 +108,8 @@ def test_missing_and_truncated_stacks(tmp_path):
     star = _write_star(tmp_path / "m.star", ["1@a.mrcs", "1@gone.mrcs"])
     write_stack(tmp_path / "a.mrcs", np.zeros((2, 8, 8)), 1.0)
     with pytest.raises(InputFileError, match=r"m\.star, row 2: stack file not found: .*gone\.mrcs; image names are "
-                                             r"resolved relative to the current folder \(as RELION does\), then the STAR file's folder; pass --datadir"):
+                                             r"resolved relative to the current folder \(as RELION does\), then the STAR "
+                                             r"file's folder; pass --datadir"):
         load_particles(star)
     data = (tmp_path / "a.mrcs").read_bytes()
     (tmp_path / "a.mrcs").write_bytes(data[:-10])

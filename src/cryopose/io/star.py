@@ -338,10 +338,11 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
         ``N@stack`` name is resolved against the current folder (where RELION programs run and
         resolve names), else the STAR file's folder, else ``datadir``; absolute names are kept.
         Stacks are read only inside those folders: the real path (symlinks followed) of every
-        stack must lie in the STAR file's folder, the current folder or ``datadir``. Missing angles give ``rotmats=None``, missing origins
-        ``shifts_angstrom=None``, no CTF columns ``ctf=None``. ``box_size`` comes from
-        ``rlnImageSize``, else from the first stack's header, else is ``None``; ``table``
-        keeps every column as read.
+        stack must lie in the STAR file's folder, the current folder or ``datadir``. Missing
+        angles give ``rotmats=None``, missing origins ``shifts_angstrom=None``, no CTF columns
+        ``ctf=None``. ``box_size`` comes from ``rlnImageSize``, else from the first stack's
+        header (inside the allowed folders), else is ``None``; ``table`` keeps every column
+        as read.
 
     Raises:
         InputFileError: Unreadable file, no or empty particle table, a partial set of
@@ -622,9 +623,9 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
                relative_to: str | os.PathLike | None = None) -> None:
     """Write particles as a RELION 3.1 STAR file (``data_optics`` + ``data_particles``), atomically.
 
-    Particle columns: ``rlnImageName`` (``N@path``, 1-based ``N``; see below), ``rlnOpticsGroup``, ``rlnAngleRot/Tilt/Psi`` (from
-    ``rotmats`` via :func:`cryopose.rotations.rotmat_to_relion_euler`, float64),
-    ``rlnOriginXAngst/YAngst``, ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``,
+    Particle columns: ``rlnImageName`` (``N@path``, 1-based ``N``; see below),
+    ``rlnOpticsGroup``, ``rlnAngleRot/Tilt/Psi`` (from ``rotmats`` via
+    :func:`cryopose.rotations.rotmat_to_relion_euler`, float64), ``rlnOriginXAngst/YAngst``, ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``,
     then every other ``rln*`` column of ``metadata.table`` unchanged (non-RELION columns, such
     as cryoSPARC fields, are not written). Optics: one group per input group (split when its
     particles differ in voltage, Cs or amplitude contrast), with pixel and box size, and the
