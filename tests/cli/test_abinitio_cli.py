@@ -103,7 +103,7 @@ def test_predict_int8_encoder_stays_close_to_the_float_encoder(run_dir, tmp_path
     from cryopose.metrics.pose_error import symmetry_aware_errors
     from cryopose.pipelines import predict as predict_mod
 
-    _, star, out = run_dir
+    folder, star, out = run_dir
     args = ["predict", str(out / "encoder.pt"), str(star), "--no-progress", "--threads", "1"]
     assert main([*args, "-o", str(tmp_path / "f.star")]) == 0
     seen = []
@@ -119,8 +119,8 @@ def test_predict_int8_encoder_stays_close_to_the_float_encoder(run_dir, tmp_path
     finally:
         predict_mod.infer_poses = orig
     assert seen == [True]
-    _, f = load_particles(tmp_path / "f.star")
-    _, q = load_particles(tmp_path / "q.star")
+    _, f = load_particles(tmp_path / "f.star", datadir=folder)  # the stack is in the run's data folder
+    _, q = load_particles(tmp_path / "q.star", datadir=folder)
     diff = symmetry_aware_errors(q.rotmats.double(), f.rotmats.double(), symmetry="C1")
     assert float(diff.median()) < 3.0 and float((diff < 10).float().mean()) > 0.9
     assert "rlnCryoposeConfidence" in q.table.columns
