@@ -215,11 +215,13 @@ def section_relion(out: Path, *, n_particles: int, epochs: int, box_size: int, t
     pose = json.loads(js)
     pose.pop("global_rotation_relion_euler_deg", None)
 
-    # (b) relion_reconstruct on RUN/poses.star unchanged (names are relative to RUN), vs RUN/map.mrc;
-    # in C1 as abinitio ran (its map is in its own frame, not on the D2 axes)
+    # (b) relion_reconstruct on RUN/poses.star unchanged, run where cryopose ran (RELION resolves image
+    # names from its working folder, and cryopose writes them so), vs RUN/map.mrc; in C1 as abinitio ran
+    # (its map is in its own frame, not on the D2 axes)
     rel_cmd = ["relion_reconstruct", "--ctf", "--sym", sym]
-    t_rel_raw = _rb._run(["relion_reconstruct", "--ctf", "--sym", "C1", "--i", "poses.star", "--o", "relion_map.mrc"],
-                         run)
+    here = Path.cwd()
+    t_rel_raw = _rb._run(["relion_reconstruct", "--ctf", "--sym", "C1", "--i", str(run / "poses.star"), "--o",
+                          str(run / "relion_map.mrc")], here)
     same_poses = _fsc(run / "relion_map.mrc", run / "map.mrc", apix)
     # map.mrc is Wiener-filtered where its half-map FSC is low (per voxel, not a per-shell scale, so
     # the FSC against RELION's unfiltered map drops there); the unfiltered half-map average is the
@@ -233,7 +235,7 @@ def section_relion(out: Path, *, n_particles: int, epochs: int, box_size: int, t
     same_poses_unfiltered = _fsc(run / "relion_map.mrc", run / "map_halves_average.mrc", apix)
 
     # into the truth's frame and hand: aligned copy of poses.star, reconstructed by both programs
-    _, est = load_particles(run / "poses.star")
+    _, est = load_particles(run / "poses.star", datadir=work)  # the stacks are in WORK, above RUN
     _, ref = load_particles(work / "proj.star")
     align = align_rotations(est.rotmats.double(), ref.rotmats.double(), symmetry=sym, seed=seed)
     write_star(run / "poses_aligned.star", est.replace(rotmats=align.aligned_est.float()))
@@ -241,13 +243,14 @@ def section_relion(out: Path, *, n_particles: int, epochs: int, box_size: int, t
                                     "--no-progress"]
     rows = [{"program": f"cryopose abinitio ({epochs} epochs, train + infer + polish + reconstruct)",
              "poses": "inferred", "wall_s": t_abinitio, "fsc_vs_truth": None}]
-    for label, where, star in (("inferred, aligned to truth", run, "poses_aligned.star"),
-                               ("true (baseline)", work, "proj.star")):
+    # poses_aligned.star names images from the folder cryopose ran in; proj.star (relion_project's) from WORK
+    for label, where, star, cwd in (("inferred, aligned to truth", run, "poses_aligned.star", here),
+                                    ("true (baseline)", work, "proj.star", work)):
         tag = "aligned" if where is run else "true"
-        wall, _ = _rb._run(cp_cmd + [star, "-o", f"cryopose_{tag}.mrc"], where)
+        wall, _ = _rb._run(cp_cmd + [str(where / star), "-o", str(where / f"cryopose_{tag}.mrc")], cwd)
         rows.append({"program": "cryopose reconstruct", "poses": label, "wall_s": wall,
                      "fsc_vs_truth": _fsc(where / f"cryopose_{tag}.mrc", truth, apix)})
-        wall, _ = _rb._run(rel_cmd + ["--i", star, "--o", f"relion_{tag}.mrc"], where)
+        wall, _ = _rb._run(rel_cmd + ["--i", str(where / star), "--o", str(where / f"relion_{tag}.mrc")], cwd)
         rows.append({"program": f"relion_reconstruct --ctf --sym {sym}", "poses": label, "wall_s": wall,
                      "fsc_vs_truth": _fsc(where / f"relion_{tag}.mrc", truth, apix)})
     rows.insert(1, {"program": "relion_reconstruct --ctf --sym C1", "poses": "RUN/poses.star unchanged",
@@ -325,7 +328,7 @@ def section_junk(out: Path, *, n_particles: int, epochs: int, box_size: int, thr
         wall = _abinitio(star, case / "run", epochs=epochs, box_size=box_size, threads=threads, seed=seed)
         finite, final_loss, n_logged = _losses_finite(case / "run")
         _, truth = load_particles(star)
-        _, est = load_particles(case / "run" / "poses.star")
+        _, est = load_particles(case / "run" / "poses.star", datadir=case)
         junk = truth.table["rlnCryoposeIsOutlier"].to_numpy().astype(int)
         good = junk == 0
         conf = est.table["rlnCryoposeConfidence"].to_numpy().astype(np.float64)
@@ -381,7 +384,7 @@ def _relion_estep(work: Path, meta, reference: Path, n: int, *, threads: int, of
         return {"skipped": "relion_refine not installed (apt-get install -y relion)"}
     sub = meta.subset(np.arange(n))
     star = work / "relion_subset.star"
-    write_star(star, sub)  # RELION 3.1: optics group (pixel, box, kV, Cs, Q0), CTF, origins, N@stack names
+    write_star(star, sub, relative_to=work)  # RELION 3.1; N@stack names resolve from WORK, where RELION runs
     (work / "relion").mkdir(exist_ok=True)
     apix, box = float(meta.pixel_size_angstrom), int(meta.box_size)
     cmd = ["relion_refine", "--i", star.name, "--o", "relion/run", "--ref", str(Path(reference).resolve()),

@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             print(f"repeat {r + 1}/{args.repeats}: encoder {enc_times['float'][-1]:.2f} s float, "
                   f"{enc_times['int8'][-1]:.2f} s int8; predict {pipe_times['float'][-1]:.2f} s float, "
                   f"{pipe_times['int8'][-1]:.2f} s int8", flush=True)
-        est = {k: load_particles(outs[k])[1] for k in outs}
+        est = {k: load_particles(outs[k], datadir=Path(particles).parent)[1] for k in outs}  # stacks beside PARTICLES
     errors = {k: evaluate_poses(est[k], truth, symmetry=symmetry) for k in est}
     diff = symmetry_aware_errors(est["int8"].rotmats.double(), est["float"].rotmats.double(), symmetry=symmetry)
     res = {

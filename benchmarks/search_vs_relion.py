@@ -97,7 +97,7 @@ def main(argv=None) -> int:
            f"{0.9 * args.box * px:.1f}", "--ini_high", f"{2.0 * px:.2f}", "--pad", "2", "--j", "1",
            "--dont_check_norm", "--zero_mask", "--verb", "0"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)  # image names resolve from here, where cryopose ran
     t_rel = time.perf_counter() - t0
     if proc.returncode != 0:
         print(proc.stdout[-2000:], proc.stderr[-2000:], file=sys.stderr)

@@ -65,8 +65,9 @@ def test_abinitio_writes_every_output(run_dir):
     assert m.volume.shape == (BOX,) * 3 and m.pixel_size_angstrom == pytest.approx(APIX, rel=1e-4)
 
 
-def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir):
-    _, star, out = run_dir
+def test_poses_star_keeps_order_pixel_size_and_has_confidence(run_dir, monkeypatch):
+    folder, star, out = run_dir
+    monkeypatch.chdir(folder)  # the user's folder: the stacks are read only inside it (or the STAR's, or --datadir)
     _, truth = load_particles(star)
     _, est = load_particles(out / "poses.star")
     assert len(est) == len(truth)
@@ -106,7 +107,7 @@ def test_predict_int8_encoder_stays_close_to_the_float_encoder(run_dir, tmp_path
     from cryopose.rotations import geodesic_distance_deg
     from cryopose.training.trainer import candidate_poses
 
-    _, star, out = run_dir
+    folder, star, out = run_dir
     args = ["predict", str(out / "encoder.pt"), str(star), "--no-progress", "--threads", "1"]
     assert main([*args, "-o", str(tmp_path / "f.star")]) == 0
     seen = []
@@ -122,8 +123,8 @@ def test_predict_int8_encoder_stays_close_to_the_float_encoder(run_dir, tmp_path
     finally:
         predict_mod.infer_poses = orig
     assert seen == [True]
-    _, f = load_particles(tmp_path / "f.star")
-    _, q = load_particles(tmp_path / "q.star")
+    _, f = load_particles(tmp_path / "f.star", datadir=folder)  # the stack is in the run's data folder
+    _, q = load_particles(tmp_path / "q.star", datadir=folder)
     diff = symmetry_aware_errors(q.rotmats.double(), f.rotmats.double(), symmetry="C1")
     assert float(diff.median()) < 3.0
     # Quantization perturbs the hypotheses slightly; where the float encoder's candidates score

@@ -50,8 +50,9 @@ def test_train_writes_checkpoint_history_config(trained):
     assert len(json.loads((run / "history.json").read_text())) == 3
 
 
-def test_analyze_writes_star_metrics_and_figures(trained, capsys):
+def test_analyze_writes_star_metrics_and_figures(trained, capsys, monkeypatch):
     star, run = trained
+    monkeypatch.chdir(run.parent)  # the user's folder, which holds the stacks
     assert main(["latent", "analyze", str(run), "--outlier-features", "posterior+rec", "--contamination", "0.25"]) == 0
     out = capsys.readouterr().out
     assert "weighted angle rMSE" in out and "outlier AUC" in out
@@ -74,8 +75,9 @@ def test_analyze_writes_star_metrics_and_figures(trained, capsys):
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
 
 
-def test_analyze_without_reference_and_errors(trained, tmp_path, capsys):
+def test_analyze_without_reference_and_errors(trained, tmp_path, capsys, monkeypatch):
     star, run = trained
+    monkeypatch.chdir(run.parent)
     out_star = tmp_path / "est.star"
     assert main(["latent", "analyze", str(run), "--particles", str(star), "--no-reference", "--no-figures",
                  "--defocus-range", "0.5", "3.0", "-o", str(out_star), "--symmetry-order", "2"]) == 0
@@ -90,8 +92,9 @@ def test_analyze_without_reference_and_errors(trained, tmp_path, capsys):
 
 
 @pytest.mark.relion
-def test_relion_reads_the_output_star(trained):
+def test_relion_reads_the_output_star(trained, monkeypatch):
     star, run = trained
+    monkeypatch.chdir(run.parent)
     out = run / "latent_particles.star"
     if not out.is_file():
         assert main(["latent", "analyze", str(run), "--no-figures"]) == 0

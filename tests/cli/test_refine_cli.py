@@ -59,7 +59,8 @@ def test_train_supervised_rejects_labels_without_poses(tmp_path, shared_data):
     assert rc == 2
 
 
-def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys):
+def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the user's folder, which holds the stacks
     star = _simulate(tmp_path, shared_data, 40)
     out = tmp_path / "refine"
     rc = main(["refine", str(star), "--reference", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out),
@@ -86,8 +87,9 @@ def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys)
     assert torch.load(out / "model.pt", weights_only=False)["model_kind"] == "supervised"
 
 
-def test_refine_with_int8_inference(tmp_path, shared_data):
+def test_refine_with_int8_inference(tmp_path, shared_data, monkeypatch):
     """--int8 infers the unlabelled particles with the int8 copy of the network."""
+    monkeypatch.chdir(tmp_path)
     star = _simulate(tmp_path, shared_data, 40)
     out = tmp_path / "refine"
     rc = main(["refine", str(star), "--reference", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out),

@@ -29,7 +29,8 @@ def particles(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["rotinv", "spatial-vae"])
-def test_train_and_predict(particles, tmp_path, model, capsys, relion):
+def test_train_and_predict(particles, tmp_path, model, capsys, relion, monkeypatch):
+    monkeypatch.chdir(particles.parent)  # the user's folder, which holds the stacks
     run = tmp_path / model
     extra = ["--hidden", "32"] if model == "spatial-vae" else ["--channels", "4", "--content-dim", "4"]
     assert main(["rotinv", "train", str(particles), "-o", str(run), "--model", model, "--epochs", "2",

@@ -26,7 +26,8 @@ def _write_map(path, volume, pixel):
         m.voxel_size = pixel
 
 
-def test_search_simulated_recovers_poses_and_shifts(tmp_path, shared_data, capsys):
+def test_search_simulated_recovers_poses_and_shifts(tmp_path, shared_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the user's folder, which holds the stacks
     pdb = shared_data / "pdb" / "4ake_mdanalysis.pdb"
     sim = tmp_path / "sim" / "p"
     assert main(["simulate", "-i", str(pdb), "--box-size", "24", "-n", "12", "-o", str(sim), "--seed", "1",
@@ -62,7 +63,7 @@ def _empiar_scores(tmp_path, shared_data, ref_path, tag, particles="empiar_10076
                str(ref_path), "--map-pixel-size", "13.1", "-o", str(out), "--invert-contrast",
                "--shift-range", "40", "--threads", "1"])
     assert rc == 0
-    return read_star(out).table["rlnCryoposeSearchScore"].to_numpy(dtype=float)
+    return read_star(out, datadir=shared_data).table["rlnCryoposeSearchScore"].to_numpy(dtype=float)
 
 
 def test_real_empiar10076_true_map_beats_shuffled_maps(tmp_path, shared_data):
@@ -113,6 +114,6 @@ def test_every_real_fixture_passes_through_search(tmp_path, shared_data, fixture
                "--box-size", "32", "--step", "30", "--final-step", "15", "--shift-range", "20", "--threads", "1",
                *extra])
     assert rc == 0
-    meta = read_star(out)
+    meta = read_star(out, datadir=shared_data)  # absolute names of the shared stacks
     assert meta.rotmats is not None and np.isfinite(meta.rotmats.numpy()).all()
     assert np.isfinite(meta.table["rlnCryoposeSearchScore"].to_numpy(dtype=float)).all()

@@ -70,8 +70,8 @@ def test_index_out_of_range_names_star_row_stack_and_range(shared_data, tmp_path
     star = _write_star(tmp_path / "p.star", [f"1@{src}", f"7@{src}", f"9@{src}"], pixel=1.31)
     with pytest.raises(InputFileError, match=r"p\.star, row 3: image 9@.*empiar_10076_7\.mrc is out of range: "
                                              r"the stack holds 7 images \(valid 1\.\.7\)"):
-        load_particles(star)
-    meta = read_star(star)
+        load_particles(star, datadir=src.parent)
+    meta = read_star(star, datadir=src.parent)
     stack = ParticleStack(meta.image_paths, meta.image_indices, 320, 1.31, source=str(star))
     assert stack[:2].shape == (2, 320, 320)  # reading good rows works; the bad one fails on read
     with pytest.raises(InputFileError, match=r"p\.star, row 3: image 9@"):
@@ -101,14 +101,15 @@ def test_wrong_box_size(shared_data, tmp_path):
     star = _write_star(tmp_path / "b.star", [f"1@{src}"], box=64, pixel=1.31)
     with pytest.raises(InputFileError, match=r"b\.star, row 1: images in .*empiar_10076_7\.mrc are 320×320 pixels "
                                              r"but the box size is 64"):
-        load_particles(star)
+        load_particles(star, datadir=src.parent)
 
 
 def test_missing_and_truncated_stacks(tmp_path):
     star = _write_star(tmp_path / "m.star", ["1@a.mrcs", "1@gone.mrcs"])
     write_stack(tmp_path / "a.mrcs", np.zeros((2, 8, 8)), 1.0)
     with pytest.raises(InputFileError, match=r"m\.star, row 2: stack file not found: .*gone\.mrcs; image names are "
-                                             r"resolved relative to the STAR file's folder"):
+                                             r"resolved relative to the current folder \(as RELION does\), then the STAR "
+                                             r"file's folder; pass --datadir"):
         load_particles(star)
     data = (tmp_path / "a.mrcs").read_bytes()
     (tmp_path / "a.mrcs").write_bytes(data[:-10])

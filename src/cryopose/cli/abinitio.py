@@ -10,6 +10,8 @@ Writes in OUTDIR: poses.star (RELION 3.1, same particle order and pixel size, rl
 rlnOriginX/YAngst and rlnCryoposeConfidence), map.mrc, map_half1.mrc, map_half2.mrc, fsc.json,
 encoder.pt (for `cryopose predict`), checkpoint.pt (every epoch and on Ctrl-C; continue with
 --resume), config.yaml (version and command line), summary.json, report.html and its PNGs.
+As in RELION, the image names in poses.star resolve from the folder cryopose ran in (the input's
+own names where they did), so `relion_reconstruct --i OUTDIR/poses.star` run there reads them.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``abinitio`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
+    add_datadir_argument(parser)
     parser.add_argument("--box-size", type=int, default=64,
                         help="working box in pixels; images are Fourier-cropped to it (default 64, "
                              "or the images' box if smaller)")
@@ -125,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
                      extra={"particles": str(args.particles), "resume": bool(args.resume)})
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
-                          ctf_star=args.ctf, resume=args.resume, progress=not args.no_progress,
+                          ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report)
     res = result.resolution_fsc0p143_angstrom
     print(f"inferred poses of {len(result.confidence)} particles (median confidence "

@@ -12,7 +12,7 @@ import yaml
 
 from .. import __version__
 
-__all__ = ["write_run_config", "prepare_output_dir"]
+__all__ = ["write_run_config", "prepare_output_dir", "add_datadir_argument"]
 
 
 def _plain(value: Any) -> Any:
@@ -61,6 +61,23 @@ def write_run_config(path, *, command_line: str, config: Any = None, extra: dict
     path = Path(path)
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+DATADIR_HELP = ("folder of the particle stacks, besides the STAR file's folder and the current folder: "
+                "relative STAR image names are also tried against it, and stacks are read only inside these "
+                "folders (pass it for stacks outside them, e.g. absolute names or ../ paths); for a .cs file, "
+                "the folder cryoSPARC's blob/path is relative to")
+
+
+def add_datadir_argument(parser) -> None:
+    """Add ``--datadir DIR`` (``args.datadir``, default ``None``) to a command that reads particles.
+
+    Passed on as ``load_particles(..., datadir=args.datadir)``: for a STAR file, one more
+    folder stacks may be read from and relative ``N@stack`` names are tried against (after
+    the current folder and the STAR file's folder); for a ``.cs`` file, the folder
+    cryoSPARC's ``blob/path`` is relative to.
+    """
+    parser.add_argument("--datadir", metavar="DIR", help=DATADIR_HELP)
 
 
 def configure_torch(threads: int | None) -> None:

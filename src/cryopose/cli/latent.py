@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .common import add_datadir_argument
 
 COMMAND = "latent"
 HELP = "VAE-GAN latent space: in-plane angles, defocus and outliers (Miolane et al. 2020)"
@@ -37,6 +38,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("particles", metavar="PARTICLES", help="particle images: .star, .cs or .mrcs")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (header override)")
+    add_datadir_argument(p)
     g = p.add_argument_group("network and loss")
     g.add_argument("--latent-dim", type=int, default=3, help="latent dimension L (paper: 3 or 4; default 3)")
     g.add_argument("--train-box", type=int, default=32,
@@ -75,6 +77,7 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", metavar="OUTDIR", help="folder of `cryopose latent train`")
     p.add_argument("--particles", metavar="PARTICLES", help="particles to analyse (default: those trained on)")
     p.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (header override)")
+    add_datadir_argument(p)
     p.add_argument("-o", "--output", metavar="STAR", help="output STAR (default OUTDIR/latent_particles.star)")
     p.add_argument("--symmetry-order", type=int, default=1,
                    help="k of a k-fold symmetric projection: angles are estimated modulo 360/k (default 1)")
@@ -134,7 +137,7 @@ def _run_train(args) -> int:
     configure_torch(args.threads)
     config = _train_config(args)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     log = (lambda msg: print(f"  {msg}", file=sys.stderr))
     trials = None
     if args.hpo_trials > 0:
@@ -256,7 +259,7 @@ def _run_analyze(args) -> int:
     if not ckpt.is_file():
         raise UserError(f"{ckpt} not found: run `cryopose latent train ... -o {outdir}` first")
     particles = _particles_of(outdir, args.particles)
-    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     known = {}
     if args.defocus_values:
         known = {"defocus_values_um": tuple(args.defocus_values)}

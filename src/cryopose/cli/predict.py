@@ -34,12 +34,15 @@ HELP = "poses of new particles from a trained CryoPoseNet encoder or supervised 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("model", metavar="MODEL.pt",
                         help="encoder.pt of `cryopose abinitio`, or model.pt of `cryopose train-supervised`/`refine`")
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="POSES.star", help="output STAR file")
     parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
+    add_datadir_argument(parser)
     parser.add_argument("--invert-contrast", action="store_true",
                         help="supervised models from older versions only: negate the particles first, as "
                              "the training run did (newer supervised models and CryoPoseNet encoders record "
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                                        ctf_star=args.ctf, batch_size=args.batch_size,
                                        invert_contrast=True if args.invert_contrast else None,
-                                       test_time_turns=args.test_time_turns, int8=args.int8, state=state)
+                                       test_time_turns=args.test_time_turns, int8=args.int8, state=state,
+                                       datadir=args.datadir)
         print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
         return 0
     if args.test_time_turns:
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                         "records its own contrast setting")
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                         ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
-                        progress=not args.no_progress, state=state)
+                        progress=not args.no_progress, state=state, datadir=args.datadir)
     print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
           f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

@@ -19,6 +19,8 @@ HELP = "reconstruct a map (and half maps + FSC) from particles with known poses 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``reconstruct`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("particles", metavar="PARTICLES", help="particles with poses: .star, .cs or .mrcs")
     parser.add_argument("-o", "--output", required=True, metavar="MAP.mrc",
                         help="output map; also writes MAP_half1.mrc, MAP_half2.mrc and MAP_fsc.json")
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int,
                         help="CPU threads (default: all): the two half sets are inserted in parallel, "
                              "each worker using threads // 2 torch threads")
-    parser.add_argument("--datadir", metavar="DIR", help="for .cs files: folder cryoSPARC's blob/path is relative to")
+    add_datadir_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

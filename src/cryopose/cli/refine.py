@@ -29,12 +29,15 @@ _SOURCE_CODES = {"search": 0, "network": 1, "network+local": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refine`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--labeled-fraction", type=float, default=0.2,
                         help="fraction of particles labelled by search (default 0.2)")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
+    add_datadir_argument(parser)
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
@@ -88,7 +91,7 @@ def run(args) -> int:
 
     configure_torch(args.threads)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .common import add_datadir_argument
 
 COMMAND = "rotinv"
 HELP = "rotation-invariant autoencoder (Bibas et al. 2021) / spatial-VAE: in-plane angles and canonical images"
@@ -36,6 +37,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("rotinv", "spatial-vae"), default="rotinv",
                    help="rotation-invariant autoencoder (default) or the spatial-VAE baseline")
     p.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (header override)")
+    add_datadir_argument(p)
     p.add_argument("--box", type=int, metavar="PX",
                    help="Fourier-crop to this box first (rotinv needs a multiple of 8)")
     p.add_argument("--content-dim", type=int, default=32, help="rotinv content code size (default 32)")
@@ -68,6 +70,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("outdir", metavar="OUTDIR", help="folder of `cryopose rotinv train`")
     p.add_argument("--particles", metavar="PARTICLES", help="particles to predict (default: those trained on)")
     p.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (header override)")
+    add_datadir_argument(p)
     p.add_argument("-o", "--output", metavar="STAR", help="output STAR (default OUTDIR/rotinv_particles.star)")
     p.add_argument("--psi-reference", type=float, default=0.0,
                    help="rlnAnglePsi of the canonical frame, degrees (default 0)")
@@ -109,7 +112,7 @@ def _run_train(args) -> int:
                                input_lowpass=None if args.input_lowpass >= 1 else args.input_lowpass,
                                invert_contrast=args.invert_contrast, obs_std=args.obs_std, seed=args.seed)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     source, box = _source(args, stack)
     try:
         if args.model == "rotinv":
@@ -157,7 +160,7 @@ def _run_predict(args) -> int:
     particles = args.particles or doc.get("particles")
     if not particles:
         raise UserError(f"{cfg_path} does not name the particles: pass --particles")
-    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     box = int(ck["box_size"])
 
     class _Args:

@@ -24,10 +24,13 @@ HELP = "find poses by exhaustive, CTF- and symmetry-aware projection matching ag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``search`` options to ``parser``."""
+    from .common import add_datadir_argument
+
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
     parser.add_argument("-o", "--output", required=True, metavar="POSES.star", help="output STAR file")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (overrides/checks the file)")
+    add_datadir_argument(parser)
     parser.add_argument("--map-pixel-size", type=float, metavar="A",
                         help="the reference's voxel size in Å, overriding its header (headers are often wrong)")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (C1, Cn, Dn, T, O, I; default C1)")
@@ -65,7 +68,7 @@ def run(args) -> int:
                           symmetry=args.symmetry, shift_range_angstrom=args.shift_range,
                           shift_step_angstrom=args.shift_step, max_resolution_angstrom=args.max_resolution,
                           mask_diameter_angstrom=args.mask_diameter, particle_chunk=args.chunk_size)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     prepare_output_dir(out.parent if str(out.parent) else ".")

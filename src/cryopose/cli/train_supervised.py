@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .common import add_datadir_argument
 
 COMMAND = "train-supervised"
 HELP = "train the supervised orientation regressor (Lian et al. 2022) on particles with known poses"
@@ -84,6 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif) for ℓ_reproj")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
+    add_datadir_argument(parser)
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å (header override)")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box (e.g. 64)")
@@ -145,7 +147,7 @@ def run(args) -> int:
 
     configure_torch(args.threads)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     label_meta = read_star(args.poses, require_image_names=False)
     labels = _labels(meta, label_meta, args.poses)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,

@@ -329,14 +329,19 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         pixel_size_angstrom: Explicit pixel size in Å; must agree with the metadata file
             (overrides a bare stack's header, which is often wrong).
         ctf_star: For a bare stack only: STAR file with CTF (and optionally poses) per image.
-        datadir: For ``.cs`` only: folder that cryoSPARC's ``blob/path`` is relative to.
+        datadir: The CLI's ``--datadir``. For ``.star``: one more folder images may be read
+            from, and relative ``N@stack`` names are tried against it after the current folder
+            and the STAR file's folder (:func:`cryopose.io.star.read_star`). For ``.cs``: the
+            folder cryoSPARC's ``blob/path`` is relative to, tried first.
 
     Returns:
         ``(stack, metadata)`` with ``len(stack) == len(metadata)``.
 
     Raises:
         InputFileError: Unknown suffix, unreadable file, missing stacks, bad indices, a
-            ``ctf_star`` whose row count differs from the stack's image count.
+            ``ctf_star`` whose row count differs from the stack's image count, a STAR image
+            name whose stack lies outside the STAR file's folder, the current folder and
+            ``datadir`` (real paths, symlinks followed).
         PixelSizeError: Missing or disagreeing pixel sizes.
     """
     from . import cryosparc, star  # local import: both modules import this one
@@ -347,8 +352,10 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
     if suffix == ".star":
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a STAR file carries its own CTF")
-        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom)
-        hint = "image names are resolved relative to the STAR file's folder, then the current folder"
+        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        hint = ("image names are resolved relative to the current folder (as RELION does), then the STAR "
+                "file's folder" + (", then --datadir" if datadir is not None else "; pass --datadir DIR to "
+                                   "look in another folder"))
     elif suffix == ".cs":
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a .cs file carries its own CTF")

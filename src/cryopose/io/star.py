@@ -16,7 +16,14 @@ Conversions: ``rotmats = relion_euler_to_rotmat(rlnAngleRot, rlnAngleTilt, rlnAn
 (defocus U and V are kept as written, even when U < V).
 
 Writing (:func:`write_star`) always produces RELION 3.1 format, which RELION 3.1, 4 and 5
-read (checked with ``relion_star_printtable`` and ``relion_stack_create`` in the tests).
+read (checked with ``relion_star_printtable``, ``relion_stack_create`` and
+``relion_reconstruct`` in the tests).
+
+Image names (``N@stack`` in ``rlnImageName``) follow RELION's convention: relative names are
+relative to the folder the program runs in (the project folder), so written files name
+stacks so that they resolve from the current folder. When reading, relative names are tried
+against the current folder, then the STAR file's folder, then ``datadir``, and stacks are
+read only inside those folders (real paths, symlinks followed).
 """
 
 from __future__ import annotations
@@ -230,24 +237,64 @@ def _mixed_optics_error(path: Path, groups: np.ndarray, optics: pd.DataFrame) ->
                                 "particles at a common pixel and box size")
 
 
-def _resolve_paths(star_dir: Path, raw: pd.Series) -> list[str]:
-    codes, uniques = pd.factorize(raw, sort=False)
-    resolved = []
+def _image_roots(star_dir: Path, datadir) -> list[tuple[str, str]]:
+    """``(label, real path)`` of the folders images may be read from (symlinks resolved)."""
+    roots = [("the STAR file's folder", star_dir), ("the current folder", Path.cwd())]
+    if datadir is not None:
+        roots.append(("--datadir", Path(datadir).absolute()))
+    return [(label, os.path.realpath(p)) for label, p in roots]
+
+
+def _inside(path: str, roots: list[tuple[str, str]]) -> bool:
+    """Whether ``path``'s real path (symlinks followed) lies in one of ``roots``."""
+    real = os.path.realpath(path)
+    for _, root in roots:
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+def _resolve_paths(star_path: Path, df: pd.DataFrame, files: list[str], datadir,
+                   enforce: bool) -> tuple[list[str], set[str]]:
+    """Stack names → absolute paths, and the set of those outside the allowed folders.
+
+    A relative name is tried against the current folder (RELION's convention: names are
+    relative to the project folder RELION runs in), then the STAR file's folder, then
+    ``datadir``; the first candidate that exists inside the allowed folders wins, else the
+    first that exists, else the first. Paths are normalised (``os.path.normpath``) but
+    symlinks are kept in them; the allowed-folder check follows symlinks. With ``enforce``
+    a path outside the folders is an :class:`InputFileError` naming the row and the name.
+    """
+    star_dir = star_path.absolute().parent
+    roots = _image_roots(star_dir, datadir)
+    codes, uniques = pd.factorize(pd.Series(files, dtype=object), sort=False)
     cwd = Path.cwd()
-    for u in uniques:
+    bases = [cwd, star_dir] + ([Path(datadir).absolute()] if datadir is not None else [])
+    resolved, outside = [], set()
+    for k, u in enumerate(uniques):
         p = Path(str(u))
-        if p.is_absolute():
-            resolved.append(os.path.normpath(p))
-            continue
-        beside = star_dir / p
-        if not beside.exists() and (cwd / p).exists():
-            beside = cwd / p
-        resolved.append(os.path.normpath(beside.absolute()))
-    return [resolved[c] for c in codes]
+        cands = [os.path.normpath(p)] if p.is_absolute() else list(dict.fromkeys(
+            os.path.normpath(b / p) for b in bases))
+        existing = [c for c in cands if os.path.exists(c)]
+        inside = [c for c in existing if _inside(c, roots)]
+        chosen = (inside or existing or cands)[0]
+        if not inside and not _inside(chosen, roots):
+            if enforce:
+                i = int(np.flatnonzero(codes == k)[0])
+                allowed = ", ".join(f"{label} {root}" for label, root in roots)
+                raise InputFileError(star_path, f"rlnImageName {df['rlnImageName'].iloc[i]!r} resolves to "
+                                                f"{os.path.realpath(chosen)}, outside the folders images are read "
+                                                f"from ({allowed}); pass --datadir DIR (in Python: datadir=) naming "
+                                                "a folder that holds the stack", row=int(df.index[i]) + 1)
+            outside.add(chosen)
+        resolved.append(chosen)
+    return [resolved[c] for c in codes], outside
 
 
-def _image_names(path: Path, df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
-    """``N@stack`` names → (absolute stack paths, 0-based indices); a bare name is image 1."""
+def _image_names(path: Path, df: pd.DataFrame, datadir=None,
+                 enforce: bool = True) -> tuple[list[str], np.ndarray, set[str]]:
+    """``N@stack`` names → (absolute stack paths, 0-based indices, paths outside the allowed
+    folders); a bare name is image 1."""
     names = df["rlnImageName"]
     missing = np.flatnonzero(names.isna().to_numpy())
     if missing.size:
@@ -261,11 +308,13 @@ def _image_names(path: Path, df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
         i = int(bad[0])
         raise InputFileError(path, f"rlnImageName {names.iloc[i]!r} is not of the form N@stack.mrcs with N >= 1",
                              row=int(df.index[i]) + 1)
-    return _resolve_paths(path.absolute().parent, pd.Series(files, dtype=object)), idx.astype(np.int64) - 1
+    paths, outside = _resolve_paths(path, df, files, datadir, enforce)
+    return paths, idx.astype(np.int64) - 1, outside
 
 
 def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
-              optics_groups=None, require_image_names: bool = True) -> ParticleMetadata:
+              optics_groups=None, require_image_names: bool = True,
+              datadir: str | os.PathLike | None = None) -> ParticleMetadata:
     """Read a RELION 3.0 / 3.1 / 5 particle STAR file into :class:`ParticleMetadata`.
 
     Args:
@@ -274,25 +323,33 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
             agree (rtol 1e-3) with the file's when it has one.
         optics_groups: Optional RELION optics group numbers to keep (3.1+); the others'
             particles are dropped. Use it for files whose groups differ in pixel size.
-        require_image_names: Demand ``rlnImageName``. ``False`` reads a CTF-only STAR file
-            (then the CTF columns are required instead), as ``load_particles(ctf_star=...)`` does.
+        require_image_names: Demand ``rlnImageName``. ``False`` reads a CTF-only or pose-only
+            STAR file (then the CTF columns are required instead), as ``load_particles(ctf_star=...)``
+            and ``cryopose evaluate-poses`` do: image names, if any, are resolved but not held
+            to the allowed folders (no image is read through them).
+        datadir: One more folder images may be read from (the CLI's ``--datadir``); relative
+            names are also tried against it, after the current folder and the STAR file's folder.
 
     Returns:
         Metadata with RELION matrices, shifts in Å, CTF (per-optics-group voltage, Cs and
         amplitude contrast broadcast to particles; a missing ``rlnAmplitudeContrast`` is 0
         with a warning, and ``rlnPhaseShift`` and ``rlnCtfBfactor`` default to 0, as in
-        RELION's ``CTF::read``), absolute stack paths (``N@stack`` resolved relative to the
-        STAR file's folder, or to the current folder if only there, as RELION does) and
-        0-based image indices. Missing angles give ``rotmats=None``, missing origins
-        ``shifts_angstrom=None``, no CTF columns ``ctf=None``. ``box_size`` comes from
-        ``rlnImageSize``, else from the first stack's header, else is ``None``; ``table``
-        keeps every column as read.
+        RELION's ``CTF::read``), absolute stack paths and 0-based image indices. A relative
+        ``N@stack`` name is resolved against the current folder (where RELION programs run and
+        resolve names), else the STAR file's folder, else ``datadir``; absolute names are kept.
+        Stacks are read only inside those folders: the real path (symlinks followed) of every
+        stack must lie in the STAR file's folder, the current folder or ``datadir``. Missing
+        angles give ``rotmats=None``, missing origins ``shifts_angstrom=None``, no CTF columns
+        ``ctf=None``. ``box_size`` comes from ``rlnImageSize``, else from the first stack's
+        header (inside the allowed folders), else is ``None``; ``table`` keeps every column
+        as read.
 
     Raises:
         InputFileError: Unreadable file, no or empty particle table, a partial set of
             angle/origin/CTF columns (naming the missing column), non-numeric or NaN values
             (naming column and 1-based row), bad image names, optics groups of different
-            pixel or box sizes.
+            pixel or box sizes, an image name whose stack lies outside the allowed folders
+            (naming the row and the name; pass ``datadir``), a ``datadir`` that is not a folder.
         PixelSizeError: No pixel size anywhere, or the explicit one disagrees with the file.
     """
     path = Path(path)
@@ -364,11 +421,15 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
                                                                df.index, rtol=0)))
     # images
     image_paths = image_indices = None
+    outside: set[str] = set()
+    if datadir is not None and not Path(datadir).is_dir():
+        raise InputFileError(path, f"--datadir {datadir} is not a folder")
     if "rlnImageName" in cols:
-        image_paths, image_indices = _image_names(path, df)
+        image_paths, image_indices, outside = _image_names(path, df, datadir, enforce=require_image_names)
     elif require_image_names:
         raise InputFileError(path, f"{table} is missing column rlnImageName (the particle images, N@stack.mrcs)")
-    if box is None and image_paths is not None and os.path.exists(image_paths[0]):
+    if (box is None and image_paths is not None and image_paths[0] not in outside
+            and os.path.exists(image_paths[0])):
         try:
             (_, ny, nx), _ = read_header_info(image_paths[0])
             box = ny if ny == nx else None
@@ -498,16 +559,45 @@ def _optics_groups(md: ParticleMetadata) -> tuple[np.ndarray, dict[str, list]]:
     return new, table
 
 
-def _relative_names(md: ParticleMetadata, out_dir: Path) -> list[str]:
-    codes, uniques = pd.factorize(pd.Series(md.image_paths, dtype=object), sort=False)
-    rel = []
+def _outside(rel: str) -> bool:
+    """Whether a relative path (``os.path.relpath``) climbs out of its base folder."""
+    return rel == ".." or rel.startswith(".." + os.sep) or rel.startswith("../")
+
+
+def _stack_name(path: str, named: str | None, base: Path) -> str:
+    """How to write stack ``path`` (absolute) so that it resolves from folder ``base``.
+
+    ``named`` is the stack part of the particle's ``rlnImageName`` in the source table, if any.
+    An absolute name that still names ``path`` stays absolute; otherwise the path relative to
+    ``base`` when it lies inside ``base``, or when the source named it that way (``../x.mrcs``
+    resolved from ``base``); otherwise the absolute path.
+    """
+    if named and os.path.isabs(named) and os.path.normpath(named) == path:
+        return path
+    try:
+        rel = os.path.relpath(path, base)
+    except ValueError:  # another drive on Windows
+        return path
+    if not _outside(rel):
+        return Path(rel).as_posix()
+    if named and not os.path.isabs(named) and os.path.normpath(base / named) == path:
+        return Path(rel).as_posix()
+    return path
+
+
+def _written_names(md: ParticleMetadata, base: Path) -> list[str]:
+    """``N@stack`` names of ``md``'s images, resolvable from ``base`` (see :func:`_stack_name`)."""
+    named = None
+    if "rlnImageName" in md.table.columns and not md.table["rlnImageName"].isna().any():
+        named = [(lambda p: p[2] if p[1] else p[0])(str(v).partition("@")) for v in md.table["rlnImageName"].tolist()]
+    keys = md.image_paths if named is None else [f"{a}\0{b}" for a, b in zip(md.image_paths, named)]
+    codes, uniques = pd.factorize(pd.Series(keys, dtype=object), sort=False)
+    written = []
     for u in uniques:
-        try:
-            rel.append(Path(os.path.relpath(u, out_dir)).as_posix())
-        except ValueError:  # another drive on Windows
-            rel.append(str(u))
+        path, _, name = str(u).partition("\0")
+        written.append(_stack_name(path, name or None, base))
     idx = md.image_indices if md.image_indices is not None else np.zeros(len(md), dtype=np.int64)
-    return [f"{i + 1:06d}@{rel[c]}" for i, c in zip(idx.tolist(), codes.tolist())]
+    return [f"{i + 1:06d}@{written[c]}" for i, c in zip(idx.tolist(), codes.tolist())]
 
 
 def _original(table: pd.DataFrame, labels: tuple[str, ...], n: int) -> np.ndarray | None:
@@ -533,14 +623,22 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
                relative_to: str | os.PathLike | None = None) -> None:
     """Write particles as a RELION 3.1 STAR file (``data_optics`` + ``data_particles``), atomically.
 
-    Particle columns: ``rlnImageName`` (``N@path``, 1-based ``N``, path relative to the
-    output file's folder when possible), ``rlnOpticsGroup``, ``rlnAngleRot/Tilt/Psi`` (from
-    ``rotmats`` via :func:`cryopose.rotations.rotmat_to_relion_euler`, float64),
-    ``rlnOriginXAngst/YAngst``, ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``,
+    Particle columns: ``rlnImageName`` (``N@path``, 1-based ``N``; see below),
+    ``rlnOpticsGroup``, ``rlnAngleRot/Tilt/Psi`` (from ``rotmats`` via
+    :func:`cryopose.rotations.rotmat_to_relion_euler`, float64), ``rlnOriginXAngst/YAngst``, ``rlnDefocusU/V/Angle``, ``rlnPhaseShift``, ``rlnCtfBfactor``,
     then every other ``rln*`` column of ``metadata.table`` unchanged (non-RELION columns, such
     as cryoSPARC fields, are not written). Optics: one group per input group (split when its
     particles differ in voltage, Cs or amplitude contrast), with pixel and box size, and the
     input's extra optics columns.
+
+    Image names follow RELION's convention: they resolve from the folder programs run in
+    (``relative_to``, default the current folder), not from the STAR file's folder, so
+    ``relion_reconstruct --i OUT/poses.star`` run where cryopose ran reads the images. A name
+    the source table (``metadata.table["rlnImageName"]``) gave for the same stack is kept:
+    an absolute one stays absolute, a relative one that resolved from ``relative_to`` is
+    written the same way (normalised, e.g. ``../data/a.mrcs``). Any other stack (a name that
+    resolved from the input STAR file's folder, a ``.cs`` input, a new stack) is written
+    relative to ``relative_to`` when inside it, else as an absolute path.
 
     Args:
         path: Output ``.star`` path.
@@ -548,10 +646,9 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
         extra_columns: More particle columns, name (``rlnFoo`` or ``_rlnFoo``) → ``(N,)`` values;
             they may replace pass-through columns but not the ones cryopose writes itself.
         image_names: ``N`` ``rlnImageName`` strings, used verbatim instead of ``image_paths``.
-        relative_to: Folder the stack paths are made relative to (default: the output
-            file's folder, which :func:`read_star` tries first). RELION programs resolve
-            names relative to the folder they run in (the RELION project folder), so pass
-            that folder to write a STAR for a RELION project.
+        relative_to: Folder the written names resolve from (default: the current folder).
+            RELION programs resolve names relative to the folder they run in (the RELION
+            project folder); pass that folder when it is not the current one.
 
     Raises:
         ValueError: Empty metadata, wrong lengths, or an extra column clashing with a managed one.
@@ -559,7 +656,7 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
     n = len(metadata)
     if n == 0:
         raise ValueError("write_star: cannot write an empty particle table")
-    out_dir = Path(relative_to).absolute() if relative_to is not None else Path(path).absolute().parent
+    base = Path(os.path.normpath(Path(relative_to).absolute() if relative_to is not None else Path.cwd()))
     table = metadata.table
     cols: dict[str, object] = {}
     if image_names is not None:
@@ -567,7 +664,7 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
             raise ValueError(f"write_star: {len(image_names)} image names for {n} particles")
         cols["rlnImageName"] = np.asarray([str(x) for x in image_names], dtype=object)
     elif metadata.image_paths is not None:
-        cols["rlnImageName"] = np.asarray(_relative_names(metadata, out_dir), dtype=object)
+        cols["rlnImageName"] = np.asarray(_written_names(metadata, base), dtype=object)
     groups, optics = _optics_groups(metadata)
     cols["rlnOpticsGroup"] = groups
     if metadata.rotmats is not None:

@@ -251,8 +251,8 @@ def _check_resume(saved: dict, config: AbinitioConfig) -> AbinitioConfig:
 
 def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioConfig,
                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                 resume: bool = False, progress: bool = True, report: bool = True,
-                 reconstruct_threads: int = 1) -> AbinitioResult:
+                 datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
+                 report: bool = True, reconstruct_threads: int = 1) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
 
     Args:
@@ -261,6 +261,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         config: :class:`AbinitioConfig`.
         pixel_size_angstrom: Explicit pixel size (must agree with the file's).
         ctf_star: CTF STAR for a bare ``.mrcs``.
+        datadir: Another folder the particle stacks may be read from (``--datadir``; see
+            :func:`cryopose.io.particles.load_particles`).
         resume: Continue the run whose ``checkpoint.pt`` is in ``outdir`` (same options; only
             the number of epochs may change).
         progress: Progress bars.
@@ -287,7 +289,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     if resume and not ckpt_path.exists():
         raise UserError(f"--resume: no checkpoint.pt in {outdir}")
     saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
-    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star)
+    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
+                                 datadir=datadir)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size

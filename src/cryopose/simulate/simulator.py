@@ -379,7 +379,10 @@ def simulate_particles(volume, *, pixel_size_angstrom: float, n_particles: int, 
         config: :class:`SimulationConfig`.
         generator: ``torch.Generator`` (CPU) or an integer seed.
         output: Output stem ``OUT`` (a ``.star``/``.mrcs`` suffix is stripped); its folder
-            must exist.
+            must exist. ``OUT.star`` names the images ``N@OUT.mrcs`` with ``OUT`` as given,
+            as ``relion_project --o OUT`` does: a relative ``OUT`` is relative to the current
+            folder (RELION resolves names from the folder it runs in), an absolute one stays
+            absolute.
         junk_volume: ``(n, n, n)`` second structure for the ``other`` junk type.
 
     Returns:
@@ -412,7 +415,8 @@ def simulate_particles(volume, *, pixel_size_angstrom: float, n_particles: int, 
                      stack_path=str(stack_path.absolute()), source=str(star_path))
     from ..io.star import write_star
 
-    write_star(star_path, meta)
+    name = stack_path.as_posix()  # as the user named it, like relion_project's STAR
+    write_star(star_path, meta, image_names=[f"{i:06d}@{name}" for i in range(1, int(n_particles) + 1)])
     good = truth.junk_types == NOT_JUNK
     mean_var = float(variances[good].mean()) if good.any() else float(maker.target_variance)
     achieved = mean_var / maker.sigma**2 if maker.sigma > 0 else None
