@@ -237,6 +237,11 @@ class InvertedStack:
     def __getitem__(self, index):
         return -torch.as_tensor(self.stack[index]).float()
 
+    def iter_chunks(self, chunk_size: int):
+        """Yield ``(indices, −images)`` in order, as :meth:`ParticleStack.iter_chunks`."""
+        for idx, images in self.stack.iter_chunks(chunk_size):
+            yield idx, -images
+
 
 def _check_resume(saved: dict, config: AbinitioConfig) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
