@@ -49,7 +49,7 @@ def test_abinitio_writes_every_output(run_dir):
     for name in ("poses.star", "poses_encoder.star", "map.mrc", "map_half1.mrc", "map_half2.mrc", "fsc.json",
                  "encoder.pt",
                  "checkpoint.pt", "config.yaml", "summary.json", "report.html", "loss.png", "fsc.png",
-                 "angles.png", "slices.png", "projections.png"):
+                 "angles.png", "slices.png", "projections.png", "noise.png"):
         assert (out / name).is_file(), name
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["cryopose_version"] == __version__
@@ -61,6 +61,8 @@ def test_abinitio_writes_every_output(run_dir):
     assert "search warm-up" in html and "symmetrised loss" in html and "refined locally" in html
     summary = json.loads((out / "summary.json").read_text())
     assert summary["polish_rounds"] == 1 and summary["polish_median_change_deg"] >= 0
+    assert 0 < summary["view_coverage"]["covered_fraction"] <= 1 and isinstance(summary["warnings"], list)
+    assert "noise power spectrum" in html and "asymmetric unit" in html
     m = read_map(out / "map.mrc")
     assert m.volume.shape == (BOX,) * 3 and m.pixel_size_angstrom == pytest.approx(APIX, rel=1e-4)
 

@@ -17,6 +17,7 @@ own names where they did), so `relion_reconstruct --i OUTDIR/poses.star` run the
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 COMMAND = "abinitio"
@@ -133,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
                           ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report)
     res = result.resolution_fsc0p143_angstrom
+    for warning in result.warnings:
+        print(f"cryopose abinitio: warning: {warning}", file=sys.stderr)
     print(f"inferred poses of {len(result.confidence)} particles (median confidence "
           f"{float(result.confidence.median()):.2f})" + ("" if res is None else f"; half-map FSC 0.143 at {res:.2f} Å"))
     print(f"wrote {result.poses_star}" + ("" if result.map_path is None else f", {result.map_path}") +

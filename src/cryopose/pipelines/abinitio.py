@@ -54,6 +54,8 @@ class AbinitioResult:
         confidence: ``(N,)`` per-particle confidence in [0, 1].
         resolution_fsc0p143_angstrom: Half-map FSC = 0.143 resolution of ``map.mrc``, or ``None``.
         seconds: Wall time by stage (``train``, ``infer``, ``reconstruct``, ``report``).
+        warnings: What looks wrong in the run and what to change
+            (:func:`cryopose.metrics.diagnostics.run_warnings`; also in ``summary.json``).
     """
 
     outdir: Path
@@ -67,6 +69,7 @@ class AbinitioResult:
     resolution_fsc0p143_angstrom: float | None
     seconds: dict
     encoder_rotmats: torch.Tensor | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def build_model(config: AbinitioConfig, *, box_size: int, pixel_size_angstrom: float) -> CryoPoseNet:
@@ -338,6 +341,11 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
     seconds["infer"] = time.perf_counter() - t1
     shifts_a = None if inference.shifts_px is None else inference.shifts_px * dataset.pixel_size_angstrom
+    shift_corrections = None
+    if model.shift_head is not None and inference.shifts_px is not None:
+        base = torch.zeros_like(inference.shifts_px) if dataset.shifts_angstrom is None else \
+            dataset.shifts_angstrom.float() / dataset.pixel_size_angstrom
+        shift_corrections = inference.shifts_px - base
     rec = None
     map_path = None
     polish_change = None
@@ -398,6 +406,15 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         "resolution_fsc0p143_angstrom": None if rec is None else rec.resolution_fsc0p143_angstrom,
         "seconds": seconds,
     }
+    from ..metrics.diagnostics import run_warnings, view_coverage
+
+    coverage = view_coverage(inference.rotmats, config.model.symmetry)
+    summary["view_coverage"] = dataclasses.asdict(coverage)
+    summary["warnings"] = run_warnings(
+        coverage=coverage, resolution_angstrom=summary["resolution_fsc0p143_angstrom"],
+        pixel_size_angstrom=float(meta.pixel_size_angstrom), shift_corrections_px=shift_corrections,
+        max_shift_px=None if model.shift_head is None else model.shift_head.max_shift,
+        contrast_fraction_bright=summary["contrast_fraction_bright"])
     if report:
         t3 = time.perf_counter()
         from ..report.html import write_abinitio_report
@@ -412,7 +429,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                           report_path=report_path, rotmats=inference.rotmats, shifts_angstrom=shifts_a,
                           confidence=inference.confidence,
                           resolution_fsc0p143_angstrom=None if rec is None else rec.resolution_fsc0p143_angstrom,
-                          seconds=seconds, encoder_rotmats=encoder_rotmats)
+                          seconds=seconds, encoder_rotmats=encoder_rotmats,
+                          warnings=tuple(summary["warnings"]))
 
 
 def _finite(x):

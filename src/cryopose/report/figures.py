@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["plot_loss_curve", "plot_angular_distribution", "plot_central_slices", "plot_image_pairs"]
+__all__ = ["plot_loss_curve", "plot_angular_distribution", "plot_noise_spectrum", "plot_central_slices",
+           "plot_image_pairs"]
 
 
 def _figure(w: float, h: float):
@@ -78,6 +79,25 @@ def plot_angular_distribution(rotmats, path, *, title: str = "viewing directions
     ax.set_ylabel("tilt (°)")
     ax.invert_yaxis()
     ax.set_title(f"{title} (equal-area bins, N = {len(rot)})")
+    return _save(fig, path)
+
+
+def plot_noise_spectrum(frequency_per_angstrom, power, path, *, title: str = "noise power spectrum") -> Path:
+    """Radial noise power against spatial frequency (log scale).
+
+    Args:
+        frequency_per_angstrom: ``(S,)`` shell frequencies in Å⁻¹.
+        power: ``(S,)`` power per shell (any unit; white noise is flat).
+        path: Output PNG.
+    """
+    f = np.asarray(frequency_per_angstrom, dtype=float)
+    p = np.asarray(power, dtype=float)
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot(111)
+    ax.semilogy(f[1:], p[1:], "-o", ms=2)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("power")
+    ax.set_title(title)
     return _save(fig, path)
 
 

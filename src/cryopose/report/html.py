@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from ..fourier import centered_ifft2
-from .figures import plot_angular_distribution, plot_central_slices, plot_image_pairs, plot_loss_curve
+from ..symmetry import asymmetric_unit_mates
+from .figures import (plot_angular_distribution, plot_central_slices, plot_image_pairs, plot_loss_curve,
+                      plot_noise_spectrum)
 
 __all__ = ["write_abinitio_report", "render_html"]
 
@@ -122,8 +124,19 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
         plot_fsc({"half maps": (reconstruction.fsc_frequency_per_angstrom, reconstruction.fsc)},
                  outdir / "fsc.png", title="half-map FSC of map.mrc")
         figs.append(("half-map FSC", "fsc.png"))
-    plot_angular_distribution(inference.rotmats, outdir / "angles.png")
-    figs.append(("angular distribution of the inferred poses", "angles.png"))
+    sym = config.model.symmetry
+    plot_angular_distribution(asymmetric_unit_mates(inference.rotmats, sym), outdir / "angles.png",
+                              title=f"viewing directions in the {sym} asymmetric unit")
+    cov = summary.get("view_coverage") or {}
+    figs.append((f"angular distribution of the inferred poses in the asymmetric unit of {sym} "
+                 f"({100 * cov.get('covered_fraction', float('nan')):.0f}% of the viewing directions covered, "
+                 f"{100 * cov.get('expected_fraction', float('nan')):.0f}% for uniform views)", "angles.png"))
+    if getattr(dataset, "noise_spectrum", None) is not None:
+        spec = dataset.noise_spectrum
+        plot_noise_spectrum(spec.frequencies_per_angstrom(), spec.power, outdir / "noise.png")
+        figs.append((f"noise power spectrum measured on the particles' background (low/high-frequency power "
+                     f"{spec.colour_ratio():.2f}; 1 = white); images and projections were whitened with it",
+                     "noise.png"))
     if reconstruction is not None:
         plot_central_slices(reconstruction.volume, outdir / "slices.png", title="map.mrc central slices")
     else:

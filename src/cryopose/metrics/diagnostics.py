@@ -1,0 +1,112 @@
+"""Run diagnostics a user can act on: view coverage, shifts at their bound, resolution far
+from what the data allow, undecided contrast.
+
+Nothing here needs the truth: every check reads what a run produced (poses, origins, half-map
+FSC, the preprocessing record), so it applies to real data. Each failed check becomes one
+sentence with what to change, printed by the command and kept in ``summary.json`` and the
+report (cryoSPARC's and RELION's job logs warn in the same spirit, e.g. about a
+low-effective-sampling angular distribution).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from ..symmetry import expand_by_symmetry, symmetry_order
+
+__all__ = ["ViewCoverage", "view_coverage", "run_warnings", "N_VIEW_BINS"]
+
+#: Equal-area bins of the sphere of viewing directions (36 in rot × 18 in cos(tilt)).
+N_VIEW_BINS = 36 * 18
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewCoverage:
+    """How the viewing directions of a pose set fill the sphere.
+
+    Attributes:
+        covered_fraction: Fraction of the :data:`N_VIEW_BINS` equal-area bins holding at least
+            one viewing direction (with the symmetry mates of every pose; 1 for uniform views
+            with enough particles).
+        expected_fraction: The same for uniformly distributed views with as many directions
+            (``1 − exp(−N·|G| / bins)``), to compare with.
+        top_bin_fraction: Fraction of the directions in the most populated 1 % of the bins
+            (about 0.01 for uniform views; 0.4 when 40 % of the particles share one view).
+        n_directions: ``N · |G|``.
+    """
+
+    covered_fraction: float
+    expected_fraction: float
+    top_bin_fraction: float
+    n_directions: int
+
+
+def view_coverage(rotmats, symmetry: str = "C1") -> ViewCoverage:
+    """Coverage of the viewing directions ``d = Rᵀ e_z`` (RELION matrices) of ``(N, 3, 3)`` poses.
+
+    Raises:
+        ValueError: If ``rotmats`` is not ``(N, 3, 3)`` with ``N >= 1``.
+    """
+    r = torch.as_tensor(rotmats).double()
+    if r.ndim != 3 or r.shape[1:] != (3, 3) or r.shape[0] < 1:
+        raise ValueError(f"rotmats must be (N, 3, 3) with N >= 1, got {tuple(r.shape)}")
+    mates = expand_by_symmetry(r, symmetry).reshape(-1, 3, 3) if symmetry_order(symmetry) > 1 else r
+    d = mates[:, 2, :].numpy()
+    rot = np.arctan2(d[:, 1], d[:, 0])
+    cos_t = np.clip(d[:, 2], -1.0, 1.0)
+    i = np.clip(((rot + math.pi) / (2 * math.pi) * 36).astype(int), 0, 35)
+    j = np.clip(((1.0 - cos_t) / 2.0 * 18).astype(int), 0, 17)
+    counts = np.bincount(i * 18 + j, minlength=N_VIEW_BINS)
+    n = int(d.shape[0])
+    top = np.sort(counts)[::-1][:max(1, N_VIEW_BINS // 100)].sum() / n
+    return ViewCoverage(covered_fraction=float((counts > 0).mean()),
+                        expected_fraction=float(1.0 - math.exp(-n / N_VIEW_BINS)),
+                        top_bin_fraction=float(top), n_directions=n)
+
+
+def run_warnings(*, coverage: ViewCoverage | None = None, resolution_angstrom: float | None = None,
+                 pixel_size_angstrom: float | None = None, shift_corrections_px: torch.Tensor | None = None,
+                 max_shift_px: float | None = None, contrast_fraction_bright: float | None = None) -> list[str]:
+    """Sentences naming what looks wrong in a run and what to change (empty when all is well).
+
+    Args:
+        coverage: :func:`view_coverage` of the final poses.
+        resolution_angstrom: Half-map FSC = 0.143 resolution of the final map, Å.
+        pixel_size_angstrom: The particles' pixel size (Nyquist is twice it).
+        shift_corrections_px: ``(N, 2)`` shift-head corrections, working pixels.
+        max_shift_px: The shift head's bound, working pixels.
+        contrast_fraction_bright: From contrast detection (``None`` when it was given).
+
+    Returns:
+        A list of one-sentence warnings.
+    """
+    out: list[str] = []
+    if coverage is not None and coverage.expected_fraction > 0.9 and \
+            coverage.covered_fraction < 0.5 * coverage.expected_fraction:
+        out.append(f"the poses cover {100 * coverage.covered_fraction:.0f}% of the viewing directions where "
+                   f"uniform views would cover {100 * coverage.expected_fraction:.0f}%: the poses may have "
+                   "collapsed onto a few views (a run that did not converge) or the particles have strongly "
+                   "preferred views; try more --epochs, another --seed, or check the contrast and pixel size")
+    if resolution_angstrom is not None and pixel_size_angstrom is not None and math.isfinite(resolution_angstrom):
+        nyquist = 2.0 * pixel_size_angstrom
+        if resolution_angstrom > 4.0 * nyquist:
+            out.append(f"the half-map FSC reaches {resolution_angstrom:.1f} Å, far from Nyquist ({nyquist:.1f} Å): "
+                       "if the data are better than that, the poses have not converged; try more --epochs, "
+                       "another --seed, or --symmetry C1 if a point group was imposed")
+    elif resolution_angstrom is not None and not math.isfinite(resolution_angstrom):
+        out.append("the half maps do not correlate (no FSC = 0.143 crossing): the poses are not consistent; "
+                   "check the contrast, pixel size and CTF, then try more --epochs")
+    if shift_corrections_px is not None and max_shift_px is not None and len(shift_corrections_px) > 0:
+        at_bound = (shift_corrections_px.abs() > 0.95 * max_shift_px).any(dim=1).float().mean()
+        if float(at_bound) > 0.05:
+            out.append(f"{100 * float(at_bound):.0f}% of the shift corrections sit at their bound "
+                       f"({max_shift_px:.1f} working px): the particles are further off-centre than the shift "
+                       "head allows; re-extract them re-centred")
+    if contrast_fraction_bright is not None and 0.3 < contrast_fraction_bright < 0.7:
+        out.append(f"the contrast detection is undecided ({100 * contrast_fraction_bright:.0f}% of the particles "
+                   "look bright): say it with --invert-contrast (dark particles) or --no-invert-contrast")
+    return out
