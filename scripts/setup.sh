@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up cryopose on a fresh machine: PyTorch (CPU build) first, then the package and its
-# test tools, then (unless --no-relion) RELION 3.1, the oracle the tests compare against.
+# Set up cryopose on a fresh machine: PyTorch (CPU build) first, then the package with its
+# test and documentation tools (the "test" and "docs" extras), then (unless --no-relion)
+# RELION 3.1, the oracle the tests compare against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_relion=1
@@ -13,7 +14,7 @@ done
 py=${PYTHON:-python3}
 # torch first: with 2.13.0 installed, the package's "torch>=2.1" pulls nothing more.
 "$py" -m pip install -q --disable-pip-version-check "torch==2.13.0"
-"$py" -m pip install -q --disable-pip-version-check -e ".[test]"
+"$py" -m pip install -q --disable-pip-version-check -e ".[test,docs]"
 if [ "$with_relion" = 1 ] && ! command -v relion_project >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq relion >/dev/null
