@@ -99,5 +99,37 @@ def test_refine_with_int8_inference(tmp_path, shared_data, monkeypatch):
     report = json.loads((out / "report.json").read_text())
     assert report["int8_inference"] is True
     meta = read_star(out / "particles.star")
-    assert (meta.table["rlnCryoposePoseSource"].to_numpy(dtype=int) == 1).sum() == 20
+    # network + local search (the default local refinement) for the 20 unlabelled particles
+    assert (meta.table["rlnCryoposePoseSource"].to_numpy(dtype=int) == 2).sum() == 20
     assert np.isfinite(meta.rotmats.numpy()).all()
+
+
+def test_refine_on_picked_particles_detects_contrast_and_estimates_origins(tmp_path, shared_data, monkeypatch):
+    """Dark, off-centre particles without origins: refine's defaults detect the contrast,
+    centre the particles, search ±2 px around that, refine locally, and write origins closer
+    to the truth than none."""
+    import starfile
+
+    from cryopose.io.particles import load_particles
+
+    monkeypatch.chdir(tmp_path)
+    sim = tmp_path / "sim" / "p"
+    assert main(["simulate", "-i", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "--box-size", "24",
+                 "-n", "40", "-o", str(sim), "--snr", "2", "--seed", "3", "--shift-max-angstrom", "40",
+                 "--invert-contrast", "--no-progress"]) == 0
+    blocks = starfile.read(sim.with_suffix(".star"), always_dict=True)
+    blocks["particles"] = blocks["particles"].drop(columns=["rlnOriginXAngst", "rlnOriginYAngst"])
+    starfile.write(blocks, tmp_path / "sim" / "picked.star")
+    out = tmp_path / "refine"
+    rc = main(["refine", str(tmp_path / "sim" / "picked.star"), "--reference",
+               str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "-o", str(out), "--labeled-fraction", "0.5",
+               "--iterations", "3", "--step", "30", "--final-step", "7.5", *_NET])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["contrast_inverted"] is True and report["shifts_estimated"] is True
+    assert report["contrast_fraction_bright"] < 0.3
+    _, truth = load_particles(sim.with_suffix(".star"))
+    _, est = load_particles(out / "particles.star")
+    before = float(truth.shifts_angstrom.norm(dim=1).median())
+    after = float((est.shifts_angstrom - truth.shifts_angstrom).norm(dim=1).median())
+    assert after < 0.6 * before, (after, before)

@@ -43,7 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
     parser.add_argument("--network-box", type=int, metavar="PX",
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
-    parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
+    contrast = parser.add_mutually_exclusive_group()
+    contrast.add_argument("--invert-contrast", action="store_true",
+                          help="particles are dark: negate them first (default: detected from the data)")
+    contrast.add_argument("--no-invert-contrast", action="store_true",
+                          help="particles are bright as given (skip the contrast detection)")
+    shifts = parser.add_mutually_exclusive_group()
+    shifts.add_argument("--estimate-shifts", action="store_true",
+                        help="estimate origins (centring, ±2 px in the search, local refinement) even if the input "
+                             "has them; default: when the input has no origins")
+    shifts.add_argument("--no-estimate-shifts", action="store_true", help="keep the input's origins")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     from ..models.quantize import INT8_CALIBRATION_PARTICLES
     from ..pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG as local_step
@@ -53,8 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--final-step", type=float, default=1.875, metavar="DEG", help="finest local step (default 1.875)")
     s.add_argument("--shift-range", type=float, default=0.0, metavar="A", help="largest |shift| searched, Å")
     s.add_argument("--max-resolution", type=float, metavar="A", help="search band limit, Å")
-    s.add_argument("--local-refine", action="store_true",
-                   help="polish the network's predictions by a local search (from --local-step)")
+    local = s.add_mutually_exclusive_group()
+    local.add_argument("--local-refine", action="store_true", default=True,
+                       help="polish the network's predictions by a local search from --local-step (the default)")
+    local.add_argument("--no-local-refine", dest="local_refine", action="store_false",
+                       help="keep the network's predictions as they are")
     s.add_argument("--local-step", type=float, default=local_step, metavar="DEG",
                    help=f"first step of that local search (default {local_step:g})")
     parser.add_argument("--test-time-turns", action="store_true",
@@ -104,7 +116,9 @@ def run(args) -> int:
                           test_time_turns=args.test_time_turns, int8_inference=args.int8,
                           local_refine=args.local_refine, local_refine_step_deg=args.local_step,
                           box_size=args.box_size, network_box_size=args.network_box,
-                          invert_contrast=args.invert_contrast, seed=args.seed)
+                          invert_contrast=True if args.invert_contrast else (False if args.no_invert_contrast else None),
+                          estimate_shifts=True if args.estimate_shifts else (False if args.no_estimate_shifts else None),
+                          seed=args.seed)
     res = refine(stack, meta, ref, config=config, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     codes = np.array([_SOURCE_CODES[s] for s in res.pose_source], dtype=np.int64)
     write_star(out / "particles.star", res.metadata, extra_columns={"rlnCryoposePoseSource": codes})
@@ -130,7 +144,7 @@ def run(args) -> int:
     save_checkpoint(out / "model.pt", res.model, train_config=tcfg,
                     pixel_size_angstrom=float(res.report["network_pixel_angstrom"]), symmetry=args.symmetry,
                     extra={"w": w, "test_metrics": res.train.test_metrics},
-                    invert_contrast=bool(args.invert_contrast))
+                    invert_contrast=bool(res.report["contrast_inverted"]))
 
     def clean(v):
         if isinstance(v, float) and not math.isfinite(v):

@@ -21,7 +21,7 @@ from ..conventions import shifts_angstrom_to_pixels
 from ..ctf import compute_ctf
 from ..errors import UserError
 from ..fourier import centered_fft2, centered_ifft2
-from .preprocess import estimate_noise_spectrum, whitening_filter
+from .preprocess import NoiseSpectrum, estimate_noise_spectrum, whitening_filter
 from .transforms import Normalization, downsample, estimate_normalization, invert_contrast, normalize
 
 __all__ = ["ParticleBatch", "ParticleDataset", "TensorStack"]
@@ -123,6 +123,9 @@ class ParticleDataset:
         self.normalization = normalization
         if normalization.noise_power is not None:
             self.whitening = whitening_filter(normalization.noise_power, m)
+            if self.noise_spectrum is None:  # given (resume, predict): the spectrum measured then
+                self.noise_spectrum = NoiseSpectrum(power=normalization.noise_power, box_size=m,
+                                                    pixel_size_angstrom=self.pixel_size_angstrom, n_images=0)
         if len(stack) * m * m * 4 / 2**20 <= cache_limit_mb:
             parts = [self._prepared(np.arange(s, min(s + self.chunk_size, len(stack))))
                      for s in range(0, len(stack), self.chunk_size)]

@@ -141,13 +141,19 @@ class RefineConfig:
         int8_inference: Infer with the network's int8 copy, calibrated on (up to)
             ``INT8_CALIBRATION_PARTICLES`` labelled particles
             (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
-        local_refine: Polish network predictions by a local search from ``local_refine_step_deg``.
+        local_refine: Polish network predictions by a local search from ``local_refine_step_deg``
+            (on by default: the network alone is a few degrees off).
         local_refine_step_deg: First step of that local search, degrees (default
             :data:`DEFAULT_LOCAL_REFINE_STEP_DEG`, 15).
         box_size: Working box of search and reconstruction (default from :func:`working_grid`).
         network_box_size: Box of the network's input (Fourier-cropped from the working grid,
             same field of view; default the working box), e.g. 32 for a 64 px data set.
-        invert_contrast: The particles are dark.
+        invert_contrast: The particles are dark; ``None`` = detect it
+            (:func:`cryopose.data.preprocess.centre_particles`).
+        estimate_shifts: Estimate origins: centre the particles on their rotational average,
+            then search ``±2`` working pixels around that with the poses (unless
+            ``search.shift_range_angstrom`` says otherwise) and refine them locally. ``None`` =
+            when the input has no origins (as a picker's particles).
         reconstruct_known_poses: Also reconstruct with the input metadata's poses when present.
         seed: Seeds the labelled subset.
     """
@@ -161,11 +167,12 @@ class RefineConfig:
     cv_max_particles: int | None = None
     test_time_turns: bool = False
     int8_inference: bool = False
-    local_refine: bool = False
+    local_refine: bool = True
     local_refine_step_deg: float = DEFAULT_LOCAL_REFINE_STEP_DEG
     box_size: int | None = None
     network_box_size: int | None = None
-    invert_contrast: bool = False
+    invert_contrast: bool | None = None
+    estimate_shifts: bool | None = None
     reconstruct_known_poses: bool = True
     seed: int = 0
 
@@ -222,6 +229,43 @@ def _vs_reference(rec, reference: torch.Tensor) -> float:
     return float(fsc_report(rec.volume, reference, rec.pixel_size_angstrom)["resolution_fsc0p5_angstrom"])
 
 
+def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "RefineConfig", say):
+    """Settle contrast and origins for :func:`refine` (see :class:`RefineConfig`).
+
+    Returns:
+        ``(config, wd, centring_px, record)``: the config with ``invert_contrast``,
+        ``estimate_shifts`` and the search's shift range settled, the working data (images
+        inverted and centred as decided), the centring origins in working pixels (or ``None``),
+        and a JSON-friendly record for the report.
+    """
+    from ..data.dataset import ParticleDataset
+    from ..data.preprocess import centre_particles
+    from .abinitio import has_origins
+
+    est = (not has_origins(metadata)) if config.estimate_shifts is None else bool(config.estimate_shifts)
+    invert = config.invert_contrast
+    record: dict = {}
+    centring = None
+    if invert is None or est:
+        say("centring the particles" if est else "detecting the contrast")
+        ds = ParticleDataset(wd.images, wd.metadata, use_shifts=False, per_image=True, whiten=True)
+        res = centre_particles(ds, iterations=3 if est else 1)
+        if invert is None:
+            invert = bool(wd.images.invert_contrast) != (res.contrast_sign < 0)
+            record["contrast_fraction_bright"] = res.contrast_fraction
+        if est:
+            centring = res.shifts_px
+            record["centring_median_shift_px"] = float(centring.norm(dim=1).median())
+    search = config.search
+    if est and search.shift_range_angstrom == 0:
+        search = dataclasses.replace(search, shift_range_angstrom=2.0 * wd.pixel_size_angstrom,
+                                     shift_step_angstrom=wd.pixel_size_angstrom)
+    images = ResampledImages(wd.images.source, wd.box_size, invert_contrast=bool(invert), centring_px=centring)
+    wd = dataclasses.replace(wd, images=images)
+    config = dataclasses.replace(config, invert_contrast=bool(invert), estimate_shifts=est, search=search)
+    return config, wd, centring, record
+
+
 def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: RefineConfig = RefineConfig(),
            progress=None) -> RefineResult:
     """Search a labelled subset, train, infer the rest, reconstruct (see the module docstring).
@@ -244,7 +288,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     wd = prepare_working_data(stack, metadata, reference, box_size=config.box_size,
-                              invert_contrast=config.invert_contrast)
+                              invert_contrast=bool(config.invert_contrast))
+    config, wd, centring, prep = _prepare_particles(wd, metadata, config, say)
     n = len(wd.metadata)
     n_lab = int(math.ceil(config.labeled_fraction * n))
     if n_lab < 10:
@@ -267,7 +312,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     net_box = int(config.network_box_size or wd.box_size)
     if net_box > wd.box_size:
         raise UserError(f"network box {net_box} is larger than the working box {wd.box_size}")
-    net_images = ResampledImages(wd.images.source, net_box, invert_contrast=config.invert_contrast)
+    net_images = ResampledImages(wd.images.source, net_box, invert_contrast=config.invert_contrast,
+                                 centring_px=None if centring is None else centring * net_box / wd.box_size)
     mcfg = config.model or SupervisedModelConfig(box_size=net_box)
     mcfg = dataclasses.replace(mcfg, box_size=net_box)
     tcfg = dataclasses.replace(config.train, symmetry=sym)
@@ -305,7 +351,9 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     if unlabeled.size:
         rot[torch.as_tensor(unlabeled)] = pred.float()
         sh[torch.as_tensor(unlabeled)] = pred_shifts.float()
-    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=sh)  # poses and Å shifts do not depend on the grid
+    centring_a = None if centring is None else centring * wd.pixel_size_angstrom
+    total_sh = sh if centring_a is None else sh + centring_a  # origins of the images as given
+    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
     # 4. reconstruct on the working grid (same half-set split for every map)
     say("reconstructing")
 
@@ -325,7 +373,10 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     known = None
     truth = metadata.rotmats
     if config.reconstruct_known_poses and truth is not None:
-        known = rec_with(truth, metadata.shifts_angstrom)
+        # the input's origins refer to the images as given, not as centred here
+        uncentred = ResampledImages(wd.images.source, wd.box_size, invert_contrast=config.invert_contrast)
+        known = reconstruct(uncentred, meta_w.replace(rotmats=truth, shifts_angstrom=metadata.shifts_angstrom),
+                            symmetry=sym, generator=torch.Generator().manual_seed(config.seed), progress=False)
     per_search = sres.seconds["per_particle"]
     per_infer = t_infer / max(unlabeled.size, 1)
     report = {
@@ -334,6 +385,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         # the network sees the working grid Fourier-cropped to net_box px: same field of view
         "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
         "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
+        "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
+        **prep,
         "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,

@@ -45,12 +45,17 @@ class ResampledImages:
         source: Tensor ``(N, n, n)`` or object with ``len()`` and ``source[index_array]``.
         box_size: Output edge ``m <= n`` (Fourier crop, values keep their scale).
         invert_contrast: Multiply by −1 (dark particles → bright, as the search expects).
+        centring_px: ``(N, 2)`` RELION origins in output pixels to centre the images by
+            (Fourier shift after the crop; e.g. from
+            :func:`cryopose.data.preprocess.centre_particles`), or ``None``.
     """
 
-    def __init__(self, source, box_size: int, *, invert_contrast: bool = False):
+    def __init__(self, source, box_size: int, *, invert_contrast: bool = False,
+                 centring_px: torch.Tensor | None = None):
         self.source = source
         self.box_size = int(box_size)
         self.invert_contrast = bool(invert_contrast)
+        self.centring_px = None if centring_px is None else torch.as_tensor(centring_px).float()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -63,6 +68,12 @@ class ResampledImages:
         x = x.float()
         if x.shape[-1] != self.box_size:
             x = fourier_downsample_images(x, self.box_size)
+        if self.centring_px is not None:
+            from ..fourier import centered_fft2, centered_ifft2
+            from ..projection import origin_phases
+
+            sh = self.centring_px[torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)]
+            x = centered_ifft2(centered_fft2(x) * origin_phases(sh, self.box_size).conj()).real.float()
         return -x if self.invert_contrast else x
 
     def iter_chunks(self, chunk_size: int):
@@ -78,7 +89,8 @@ class ResampledImages:
             src = self.source[torch.as_tensor(idx)]
         else:
             src = self.source.subset(idx)
-        return ResampledImages(src, self.box_size, invert_contrast=self.invert_contrast)
+        centring = None if self.centring_px is None else self.centring_px[torch.as_tensor(idx)]
+        return ResampledImages(src, self.box_size, invert_contrast=self.invert_contrast, centring_px=centring)
 
 
 def working_grid(particle_box: int, particle_pixel: float, reference_pixel: float,
