@@ -45,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-resolution", type=float, metavar="A", help="ignore frequencies finer than this, Å")
     parser.add_argument("--mask-diameter", type=float, metavar="A", help="soft circular particle mask diameter, Å")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box first")
-    parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
+    contrast = parser.add_mutually_exclusive_group()
+    contrast.add_argument("--invert-contrast", action="store_true",
+                          help="particles are dark: negate them first (default: detected from the images and "
+                               "reported in the _search.json)")
+    contrast.add_argument("--no-invert-contrast", action="store_true",
+                          help="particles are bright as given (skip the contrast detection)")
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -73,7 +78,9 @@ def run(args) -> int:
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     prepare_output_dir(out.parent if str(out.parent) else ".")
     meta_out, result, info = search_particles(stack, meta, ref, config=config, box_size=args.box_size,
-                                              invert_contrast=args.invert_contrast, use_ctf=not args.no_ctf)
+                                              invert_contrast=True if args.invert_contrast else (
+                                                  False if args.no_invert_contrast else None),
+                                              use_ctf=not args.no_ctf)
     write_star(out, meta_out, extra_columns={SCORE_COLUMN: result.scores.numpy(),
                                              GLOBAL_SCORE_COLUMN: result.global_scores.numpy()})
     stem = out.with_suffix("")
@@ -83,7 +90,7 @@ def run(args) -> int:
     atomic_write_text(stem.with_name(stem.name + "_search.json"), json.dumps(info, indent=2))
     write_run_config(stem.with_name(stem.name + "_config.yaml"), command_line=getattr(args, "command_line", ""),
                      config=config, extra={"particles": str(args.particles), "reference": str(args.reference),
-                                           "box_size": args.box_size, "invert_contrast": args.invert_contrast})
+                                           "box_size": args.box_size, "invert_contrast": info["invert_contrast"]})
     s = result.seconds
     print(f"cryopose search: {len(meta)} particles on a {info['working_box']} px grid at "
           f"{info['working_pixel_angstrom']:.4g} Å, {info['grid']['global_rotations']} global rotations "

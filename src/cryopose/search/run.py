@@ -30,7 +30,7 @@ from ..io.particles import ParticleMetadata
 from ..simulate.volumes import resample_volume
 from .projection_matching import SearchConfig, SearchResult, search_poses
 
-__all__ = ["ResampledImages", "working_grid", "load_reference", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
+__all__ = ["ResampledImages", "working_grid", "load_reference", "detect_contrast", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
 
 #: STAR column of the per-particle search score (NCC at the final pose).
 SCORE_COLUMN = "rlnCryoposeSearchScore"
@@ -130,8 +130,31 @@ def load_reference(path, *, map_pixel_size_angstrom: float | None = None, partic
     return read_map(path, pixel_size_angstrom=map_pixel_size_angstrom, require_cubic=True)
 
 
+def detect_contrast(images, metadata: ParticleMetadata, use_ctf: bool = True) -> tuple[bool, float]:
+    """Whether particles are dark, from the images alone.
+
+    Each image's best correlation with its CTF times a positive Gaussian blob (one pass of
+    :func:`cryopose.data.preprocess.centre_particles`, whitened, RELION-normalised) is positive
+    for bright particles; the data are called dark when most are negative.
+
+    Args:
+        images: ``len`` and ``[indices] → (B, m, m)`` images (e.g. :class:`ResampledImages`).
+        metadata: Their metadata on that grid (pixel size and box of the images, CTF).
+        use_ctf: Use the metadata's CTF.
+
+    Returns:
+        ``(invert, fraction_bright)``.
+    """
+    from ..data.dataset import ParticleDataset
+    from ..data.preprocess import centre_particles
+
+    ds = ParticleDataset(images, metadata, use_shifts=False, use_ctf=use_ctf, per_image=True, whiten=True)
+    res = centre_particles(ds, iterations=1)
+    return res.contrast_sign < 0, res.contrast_fraction
+
+
 def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, config: SearchConfig,
-                     box_size: int | None = None, invert_contrast: bool = False, use_ctf: bool = True,
+                     box_size: int | None = None, invert_contrast: bool | None = False, use_ctf: bool = True,
                      progress=None) -> tuple[ParticleMetadata, SearchResult, dict]:
     """Find poses of every particle of a data set by projection matching against a reference.
 
@@ -141,7 +164,9 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
         reference: The reference map with its (explicit or header) voxel size.
         config: Search options (:class:`~cryopose.search.projection_matching.SearchConfig`).
         box_size: Downsample the particles to this box first (speed).
-        invert_contrast: The particles are dark (negate them).
+        invert_contrast: The particles are dark (negate them); ``None`` = detect it from the
+            images (:func:`cryopose.data.preprocess.centre_particles`, one pass; the fraction of
+            particles that looked bright is in ``info``).
         use_ctf: Use the metadata's CTF (ignored when it has none).
         progress: ``progress(done, total)`` callback.
 
@@ -162,8 +187,12 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
     m, a = working_grid(n_p, a_p, a_r, box_size)
     ref_fov, part_fov = vol.shape[-1] * a_r, n_p * a_p
     ref = resample_volume(vol, a_r, a, m)
-    images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     ctf = metadata.ctf if use_ctf else None
+    detected = None
+    if invert_contrast is None:
+        invert_contrast, detected = detect_contrast(ResampledImages(stack, m),
+                                                    metadata.replace(pixel_size_angstrom=a, box_size=m), use_ctf)
+    images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     result = search_poses(images, torch.from_numpy(np.array(ref, dtype=np.float32)), a, ctf=ctf, config=config,
                           progress=progress)
     out = metadata.replace(rotmats=result.rotmats, shifts_angstrom=result.shifts_angstrom)
@@ -173,7 +202,8 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
         "reference_box": int(vol.shape[-1]), "reference_pixel_angstrom": a_r,
         "working_box": m, "working_pixel_angstrom": a,
         "field_of_view_angstrom": {"particles": part_fov, "reference": ref_fov},
-        "invert_contrast": bool(invert_contrast), "ctf": ctf is not None,
+        "invert_contrast": bool(invert_contrast), "contrast_detected": detected is not None,
+        "contrast_fraction_bright": detected, "ctf": ctf is not None,
         "config": dataclasses.asdict(config), "grid": result.info, "seconds": result.seconds,
         "score": {"mean": float(result.scores.mean()), "median": float(result.scores.median()),
                   "min": float(result.scores.min()), "max": float(result.scores.max())},
