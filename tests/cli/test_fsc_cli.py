@@ -50,8 +50,9 @@ def test_fsc_summary_plot_and_mask(tmp_path, capsys):
 
 def test_fsc_of_maps_that_differ_names_both_files(tmp_path, capsys):
     a, _ = _maps(tmp_path)
-    write_map(tmp_path / "big.mrc", np.zeros((20, 20, 20), np.float32), 2.5)
-    write_map(tmp_path / "other_pixel.mrc", np.zeros((16, 16, 16), np.float32), 3.0)
+    rng = np.random.default_rng(1)  # not constant: a constant map is refused on its own
+    write_map(tmp_path / "big.mrc", rng.standard_normal((20, 20, 20)).astype(np.float32), 2.5)
+    write_map(tmp_path / "other_pixel.mrc", rng.standard_normal((16, 16, 16)).astype(np.float32), 3.0)
     for other, what in (("big.mrc", "size"), ("other_pixel.mrc", "pixel size")):
         assert main(["fsc", str(a), str(tmp_path / other)]) == 2
         err = capsys.readouterr().err
@@ -59,3 +60,13 @@ def test_fsc_of_maps_that_differ_names_both_files(tmp_path, capsys):
         assert str(a) in err and other in err
     # an explicit pixel size overrides disagreeing headers
     assert main(["fsc", str(a), str(tmp_path / "other_pixel.mrc"), "--pixel-size", "2.5", "--json"]) == 0
+
+
+def test_fsc_of_a_constant_map_is_refused(tmp_path, capsys):
+    """An all-zero map has no FSC (it printed "inf Å" and exited 0): one clear line, exit 2."""
+    rng = np.random.default_rng(0)
+    write_map(tmp_path / "a.mrc", rng.standard_normal((16, 16, 16)).astype(np.float32), 2.0)
+    write_map(tmp_path / "zero.mrc", np.zeros((16, 16, 16), np.float32), 2.0)
+    assert main(["fsc", str(tmp_path / "a.mrc"), str(tmp_path / "zero.mrc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "zero.mrc" in err[0] and "constant" in err[0]

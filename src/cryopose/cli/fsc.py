@@ -13,6 +13,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 COMMAND = "fsc"
 HELP = "FSC between two maps (resolution at 0.5 and 0.143, JSON, plot)"
 
@@ -52,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if not math.isclose(m1.pixel_size_angstrom, m2.pixel_size_angstrom, rel_tol=1e-3):
         raise UserError(f"maps differ in pixel size: {args.map1} has {m1.pixel_size_angstrom:g} Å but "
                         f"{args.map2} has {m2.pixel_size_angstrom:g} Å (use --pixel-size if a header is wrong)")
+    for path, m in ((args.map1, m1), (args.map2, m2)):
+        if not np.isfinite(m.volume).all():
+            raise UserError(f"{path}: the map holds NaN or infinite values; an FSC with it means nothing")
+        if float(np.ptp(m.volume)) == 0.0:
+            raise UserError(f"{path}: the map is constant ({float(m.volume.flat[0]):g} everywhere); an FSC with it "
+                            "means nothing")
     mask = None
     if args.mask:
         mk = read_map(args.mask, pixel_size_angstrom=m1.pixel_size_angstrom, require_cubic=True)
