@@ -335,3 +335,15 @@ def test_image_names_resolve_from_cwd_then_beside_star(tmp_path, monkeypatch):
         m = read_star(path)
     assert m.image_paths == [str(tmp_path / "proj" / "Extract" / "a.mrcs"), str(tmp_path / "star" / "b.mrcs"),
                              str(tmp_path / "proj" / "gone.mrcs"), str(tmp_path / "proj" / "both.mrcs")]
+
+
+@pytest.mark.parametrize("du, dv", [(0.0, 1e4), (1e4, -5e3)])
+def test_defocus_must_be_positive(tmp_path, du, dv):
+    """Zero or negative defocus (RELION's sign: Å of underfocus) is refused, naming row and column."""
+    labels = ["rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage", "rlnSphericalAberration",
+              "rlnAmplitudeContrast", "rlnImagePixelSize"]
+    path = _star(tmp_path, labels, [["1@a.mrcs", 1e4, 1e4, 0, 300, 2.7, 0.1, 1.0],
+                                    ["2@a.mrcs", du, dv, 0, 300, 2.7, 0.1, 1.0]])
+    col = "rlnDefocusU" if du <= 0 else "rlnDefocusV"
+    with pytest.raises(InputFileError, match=rf"bad\.star, row 2: {col} must be positive"):
+        read_star(path, require_image_names=False)

@@ -465,7 +465,9 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
         for c in _CTF_OPTIONAL:
             v = per_particle(c)
             vals[c] = np.zeros(len(df)) if v is None else v
-        for c, ok, want in (("rlnVoltage", vals["rlnVoltage"] > 0, "positive"),
+        for c, ok, want in (("rlnDefocusU", vals["rlnDefocusU"] > 0, "positive (Å of underfocus, RELION's sign)"),
+                            ("rlnDefocusV", vals["rlnDefocusV"] > 0, "positive (Å of underfocus, RELION's sign)"),
+                            ("rlnVoltage", vals["rlnVoltage"] > 0, "positive"),
                             ("rlnAmplitudeContrast", (vals["rlnAmplitudeContrast"] >= 0)
                              & (vals["rlnAmplitudeContrast"] < 1), "in [0, 1)")):
             bad = np.flatnonzero(~ok)
