@@ -71,6 +71,26 @@ def test_grid_search_finds_true_pose_with_ctf_and_origins(symmetry):
     assert float(_error_mod(bad, rot, symmetry).median()) > float(err.median())
 
 
+def test_grid_search_with_a_shift_grid_finds_origin_offsets():
+    """Origins given 1 px off in x and/or y: the joint rotation × offset search finds the
+    offsets (exactly, they are on the grid) and still the poses."""
+    vol = _volume()
+    rot = random_rotations(40, generator=torch.Generator().manual_seed(3))
+    img, _, c, sh = _images(vol, rot, seed=1)
+    g = torch.Generator().manual_seed(4)
+    off_true = torch.randint(-1, 2, (40, 2), generator=g).float()
+    o = torch.tensor([-1.0, 0.0, 1.0])
+    offsets = torch.stack(torch.meshgrid(o, o, indexing="xy"), dim=-1).reshape(-1, 2)
+    searcher = GridSearcher(N, step_deg=15.0, generator=torch.Generator().manual_seed(0), shift_offsets_px=offsets)
+    found = searcher(prepare_volume_ft(vol.float()), centered_fft2(img) / N, c, sh - off_true, radius=N / 2)
+    assert float(_error_mod(found, rot, "C1").median()) < 9.0
+    assert (searcher.last_shift_offsets == off_true).float().mean() > 0.9
+    plain = GridSearcher(N, step_deg=15.0, generator=torch.Generator().manual_seed(0))
+    worse = plain(prepare_volume_ft(vol.float()), centered_fft2(img) / N, c, sh - off_true, radius=N / 2)
+    assert plain.last_shift_offsets is None
+    assert float(_error_mod(worse, rot, "C1").median()) >= float(_error_mod(found, rot, "C1").median())
+
+
 def test_grid_search_rejects_bad_options():
     with pytest.raises(ValueError, match="step"):
         GridSearcher(N, step_deg=0.0)

@@ -47,13 +47,17 @@ class GridSearcher:
             right to the grid's step; ``None`` = ``n / 4``).
         chunk: Grid rotations scored at a time (bounds memory: ``chunk × K`` complex samples).
         generator: Seeded source of the random grid rotations.
+        shift_offsets_px: ``(S, 2)`` origin offsets (working pixels) searched jointly with the
+            rotations around each image's origin, or ``None`` (only the origin). For particles
+            without origins (cryoSPARC's and RELION's ab initio search translations too).
 
     Raises:
         ValueError: If ``step_deg`` is not positive or the box is below 8 px.
     """
 
     def __init__(self, box_size: int, *, step_deg: float = 15.0, symmetry: str = "C1",
-                 max_radius: float | None = None, chunk: int = 4608, generator: torch.Generator | None = None):
+                 max_radius: float | None = None, chunk: int = 4608, generator: torch.Generator | None = None,
+                 shift_offsets_px: torch.Tensor | None = None):
         if not step_deg > 0:
             raise ValueError(f"search step must be positive, got {step_deg}")
         if box_size < 8:
@@ -64,7 +68,9 @@ class GridSearcher:
         self.max_radius = box_size / 4.0 if max_radius is None else float(max_radius)
         self.chunk = int(chunk)
         self.generator = generator
+        self.shift_offsets_px = None if shift_offsets_px is None else torch.as_tensor(shift_offsets_px).float()
         self._bands: dict[float, object] = {}
+        self.last_shift_offsets: torch.Tensor | None = None
 
     def _band(self, radius: float):
         r = max(2.0, min(float(radius), self.max_radius))
@@ -87,7 +93,8 @@ class GridSearcher:
             radius: Band radius in cycles per box (capped at ``max_radius``).
 
         Returns:
-            ``(B, 3, 3)`` RELION rotation matrices (float32).
+            ``(B, 3, 3)`` RELION rotation matrices (float32). With ``shift_offsets_px``, the
+            winning offset of each image is left in :attr:`last_shift_offsets` (``(B, 2)``).
         """
         band = self._band(radius)
         b = images_ft.shape[0]
@@ -97,23 +104,33 @@ class GridSearcher:
         a = y.conj() * c
         if shifts_px is not None:
             a = a * origin_phases_band(shifts_px.to(torch.float32), band)
+        offsets = self.shift_offsets_px
+        n_s = 1 if offsets is None else offsets.shape[0]
+        if offsets is not None:  # (B, S, K): every image at every offset of its origin
+            a = (a[:, None] * origin_phases_band(offsets, band)[None]).reshape(b * n_s, -1)
         a_mat = torch.cat([a.real, -a.imag], dim=1)  # Re(a · p) = a_r p_r − a_i p_i
         c2 = c * c
         q = random_rotations(1, generator=self.generator, dtype=torch.float32)[0]
         grid = self.grid @ q
         best_score = torch.full((b,), float("inf"))
         best_rot = torch.empty(b, 3, 3)
+        best_off = torch.zeros(b, 2)
         scale = 1.0 / self.box_size
         for start in range(0, grid.shape[0], self.chunk):
             rots = grid[start:start + self.chunk]
             p = slice_band(volume_ft, rots, band) * scale  # (R, K)
-            cross = a_mat @ torch.cat([p.real, p.imag], dim=1).T  # (B, R)
+            cross = (a_mat @ torch.cat([p.real, p.imag], dim=1).T).reshape(b, n_s, -1)  # (B, S, R)
             energy = c2 @ (p.real.square() + p.imag.square()).T
-            score = energy - 2.0 * cross
+            score = (energy[:, None] - 2.0 * cross).reshape(b, -1)
             val, idx = score.min(dim=1)
             better = val < best_score
             best_score = torch.where(better, val, best_score)
-            best_rot[better] = rots[idx[better]]
+            r_idx = idx % rots.shape[0]
+            best_rot[better] = rots[r_idx[better]]
+            if offsets is not None:
+                best_off[better] = offsets[(idx // rots.shape[0])[better]]
+        if offsets is not None:
+            self.last_shift_offsets = best_off
         return asymmetric_unit_mates(best_rot, self.symmetry)
 
 

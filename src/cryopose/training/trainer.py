@@ -181,9 +181,13 @@ class Trainer:
         self.search_generator = torch.Generator().manual_seed(config.seed + 7919)
         self.searcher = None
         if config.search_fraction > 0:
+            offsets = None
+            if model.shift_head is not None:  # origins being estimated: search ±1 px around them too
+                o = torch.tensor([-1.0, 0.0, 1.0])
+                offsets = torch.stack(torch.meshgrid(o, o, indexing="xy"), dim=-1).reshape(-1, 2)
             self.searcher = GridSearcher(dataset.box_size, step_deg=config.search_step_deg, symmetry=symmetry,
                                          max_radius=config.search_radius_fraction * dataset.box_size / 2.0,
-                                         generator=self.search_generator)
+                                         generator=self.search_generator, shift_offsets_px=offsets)
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.progress = progress
@@ -267,13 +271,22 @@ class Trainer:
                 found = self.searcher(vft, target, batch.ctf, batch.shifts_px, radius)
                 cands = torch.cat([rot, found[:, None]], dim=1)
                 if shifts is not None:
-                    cand_shifts = torch.cat([shifts, torch.zeros_like(shifts[:, :1])], dim=1)
+                    off = self.searcher.last_shift_offsets
+                    off = torch.zeros_like(shifts[:, 0]) if off is None else off
+                    cand_shifts = torch.cat([shifts, off[:, None]], dim=1)
             pred = _predict(self.model, vft, batch, cands, cand_shifts)
             residuals = fourier_residuals(pred, target, mask)
             loss, best = best_candidate_loss(residuals, mean_weight=self.config.hypothesis_mean_weight)
             if searching:
                 winner = cands[torch.arange(cands.shape[0]), best]
                 loss = loss + self.config.distill_weight * distillation_loss(rot, winner, symmetry=self.symmetry)
+                if shifts is not None and self.searcher.last_shift_offsets is not None:
+                    # where the search's pose won, the shift head is taught its origin offset too
+                    # (squared working px over the bound², so that it weighs like the rotations')
+                    won = (best == cands.shape[1] - 1).to(shifts.dtype)
+                    err = (shifts[:, 0] - self.searcher.last_shift_offsets).square().sum(dim=1)
+                    bound = float(self.model.shift_head.max_shift)
+                    loss = loss + self.config.distill_weight * (won * err).mean() / bound ** 2
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
