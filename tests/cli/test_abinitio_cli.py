@@ -226,3 +226,9 @@ def test_abinitio_on_picked_particles_detects_contrast_and_estimates_origins(tmp
     # the map has the particles' density sign (bright), not the raw images' (dark)
     m = read_map(out / "map.mrc").volume
     assert float(m.max()) > -float(m.min())
+    # predict centres new picked particles the same way (and inverts them, as recorded)
+    assert main(["predict", str(out / "encoder.pt"), str(tmp_path / "picked.star"), "-o",
+                 str(tmp_path / "pred.star"), "--no-progress", "--threads", "1"]) == 0
+    _, pred = load_particles(tmp_path / "pred.star")
+    err = (pred.shifts_angstrom - truth.shifts_angstrom).norm(dim=1).median()
+    assert float(err) < 0.5 * float(before), (float(err), float(before))
