@@ -244,10 +244,14 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
 
 
 def _progress(run_dir: Path) -> dict:
-    """Epochs, steps and training seconds recorded in an interrupted abinitio run's checkpoint."""
+    """Epochs, steps and training seconds recorded in an interrupted abinitio run's checkpoint
+    (or, for ``refine``, the last ``step N:`` line of its log)."""
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.exists():
-        return {}
+        import re
+
+        steps = re.findall(r"step (\d+):", (run_dir / "bench_stdout.log").read_text())
+        return {"steps_done": int(steps[-1])} if steps else {}
     import torch
 
     c = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -295,7 +299,8 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
             rec.update(_progress(run_dir))
             rec["error"] = (f"timeout after {args.timeout:g} min" + (
                 f": {rec['epochs_done']} epochs in {rec['train_seconds']:.0f} s of training, "
-                f"{rec['seconds_per_epoch']:.0f} s/epoch" if rec.get("epochs_done") else ""))
+                f"{rec['seconds_per_epoch']:.0f} s/epoch" if rec.get("epochs_done") else
+                f": {rec['steps_done']} training steps logged" if rec.get("steps_done") else ""))
             rec["log_tail"] = tail
         record.write_text(json.dumps(rec, indent=1) + "\n")
         print(f"  FAILED ({rec['error']}) after {wall:.0f} s", flush=True)
@@ -458,6 +463,9 @@ def main(argv=None) -> int:
           "| known-pose vs truth FSC0.143 Å | made in s | folder |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (s_name, row, snr, seed), m in datasets.items():
+        cached = Path(m["dir"]) / "known" / "known_eval.json"
+        if m.get("known_pose") is None and cached.exists():  # --skip-run: show what an earlier run computed
+            m["known_pose"] = json.loads(cached.read_text())
         k = m.get("known_pose") or {}
         print(f"| {s_name} | {row} | {snr:g} | {m['snr_measured']:.4f} | {seed} | {m['n']} | {m['box']} | "
               f"{m['pixel_size_angstrom']:.4g} | {_f(k.get('half_map_fsc0p143_angstrom'), '.2f')} | "
