@@ -81,7 +81,7 @@ def prepare_working_data(stack, metadata: ParticleMetadata, reference: MapData, 
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise UserError(f"the reference must be a cubic map, got shape {vol.shape}")
     m, a = working_grid(n_p, float(metadata.pixel_size_angstrom), float(reference.pixel_size_angstrom), box_size)
-    ref = torch.from_numpy(np.ascontiguousarray(resample_volume(vol, float(reference.pixel_size_angstrom), a, m)))
+    ref = torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom), a, m), dtype=np.float32))
     images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     return WorkingData(images, metadata.replace(pixel_size_angstrom=a, box_size=m), ref, m, a)
 
