@@ -150,3 +150,15 @@ def test_real_empiar10076_contrast_is_detected(tmp_path, shared_data):
     ds = ParticleDataset(ResampledImages(stack, 64), meta.replace(box_size=64, pixel_size_angstrom=1.31 * 5),
                          use_shifts=False, per_image=True, whiten=True)
     assert centre_particles(ds, iterations=1).contrast_sign == -1
+
+
+def test_search_warns_on_screen_when_the_map_pixel_size_is_wrong(tmp_path, shared_data, capsys):
+    """A reference whose voxel size is off (1 Å instead of 13.1 Å) covers another field of view:
+    the warning reaches stderr, not only the JSON."""
+    star = shared_data / "particles" / "empiar10076_7ptcl" / "empiar_10076_7.star"
+    rc = main(["search", str(star), "--reference", str(shared_data / "maps" / "10076_classD_32.mrc"),
+               "--map-pixel-size", "1.0", "--box-size", "32", "--step", "30", "--final-step", "15",
+               "-o", str(tmp_path / "p.star"), "--threads", "1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "field of view" in err and "--map-pixel-size" in err

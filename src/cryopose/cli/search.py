@@ -97,4 +97,10 @@ def run(args) -> int:
           f"× {info['grid']['global_shifts']} shifts, steps {', '.join(f'{v:g}' for v in info['grid']['steps_deg'])}°; "
           f"median score {info['score']['median']:.4f}; {s['total']:.1f} s ({1000 * s['per_particle']:.1f} ms/particle); "
           f"wrote {out}", file=sys.stdout)
+    if "warning" in info:  # e.g. a map header with a wrong pixel size: say it where the user looks
+        print(f"cryopose search: warning: {info['warning']} (check --map-pixel-size)", file=sys.stderr)
+    if info.get("contrast_detected") and 0.3 < float(info["contrast_fraction_bright"]) < 0.7:
+        print("cryopose search: warning: the contrast detection is undecided "
+              f"({100 * float(info['contrast_fraction_bright']):.0f}% of the particles look bright); "
+              "say it with --invert-contrast or --no-invert-contrast", file=sys.stderr)
     return 0
