@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "them; default: when the input has no origins")
     shifts.add_argument("--no-estimate-shifts", action="store_true",
                         help="keep the input's origins (zero when it has none)")
+    parser.add_argument("--per-image-norm", action="store_true",
+                        help="RELION's per-image normalisation (background s.d. 1 in every image) instead of one "
+                             "global scale; for data whose noise level varies between micrographs")
     parser.add_argument("--no-whiten", action="store_true",
                         help="do not whiten images and projections with the noise spectrum measured on the "
                              "particles' background")
@@ -106,7 +109,7 @@ def config_from_args(args: argparse.Namespace):
     invert = True if args.invert_contrast else (False if args.no_invert_contrast else None)
     estimate = True if args.estimate_shifts else (False if args.no_estimate_shifts else None)
     return AbinitioConfig(box_size=args.box_size, invert_contrast=invert, estimate_shifts=estimate,
-                          whiten=not args.no_whiten,
+                          whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds)
 
