@@ -155,7 +155,7 @@ def test_predict_rejects_a_different_physical_box(run_dir, tmp_path, capsys):
     assert len(err) == 1 and "error:" in err[0]
 
 
-def test_interrupt_then_resume_finishes_the_same_run(tmp_path, monkeypatch):
+def test_interrupt_then_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
     from cryopose.training import trainer as trainer_mod
 
     star = _simulate(tmp_path, 64, seed=1)
@@ -177,6 +177,19 @@ def test_interrupt_then_resume_finishes_the_same_run(tmp_path, monkeypatch):
     assert not (out / "poses.star").exists()
     monkeypatch.setattr(trainer_mod.Trainer, "train_step", orig)
     assert main(args) == 2  # an existing run needs --resume
+    record = (out / "config.yaml").read_text()
+    # a resume on other particles, or with fewer epochs than done, is refused and keeps the record
+    other = _simulate(tmp_path, 48, seed=2, name="other")
+    assert main(["abinitio", str(other), *args[2:], "--resume"]) == 2
+    assert "not the interrupted run's" in capsys.readouterr().err
+    (out / "checkpoint.pt").replace(tmp_path / "ck.pt")
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    state["epoch"] = 2
+    torch.save(state, out / "checkpoint.pt")
+    assert main([*args[:7], "1", *args[8:], "--resume"]) == 2
+    assert "already done 2 epochs" in capsys.readouterr().err
+    (tmp_path / "ck.pt").replace(out / "checkpoint.pt")
+    assert (out / "config.yaml").read_text() == record
     assert main(args + ["--resume"]) == 0
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and state["step"] == 4

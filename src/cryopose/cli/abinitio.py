@@ -131,11 +131,13 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import UserError
 
         raise UserError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
-    write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
-                     extra={"particles": str(args.particles), "resume": bool(args.resume)})
+    def write_config(cfg) -> None:  # once the inputs are read and a resume is accepted
+        write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=cfg,
+                         extra={"particles": str(args.particles), "resume": bool(args.resume)})
+
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
                           ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
-                          report=not args.no_report)
+                          report=not args.no_report, on_start=write_config)
     res = result.resolution_fsc0p143_angstrom
     for warning in result.warnings:
         print(f"cryopose abinitio: warning: {warning}", file=sys.stderr)

@@ -24,6 +24,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -246,7 +247,21 @@ class InvertedStack:
             yield idx, -images
 
 
-def _check_resume(saved: dict, config: AbinitioConfig) -> AbinitioConfig:
+def dataset_fingerprint(stack, metadata) -> dict:
+    """What identifies a data set for ``--resume``: particle count, box, pixel size (Å) and a
+    SHA-256 of the image names (``N@stack`` as the file gives them, in order)."""
+    import hashlib
+
+    names = metadata.image_paths or []
+    idx = metadata.image_indices if metadata.image_indices is not None else range(len(names))
+    h = hashlib.sha256()
+    for i, p in zip(idx, names):
+        h.update(f"{int(i)}@{Path(p).name}\n".encode())
+    return {"n_particles": int(len(metadata)), "box_size": int(stack.box_size),
+            "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}
+
+
+def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None = None) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
     if config.invert_contrast is None:  # detected in the first run: keep what it found
         config = dataclasses.replace(config, invert_contrast=saved_cfg.invert_contrast)
@@ -254,13 +269,24 @@ def _check_resume(saved: dict, config: AbinitioConfig) -> AbinitioConfig:
         diff = [k for k, v in dataclasses.asdict(config).items() if dataclasses.asdict(saved_cfg).get(k) != v]
         raise UserError("--resume: the options differ from the interrupted run's (" + ", ".join(diff) +
                         "); only --epochs may change. Rerun with the original options or another -o")
+    done = int(saved.get("epoch", 0))
+    if config.training.epochs < done:
+        raise UserError(f"--resume: the run has already done {done} epochs; --epochs {config.training.epochs} "
+                        "would end before where it stands (give at least that many)")
+    old = saved.get("dataset")
+    if fingerprint is not None and old is not None and old != fingerprint:
+        diff = [k for k in fingerprint if old.get(k) != fingerprint[k]]
+        raise UserError("--resume: these particles are not the interrupted run's (" +
+                        ", ".join(f"{k}: {old.get(k)} then, {fingerprint[k]} now" if k != "image_names_sha256"
+                                  else "other image names" for k in diff) + "); use another -o for a new run")
     return config
 
 
 def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioConfig,
                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                  datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
-                 report: bool = True, reconstruct_threads: int = 1) -> AbinitioResult:
+                 report: bool = True, reconstruct_threads: int = 1,
+                 on_start: Callable[[AbinitioConfig], None] | None = None) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
 
     Args:
@@ -276,13 +302,17 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         progress: Progress bars.
         report: Write ``report.html`` and its figures.
         reconstruct_threads: Threads of the final reconstruction.
+        on_start: Called with the run's config once the inputs are read and a resume is
+            accepted, before any work (the command writes ``config.yaml`` there, so a refused
+            resume leaves the earlier run's record alone).
 
     Returns:
         :class:`AbinitioResult`.
 
     Raises:
         UserError: Unreadable input, bad options, ``resume`` without a checkpoint or with
-            different options, ``outdir`` holding a finished or unrelated run without ``resume``.
+            different options, fewer epochs than done or other particles (count, box, pixel
+            size, image names), ``outdir`` holding a finished or unrelated run without ``resume``.
         KeyboardInterrupt: After writing the checkpoint (and ``encoder.pt``) of the current step.
     """
     from ..io.particles import load_particles
@@ -305,7 +335,9 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     box = min(int(box), int(stack.box_size))
     config = resolve_config(config, meta)
     if saved is not None:
-        config = _check_resume(saved, config)
+        config = _check_resume(saved, config, dataset_fingerprint(stack, meta))
+    if on_start is not None:
+        on_start(config)
     norm = None if saved is None else Normalization(**saved["normalization"])
     dataset = ParticleDataset(stack, meta, box_size=box, invert=False, normalization=norm,
                               per_image=config.per_image_normalization, whiten=config.whiten)
@@ -319,7 +351,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         model.volume.scale.fill_(estimate_volume_scale(dataset))
     extra = {"config": dataclasses.asdict(config), "normalization": dataclasses.asdict(dataset.normalization),
              "working_box_size": dataset.box_size, "working_pixel_size_angstrom": dataset.pixel_size_angstrom,
-             "preprocess": prep}
+             "preprocess": prep, "dataset": dataset_fingerprint(stack, meta)}
 
     def write_encoder(tr: Trainer) -> None:
         save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
