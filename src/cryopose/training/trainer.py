@@ -10,7 +10,9 @@ Each step (Nashed et al., ICCV-W 2021, with the follow-ups of
    candidate pose, multiplied by the particle's CTF and shifted to its origin;
 3. during the search warm-up (the first ``search_fraction`` of the steps), a global grid search
    against the current volume adds each image's best grid pose as one more candidate
-   (:mod:`cryopose.training.pose_search`);
+   (:mod:`cryopose.training.pose_search`); with a shift head (origins being estimated) the
+   search also tries origin offsets of ±1 working pixel, the candidate carries the winning
+   offset, and where it wins the shift head is pulled towards it;
 4. the loss is the mean squared Fourier residual over ``1 <= |k| < r`` of each image's best
    candidate (:mod:`cryopose.training.losses`), ``r`` growing linearly from
    ``march_start · n/2`` to ``n/2`` over the first ``march_fraction`` of the steps (frequency
