@@ -26,7 +26,7 @@ HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``abinitio`` options to ``parser``."""
-    from .common import add_datadir_argument
+    from .common import add_contrast_arguments, add_datadir_argument, add_shift_estimation_arguments
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -64,17 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in C1 even for symmetric particles, as with cryoSPARC and RELION: imposing D2 on "
                              "β-galactosidase from a random start stalled at ~45° median error where C1 converged "
                              "(an exploratory run); impose the symmetry in refinement")
-    contrast = parser.add_mutually_exclusive_group()
-    contrast.add_argument("--invert-contrast", action="store_true",
-                          help="particles are dark (multiply by -1); default: detected from the data and reported")
-    contrast.add_argument("--no-invert-contrast", action="store_true",
-                          help="particles are bright as given (skip the contrast detection)")
-    shifts = parser.add_mutually_exclusive_group()
-    shifts.add_argument("--estimate-shifts", action="store_true",
-                        help="estimate origins (centring, shift head, refined in polishing) even if the input has "
-                             "them; default: when the input has no origins")
-    shifts.add_argument("--no-estimate-shifts", action="store_true",
-                        help="keep the input's origins (zero when it has none)")
+    add_contrast_arguments(parser)
+    add_shift_estimation_arguments(parser, "centring, shift head, refined in polishing")
     parser.add_argument("--per-image-norm", action="store_true",
                         help="RELION's per-image normalisation (background s.d. 1 in every image) instead of one "
                              "global scale; for data whose noise level varies between micrographs")
@@ -106,9 +97,10 @@ def config_from_args(args: argparse.Namespace):
         train_kw["march_fraction"] = 0.0
     if args.search_fraction is not None:
         train_kw["search_fraction"] = args.search_fraction
-    invert = True if args.invert_contrast else (False if args.no_invert_contrast else None)
-    estimate = True if args.estimate_shifts else (False if args.no_estimate_shifts else None)
-    return AbinitioConfig(box_size=args.box_size, invert_contrast=invert, estimate_shifts=estimate,
+    from .common import tri_state
+
+    return AbinitioConfig(box_size=args.box_size, invert_contrast=tri_state(args, "invert_contrast"),
+                          estimate_shifts=tri_state(args, "estimate_shifts"),
                           whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds)

@@ -80,6 +80,32 @@ def add_datadir_argument(parser) -> None:
     parser.add_argument("--datadir", metavar="DIR", help=DATADIR_HELP)
 
 
+def add_contrast_arguments(parser) -> None:
+    """Add ``--invert-contrast`` / ``--no-invert-contrast`` (exclusive; neither = detect it)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--invert-contrast", action="store_true",
+                       help="particles are dark: negate them first (default: detected from the images and reported)")
+    group.add_argument("--no-invert-contrast", action="store_true",
+                       help="particles are bright as given (skip the contrast detection)")
+
+
+def add_shift_estimation_arguments(parser, what: str) -> None:
+    """Add ``--estimate-shifts`` / ``--no-estimate-shifts`` (exclusive; neither = when the
+    input has no origins); ``what`` says how the command estimates them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--estimate-shifts", action="store_true",
+                       help=f"estimate origins ({what}) even if the input has them; default: when it has none")
+    group.add_argument("--no-estimate-shifts", action="store_true",
+                       help="keep the input's origins (zero when it has none)")
+
+
+def tri_state(args, name: str) -> bool | None:
+    """``True`` for ``--NAME``, ``False`` for ``--no-NAME``, ``None`` (automatic) for neither."""
+    if getattr(args, name):
+        return True
+    return False if getattr(args, "no_" + name) else None
+
+
 def configure_torch(threads: int | None) -> None:
     """Set up torch for a command: its thread count, and subnormal floats flushed to zero.
 

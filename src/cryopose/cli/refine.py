@@ -29,7 +29,7 @@ _SOURCE_CODES = {"search": 0, "network": 1, "network+local": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refine`` options to ``parser``."""
-    from .common import add_datadir_argument
+    from .common import add_contrast_arguments, add_datadir_argument, add_shift_estimation_arguments
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
@@ -43,16 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
     parser.add_argument("--network-box", type=int, metavar="PX",
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
-    contrast = parser.add_mutually_exclusive_group()
-    contrast.add_argument("--invert-contrast", action="store_true",
-                          help="particles are dark: negate them first (default: detected from the data)")
-    contrast.add_argument("--no-invert-contrast", action="store_true",
-                          help="particles are bright as given (skip the contrast detection)")
-    shifts = parser.add_mutually_exclusive_group()
-    shifts.add_argument("--estimate-shifts", action="store_true",
-                        help="estimate origins (centring, ±2 px in the search, local refinement) even if the input "
-                             "has them; default: when the input has no origins")
-    shifts.add_argument("--no-estimate-shifts", action="store_true", help="keep the input's origins")
+    add_contrast_arguments(parser)
+    add_shift_estimation_arguments(parser, "centring, ±2 px in the search, local refinement")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     from ..models.quantize import INT8_CALIBRATION_PARTICLES
     from ..pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG as local_step
@@ -99,7 +91,7 @@ def run(args) -> int:
     from ..search.projection_matching import SearchConfig
     from ..search.run import working_grid
     from ..training.supervised import save_checkpoint
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, tri_state, write_run_config
 
     configure_torch(args.threads)
     out = prepare_output_dir(args.output)
@@ -116,8 +108,8 @@ def run(args) -> int:
                           test_time_turns=args.test_time_turns, int8_inference=args.int8,
                           local_refine=args.local_refine, local_refine_step_deg=args.local_step,
                           box_size=args.box_size, network_box_size=args.network_box,
-                          invert_contrast=True if args.invert_contrast else (False if args.no_invert_contrast else None),
-                          estimate_shifts=True if args.estimate_shifts else (False if args.no_estimate_shifts else None),
+                          invert_contrast=tri_state(args, "invert_contrast"),
+                          estimate_shifts=tri_state(args, "estimate_shifts"),
                           seed=args.seed)
     res = refine(stack, meta, ref, config=config, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
     codes = np.array([_SOURCE_CODES[s] for s in res.pose_source], dtype=np.int64)

@@ -24,7 +24,7 @@ HELP = "find poses by exhaustive, CTF- and symmetry-aware projection matching ag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``search`` options to ``parser``."""
-    from .common import add_datadir_argument
+    from .common import add_contrast_arguments, add_datadir_argument
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
@@ -45,12 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-resolution", type=float, metavar="A", help="ignore frequencies finer than this, Å")
     parser.add_argument("--mask-diameter", type=float, metavar="A", help="soft circular particle mask diameter, Å")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box first")
-    contrast = parser.add_mutually_exclusive_group()
-    contrast.add_argument("--invert-contrast", action="store_true",
-                          help="particles are dark: negate them first (default: detected from the images and "
-                               "reported in the _search.json)")
-    contrast.add_argument("--no-invert-contrast", action="store_true",
-                          help="particles are bright as given (skip the contrast detection)")
+    add_contrast_arguments(parser)
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -63,7 +58,7 @@ def run(args) -> int:
     from ..io.star import write_star
     from ..search.projection_matching import SearchConfig
     from ..search.run import GLOBAL_SCORE_COLUMN, SCORE_COLUMN, search_particles
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, tri_state, write_run_config
 
     configure_torch(args.threads)
     out = Path(args.output)
@@ -78,8 +73,7 @@ def run(args) -> int:
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     prepare_output_dir(out.parent if str(out.parent) else ".")
     meta_out, result, info = search_particles(stack, meta, ref, config=config, box_size=args.box_size,
-                                              invert_contrast=True if args.invert_contrast else (
-                                                  False if args.no_invert_contrast else None),
+                                              invert_contrast=tri_state(args, "invert_contrast"),
                                               use_ctf=not args.no_ctf)
     write_star(out, meta_out, extra_columns={SCORE_COLUMN: result.scores.numpy(),
                                              GLOBAL_SCORE_COLUMN: result.global_scores.numpy()})
