@@ -99,6 +99,45 @@ def add_shift_estimation_arguments(parser, what: str) -> None:
                        help="keep the input's origins (zero when it has none)")
 
 
+def add_force_argument(parser) -> None:
+    """Add ``--force``: replace existing outputs (refused otherwise, as RELION's job folders and
+    cryoDRGN's ``-o`` guard do)."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing output files (default: refuse, never overwrite silently)")
+
+
+def refuse_overwrite(paths, *, force: bool, stale=()) -> None:
+    """Check output files before any work: none may exist unless ``force``.
+
+    With ``force``, the ``stale`` files (outputs of an earlier run that this run will not write,
+    e.g. half maps when ``--no-half-maps``) are removed, so no output of another run is left
+    beside the new one.
+
+    Args:
+        paths: Files the command will write.
+        force: The command's ``--force``.
+        stale: Files to remove (with ``force``) or to refuse on (without), when present.
+
+    Raises:
+        cryopose.errors.UserError: An output exists (naming it) without ``force``, or a path
+            names a folder.
+    """
+    from ..errors import UserError
+
+    for p in map(Path, [*paths, *stale]):
+        if p.is_dir():
+            raise UserError(f"{p}: is a folder; give a file name")
+    existing = [str(p) for p in map(Path, [*paths, *stale]) if p.exists()]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise UserError(f"{existing[0]}{more} exists; pass --force to replace it (cryopose does not overwrite outputs "
+                        "silently)")
+    if force:
+        for p in map(Path, stale):
+            if p.exists():
+                p.unlink()
+
+
 def tri_state(args, name: str) -> bool | None:
     """``True`` for ``--NAME``, ``False`` for ``--no-NAME``, ``None`` (automatic) for neither."""
     if getattr(args, name):

@@ -34,7 +34,7 @@ HELP = "poses of new particles from a trained CryoPoseNet encoder or supervised 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` options to ``parser``."""
-    from .common import add_datadir_argument
+    from .common import add_datadir_argument, add_force_argument
 
     parser.add_argument("model", metavar="MODEL.pt",
                         help="encoder.pt of `cryopose abinitio`, or model.pt of `cryopose train-supervised`/`refine`")
@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "README for the change in poses)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     configure_torch(args.threads)
+    from .common import refuse_overwrite
+
+    refuse_overwrite([args.output], force=args.force)
     kind, state = read_model_file(args.model)
     if kind == "supervised":
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,

@@ -19,7 +19,7 @@ HELP = "reconstruct a map (and half maps + FSC) from particles with known poses 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``reconstruct`` options to ``parser``."""
-    from .common import add_datadir_argument
+    from .common import add_datadir_argument, add_force_argument
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles with poses: .star, .cs or .mrcs")
     parser.add_argument("-o", "--output", required=True, metavar="MAP.mrc",
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "each worker using threads // 2 torch threads")
     add_datadir_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(parser)
 
 
 def _sibling(path: Path, tag: str, suffix: str | None = None) -> Path:
@@ -71,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"-o {out}: the output map must end in .mrc or .map")
     if not out.parent.exists():
         raise UserError(f"-o {out}: folder {out.parent} does not exist")
+    from .common import refuse_overwrite
+
+    halves = [_sibling(out, "half1"), _sibling(out, "half2"), _sibling(out, "fsc", ".json")]
+    refuse_overwrite([out] if args.no_half_maps else [out, *halves], force=args.force,
+                     stale=halves if args.no_half_maps else ())
     threads = int(args.threads) if args.threads else torch.get_num_threads()
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")

@@ -24,7 +24,7 @@ HELP = "find poses by exhaustive, CTF- and symmetry-aware projection matching ag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``search`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument
+    from .common import add_contrast_arguments, add_datadir_argument, add_force_argument
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box first")
     add_contrast_arguments(parser)
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
+    add_force_argument(parser)
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -68,6 +69,11 @@ def run(args) -> int:
                           symmetry=args.symmetry, shift_range_angstrom=args.shift_range,
                           shift_step_angstrom=args.shift_step, max_resolution_angstrom=args.max_resolution,
                           mask_diameter_angstrom=args.mask_diameter, particle_chunk=args.chunk_size)
+    from .common import refuse_overwrite
+
+    stem = out.with_suffix("")
+    refuse_overwrite([out, stem.with_name(stem.name + "_search.json"), stem.with_name(stem.name + "_config.yaml")],
+                     force=args.force)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)

@@ -90,6 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="comma-separated from noise,blob,other,offcentre (default: all, 'other' only with "
                            "--junk-structure)")
     junk.add_argument("--junk-structure", metavar="FILE", help="map or model projected as 'other' junk")
+    io.add_argument("--force", action="store_true",
+                    help="replace existing output files (default: refuse; other STAR files may point at the stack)")
 
 
 def _config(args, *, snr):
@@ -140,7 +142,7 @@ def _config(args, *, snr):
 def run(args) -> int:
     """Run ``cryopose simulate``: load the structure, simulate, write files and config."""
     from ..simulate import load_volume, simulate_particles, snr_from_db
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import configure_torch, prepare_output_dir, refuse_overwrite, write_run_config
 
     if args.snr is not None and args.snr_db is not None:
         raise UserError("give either --snr or --snr-db, not both")
@@ -169,6 +171,8 @@ def run(args) -> int:
     if out.suffix.lower() in (".star", ".mrcs"):
         out = out.with_suffix("")
     prepare_output_dir(out.parent if str(out.parent) else ".")
+    refuse_overwrite([out.with_suffix(".star"), out.with_suffix(".mrcs"), out.with_name(out.name + "_config.yaml")],
+                     force=args.force)
     result = simulate_particles(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
                                 n_particles=args.n_particles, config=config, generator=args.seed,
                                 output=out, junk_volume=junk_vol)
