@@ -146,7 +146,7 @@ def _simulate(out_star: Path, n: int, *, seed: int, threads: int, extra: list | 
     """``cryopose simulate`` of the bundled β-gal map with EMPIAR-10028 CTFs at SNR 0.1."""
     betagal, ctf_table = _bundled()
     _cli(["simulate", betagal, "-o", out_star, "-n", n, "--ctf-table", ctf_table, "--snr", SNR, "--seed", seed,
-          "--threads", threads, "--no-progress"] + (extra or []))
+          "--threads", threads, "--no-progress", "--force"] + (extra or []))
     return out_star
 
 
@@ -240,7 +240,7 @@ def section_relion(out: Path, *, n_particles: int, epochs: int, box_size: int, t
     align = align_rotations(est.rotmats.double(), ref.rotmats.double(), symmetry=sym, seed=seed)
     write_star(run / "poses_aligned.star", est.replace(rotmats=align.aligned_est.float()))
     cp_cmd = _rb._cryopose_cmd() + ["reconstruct", "--symmetry", sym, "--threads", str(threads), "--seed", str(seed),
-                                    "--no-progress"]
+                                    "--no-progress", "--force"]
     rows = [{"program": f"cryopose abinitio ({epochs} epochs, train + infer + polish + reconstruct)",
              "poses": "inferred", "wall_s": t_abinitio, "fsc_vs_truth": None}]
     # poses_aligned.star names images from the folder cryopose ran in; proj.star (relion_project's) from WORK
@@ -440,9 +440,9 @@ def section_throughput(out: Path, *, n_particles: int, epochs: int, box_size: in
     for name, k in (("warmup", 8), ("search_subset", n_search)):
         write_star(work / f"{name}.star", test_meta.subset(np.arange(min(k, n_predict))))
     predict = lambda src, dst, *x: ["predict", encoder, src, "-o", dst, "--threads", threads,  # noqa: E731
-                                    "--no-progress", *x]
+                                    "--no-progress", "--force", *x]
     search = lambda src, dst: ["search", src, "--reference", betagal, "-o", dst, "--symmetry", SYMMETRY,  # noqa: E731
-                               "--step", 7.5, "--final-step", 7.5, "--threads", threads]
+                               "--step", 7.5, "--final-step", 7.5, "--threads", threads, "--force"]
     _cli(predict(work / "warmup.star", work / "warmup_predict.star"), capture=True)
     _cli(predict(work / "warmup.star", work / "warmup_predict_int8.star", "--int8"), capture=True)
     _cli(search(work / "warmup.star", work / "warmup_search.star"), capture=True)

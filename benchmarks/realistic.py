@@ -172,7 +172,8 @@ def known_pose(meta: dict, args) -> dict:
     rec_json = d / "known" / "known_eval.json"
     if rec_json.exists() and not args.rerun:
         return json.loads(rec_json.read_text())
-    cmd = cryopose_cmd("reconstruct", str(d / "truth.star"), "-o", str(out), *_threads(args), "--no-progress")
+    cmd = cryopose_cmd("reconstruct", str(d / "truth.star"), "-o", str(out), *_threads(args), "--no-progress",
+                       "--force")
     rc, wall, tail = _run(cmd, d / "known" / "reconstruct.log")
     if rc != 0:
         raise RuntimeError(f"known-pose reconstruction failed: {tail}")
@@ -221,7 +222,8 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
     write_star(aligned_star, est.replace(rotmats=aln.aligned_est.float(),
                                          shifts_angstrom=torch.from_numpy(est_sh).float()))
     aligned_map = ev_dir / "aligned.mrc"
-    cmd = cryopose_cmd("reconstruct", str(aligned_star), "-o", str(aligned_map), *_threads(args), "--no-progress")
+    cmd = cryopose_cmd("reconstruct", str(aligned_star), "-o", str(aligned_map), *_threads(args), "--no-progress",
+                       "--force")
     rc, wall, tail = _run(cmd, ev_dir / "reconstruct.log")
     if rc != 0:
         raise RuntimeError(f"reconstruction from the aligned poses failed: {tail}")

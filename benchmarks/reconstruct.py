@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
         relion_cmd = ["relion_reconstruct", "--i", "proj.star", "--o", "relion.mrc", "--ctf"]
         cryo_cmds = {t: _cryopose_cmd() + ["reconstruct", "proj.star", "-o", f"cryopose_t{t}.mrc", "--seed",
-                                           str(args.seed), "--no-progress", "--threads", str(t)]
+                                           str(args.seed), "--no-progress", "--threads", str(t), "--force"]
                      for t in args.threads}
         times = {"relion": [], **{t: [] for t in cryo_cmds}}
         for _ in range(max(1, args.repeats)):

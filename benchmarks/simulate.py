@@ -55,7 +55,7 @@ def _timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
 
 
 def _cryopose(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "cryopose.cli.main", "simulate"] + args
+    return [sys.executable, "-m", "cryopose.cli.main", "simulate", "--force"] + args
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
