@@ -200,8 +200,11 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     assert main(["abinitio", str(tmp_path / "missing.star"), "-o", str(tmp_path / "o")]) == 2
     assert main(["abinitio", str(tmp_path / "x.star"), "-o", str(tmp_path / "o"), "--epochs", "0"]) == 2
     assert main(["abinitio", str(tmp_path / "x.star"), "-o", str(tmp_path / "o2"), "--resume"]) == 2
+    star = _simulate(tmp_path, 8, seed=3, name="small")  # 16-px images: an explicit 32-px box is refused
+    assert main(["abinitio", str(star), "-o", str(tmp_path / "o3"), "--box-size", "32"]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 3 and all(ln.startswith("cryopose abinitio: error:") for ln in lines)
+    assert len(lines) == 4 and all(ln.startswith("cryopose abinitio: error:") for ln in lines)
+    assert "larger than the images" in lines[-1]
 
 
 def test_abinitio_on_picked_particles_detects_contrast_and_estimates_origins(tmp_path, monkeypatch):

@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ctf", metavar="STAR", help="for a bare .mrcs: STAR file with one CTF row per image")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
     add_datadir_argument(parser)
-    parser.add_argument("--box-size", type=int, default=64,
-                        help="working box in pixels; images are Fourier-cropped to it (default 64, "
-                             "or the images' box if smaller)")
+    parser.add_argument("--box-size", type=int, default=None,
+                        help="working box in pixels; images are Fourier-cropped to it (default 64, or the images' "
+                             "box if smaller; a box larger than the images is refused)")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of the encoder "
@@ -99,7 +99,7 @@ def config_from_args(args: argparse.Namespace):
         train_kw["search_fraction"] = args.search_fraction
     from .common import tri_state
 
-    return AbinitioConfig(box_size=args.box_size, invert_contrast=tri_state(args, "invert_contrast"),
+    return AbinitioConfig(box_size=64 if args.box_size is None else args.box_size, invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),
                           whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
                           ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
-                          report=not args.no_report, on_start=write_config)
+                          report=not args.no_report, on_start=write_config,
+                          strict_box=args.box_size is not None)
     res = result.resolution_fsc0p143_angstrom
     for warning in result.warnings:
         print(f"cryopose abinitio: warning: {warning}", file=sys.stderr)

@@ -286,7 +286,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                  datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
                  report: bool = True, reconstruct_threads: int = 1,
-                 on_start: Callable[[AbinitioConfig], None] | None = None) -> AbinitioResult:
+                 on_start: Callable[[AbinitioConfig], None] | None = None,
+                 strict_box: bool = False) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
 
     Args:
@@ -302,6 +303,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         progress: Progress bars.
         report: Write ``report.html`` and its figures.
         reconstruct_threads: Threads of the final reconstruction.
+        strict_box: ``config.box_size`` was asked for explicitly: refuse it when it is larger
+            than the images (otherwise the images' box is used).
         on_start: Called with the run's config once the inputs are read and a resume is
             accepted, before any work (the command writes ``config.yaml`` there, so a refused
             resume leaves the earlier run's record alone).
@@ -332,6 +335,9 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size
+    if strict_box and int(box) > int(stack.box_size):
+        raise UserError(f"--box-size {box}: larger than the images ({stack.box_size} px in {particles}); the working "
+                        "box Fourier-crops the images, it cannot enlarge them")
     box = min(int(box), int(stack.box_size))
     config = resolve_config(config, meta)
     if saved is not None:
