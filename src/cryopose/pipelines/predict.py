@@ -63,6 +63,11 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
     output = _check_output(output)
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
                                  datadir=datadir)
+    if meta.ctf is None:
+        import sys
+
+        print(f"cryopose predict: warning: {particles} has no CTF parameters (give a bare .mrcs its CTFs with "
+              "--ctf STAR); the encoder's candidate poses are scored without a CTF", file=sys.stderr)
     p_work = info["working_pixel_size_angstrom"]
     m_float = stack.box_size * float(meta.pixel_size_angstrom) / p_work
     m = int(round(m_float))
