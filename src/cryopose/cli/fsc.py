@@ -30,20 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pixel size in Å for both maps, overriding their headers")
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose fsc``; returns the exit status."""
     from ..errors import UserError
     from ..io.mrc import read_map
+    from ..io.atomic import json_ready
     from ..metrics.fsc import fsc_report, plot_fsc
 
     m1 = read_map(args.map1, pixel_size_angstrom=args.pixel_size, require_cubic=True)
@@ -76,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         plot_fsc({label: (freq, fsc)}, args.plot)
         rep["plot"] = str(args.plot)
     if args.json:
-        print(json.dumps(_finite(rep)))
+        print(json.dumps(json_ready(rep)))
         return 0
 
     def line(tag, thr):

@@ -21,7 +21,6 @@ the figures latent_pca.png, roc.png, angle_hexbin.png, defocus_hexbin.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def _train_config(args):
 def _run_train(args) -> int:
     import dataclasses
 
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.particles import load_particles
     from ..training.latent import CHECKPOINT_NAME, hyperparameter_search, train_vaegan
     from .common import configure_torch, prepare_output_dir, write_run_config
@@ -145,13 +144,13 @@ def _run_train(args) -> int:
         best, trials = hyperparameter_search(stack, base, n_trials=args.hpo_trials, timeout_s=args.hpo_timeout,
                                              seed=args.seed, log=log)
         config = dataclasses.replace(best, epochs=config.epochs)
-        atomic_write_text(out / "hpo_trials.json", json.dumps(trials, indent=1))
+        atomic_write_json(out / "hpo_trials.json", trials, indent=1)
     ckpt = out / CHECKPOINT_NAME
     if ckpt.exists() and not args.resume:
         raise UserError(f"{ckpt} exists: pass --resume to continue it or choose another -o")
     res = train_vaegan(stack, config, checkpoint_path=ckpt, resume=args.resume, progress=not args.no_progress,
                        log=log)
-    atomic_write_text(out / "history.json", json.dumps(res.history, indent=1))
+    atomic_write_json(out / "history.json", res.history, indent=1)
     write_run_config(out / "config.yaml", command_line=args.command_line, config=config,
                      extra={"particles": str(Path(args.particles).absolute()), "pixel_size_angstrom":
                             meta.pixel_size_angstrom, "n_particles": len(stack), "hpo_trials": trials})
@@ -179,7 +178,7 @@ def _write_outputs(args, outdir: Path, star_path: Path, meta, analysis, codes, r
     import torch
 
     from ..ctf import CTFParams
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.star import write_star
     from ..rotations import relion_euler_to_rotmat, rotmat_to_relion_euler
 
@@ -216,7 +215,7 @@ def _write_outputs(args, outdir: Path, star_path: Path, meta, analysis, codes, r
     doc = {"n_particles": n, "star": str(star_path), "metrics": analysis.metrics,
            "symmetry_order": args.symmetry_order, "radius_increases_with_defocus": analysis.radius_increasing,
            "primary_outlier_method": args.primary_outlier_method}
-    atomic_write_text(outdir / "analysis.json", json.dumps(doc, indent=1, default=float))
+    atomic_write_json(outdir / "analysis.json", doc, indent=1, default=float)
     if args.no_figures:
         return
     from ..analysis.outliers import roc_curve

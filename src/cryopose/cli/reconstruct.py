@@ -9,8 +9,6 @@ otherwise from a random split seeded by --seed. With --no-half-maps only MAP.mrc
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 
 COMMAND = "reconstruct"
@@ -46,23 +44,13 @@ def _sibling(path: Path, tag: str, suffix: str | None = None) -> Path:
     return path.with_name(f"{path.stem}_{tag}{suffix if suffix is not None else path.suffix}")
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose reconstruct``; returns the exit status."""
     import torch
 
     from .. import __version__
     from ..errors import UserError
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.mrc import write_map
     from ..io.particles import load_particles
     from ..reconstruction import reconstruct
@@ -102,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                        "particles": str(args.particles), "map": str(out), "seed": int(args.seed),
                        "ctf_applied": bool(meta.ctf is not None and not args.no_ctf)})
         fsc_path = _sibling(out, "fsc", ".json")
-        atomic_write_text(fsc_path, json.dumps(_finite(report), indent=1) + "\n")
+        atomic_write_json(fsc_path, report, indent=1)
         written.append(fsc_path)
         flag = "" if report["fsc0p143_crossed"] else " (never crossed: Nyquist)"
         print(f"reconstructed {sum(result.n_particles)} particles ({result.symmetry}): half-map FSC 0.143 at "

@@ -13,8 +13,6 @@ poses), OUTDIR/fsc.png and OUTDIR/config.yaml.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 
 import numpy as np
@@ -81,7 +79,7 @@ def run(args) -> int:
         UserError: Bad options (``--threads`` < 1, a network box larger than the working box,
             too few particles to label), or unreadable inputs.
     """
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..search.run import load_reference
     from ..io.mrc import write_map
     from ..io.particles import load_particles
@@ -138,16 +136,7 @@ def run(args) -> int:
                     extra={"w": w, "test_metrics": res.train.test_metrics},
                     invert_contrast=bool(res.report["contrast_inverted"]))
 
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    atomic_write_text(out / "report.json", json.dumps(clean(res.report), indent=2))
+    atomic_write_json(out / "report.json", res.report)
     write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
                      extra={"particles": args.particles, "reference": args.reference})
     r = res.report

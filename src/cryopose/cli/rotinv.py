@@ -18,7 +18,6 @@ units).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -99,7 +98,7 @@ def _source(args, stack):
 
 
 def _run_train(args) -> int:
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.particles import load_particles
     from ..training.rotinv import RotInvTrainConfig, train_rotinv, train_spatial_vae
     from .common import configure_torch, prepare_output_dir, write_run_config
@@ -132,7 +131,7 @@ def _run_train(args) -> int:
     train = train_rotinv if args.model == "rotinv" else train_spatial_vae
     res = train(source, mcfg, config, checkpoint_path=ckpt, resume=args.resume, progress=not args.no_progress,
                 log=lambda msg: print(f"  {msg}", file=sys.stderr))
-    atomic_write_text(out / "history.json", json.dumps(res.history, indent=1))
+    atomic_write_json(out / "history.json", res.history, indent=1)
     write_run_config(out / "config.yaml", command_line=args.command_line, config=config,
                      extra={"model": args.model, "model_config": mcfg, "box": box,
                             "particles": str(Path(args.particles).absolute()),

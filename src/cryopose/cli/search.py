@@ -11,7 +11,6 @@ POSES_config.yaml (version, command line, options).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -85,9 +84,9 @@ def run(args) -> int:
                                              GLOBAL_SCORE_COLUMN: result.global_scores.numpy()})
     stem = out.with_suffix("")
     info.update({"particles": str(args.particles), "reference": str(args.reference), "output": str(out)})
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
 
-    atomic_write_text(stem.with_name(stem.name + "_search.json"), json.dumps(info, indent=2))
+    atomic_write_json(stem.with_name(stem.name + "_search.json"), info)
     write_run_config(stem.with_name(stem.name + "_config.yaml"), command_line=getattr(args, "command_line", ""),
                      config=config, extra={"particles": str(args.particles), "reference": str(args.reference),
                                            "box_size": args.box_size, "invert_contrast": info["invert_contrast"]})

@@ -15,7 +15,6 @@ OUTDIR/train_report.json (test-set errors, CV table, loss curve) and OUTDIR/conf
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def run(args) -> int:
         UserError: Bad options (``--threads`` < 1), labels that do not match the particles,
             or unreadable inputs.
     """
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..search.run import load_reference
     from ..io.particles import load_particles
     from ..io.star import read_star
@@ -172,7 +171,7 @@ def run(args) -> int:
               "seconds": res.seconds,
               "loss_curve": {k: [float(v) for v in np.asarray(h[k])[::every]] for k in ("step", "loss", "loss_qd",
                                                                                        "loss_reproj", "lr")}}
-    atomic_write_text(Path(out) / "train_report.json", json.dumps(report, indent=2))
+    atomic_write_json(Path(out) / "train_report.json", report)
     write_run_config(Path(out) / "config.yaml", command_line=getattr(args, "command_line", ""),
                      config={"model": mcfg, "train": tcfg},
                      extra={"particles": args.particles, "poses": args.poses, "reference": args.reference,

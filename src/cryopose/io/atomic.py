@@ -9,12 +9,14 @@ and Windows. The temporary file is created with mode ``0o666`` so the usual umas
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "json_ready", "atomic_write_json"]
 
 
 def _temp_name(target: Path) -> Path:
@@ -109,3 +111,27 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
     """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
     with atomic_write(path, "w", encoding=encoding) as f:
         f.write(text)
+
+
+def json_ready(value):
+    """``value`` with every non-finite float (``inf``, ``nan``) replaced by ``None``, recursively
+    through dicts, lists and tuples: strict JSON has no infinities (an FSC that never crosses its
+    threshold gives one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value, *, indent: int | None = 2, default=None) -> None:
+    """Write ``value`` as strict JSON (:func:`json_ready`), atomically (:func:`atomic_write_text`);
+    ``default`` converts objects JSON does not know (as in :func:`json.dumps`).
+
+    Raises:
+        TypeError: ``value`` holds something JSON cannot represent.
+        OSError: As :func:`atomic_write_text`.
+    """
+    atomic_write_text(path, json.dumps(json_ready(value), indent=indent, default=default) + "\n")

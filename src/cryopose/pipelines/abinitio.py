@@ -20,7 +20,6 @@ encoder's
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -460,9 +459,9 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         report_path = write_abinitio_report(outdir, trainer=trainer, dataset=dataset, inference=inference,
                                             reconstruction=rec, config=config, summary=summary)
         seconds["report"] = time.perf_counter() - t3
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
 
-    atomic_write_text(outdir / "summary.json", json.dumps(_finite(summary), indent=2))
+    atomic_write_json(outdir / "summary.json", summary)
     return AbinitioResult(outdir=outdir, poses_star=poses_star, map_path=map_path, encoder_path=encoder_path,
                           report_path=report_path, rotmats=inference.rotmats, shifts_angstrom=shifts_a,
                           confidence=inference.confidence,
@@ -471,19 +470,9 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                           warnings=tuple(summary["warnings"]))
 
 
-def _finite(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
 def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int):
     """Known-pose reconstruction at the original box from ``rotmats``; writes the maps."""
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.mrc import write_map
     from ..metrics.fsc import report_from_curve
     from ..reconstruction import reconstruct
@@ -500,5 +489,5 @@ def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress:
         write_map(outdir / "map_half2.mrc", rec.half_maps[1], apix)
         fsc = report_from_curve(rec.fsc_frequency_per_angstrom.numpy(), rec.fsc.numpy(), apix,
                                 box_size=int(rec.volume.shape[-1]))
-        atomic_write_text(outdir / "fsc.json", json.dumps(_finite(fsc), indent=2))
+        atomic_write_json(outdir / "fsc.json", fsc)
     return rec

@@ -21,7 +21,6 @@ Everything is printed as a small table and written to ``OUTDIR/demo_summary.json
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from importlib import resources
@@ -115,7 +114,7 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
     Raises:
         UserError: Bad configuration or an ``outdir`` already holding a run.
     """
-    from ..io.atomic import atomic_write_text
+    from ..io.atomic import atomic_write_json
     from ..io.mrc import read_map, write_map
     from ..io.particles import load_particles
     from ..metrics.fsc import plot_fsc
@@ -181,5 +180,5 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
         "median_confidence": float(result.confidence.median()),
         "seconds": seconds,
     }
-    atomic_write_text(outdir / "demo_summary.json", json.dumps(summary, indent=2, default=str))
+    atomic_write_json(outdir / "demo_summary.json", summary, default=str)
     return DemoResult(summary=summary, outdir=outdir)

@@ -47,7 +47,7 @@ def _read_npy(path: Path) -> np.ndarray:
     except ValueError as err:
         if "allow_pickle" in str(err):
             raise InputFileError(path, "refused: the .npy holds Python objects (an object array), and loading "
-                                       f"those could run code; save the table as a float (M, 9) array") from None
+                                       "those could run code; save the table as a float (M, 9) array") from None
         raise InputFileError(path, f"not a readable .npy CTF table ({err})") from None
     except (OSError, EOFError) as err:
         raise InputFileError(path, f"not a readable .npy CTF table ({err})") from None
