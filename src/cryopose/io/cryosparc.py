@@ -59,7 +59,7 @@ import torch
 from ..conventions import PixelSizeError, check_pixel_size
 from ..ctf import CTFParams
 from ..errors import InputFileError
-from .particles import ParticleMetadata
+from .metadata import ParticleMetadata
 
 __all__ = ["read_cs", "cryosparc_pose_to_rotmat", "missing_stack_hint"]
 

@@ -44,7 +44,7 @@ from ..errors import InputFileError
 from ..rotations import relion_euler_to_rotmat, rotmat_to_relion_euler
 from .atomic import atomic_write
 from .mrc import read_header_info
-from .particles import ParticleMetadata
+from .metadata import ParticleMetadata
 
 __all__ = ["read_star", "write_star"]
 
