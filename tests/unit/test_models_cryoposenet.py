@@ -222,3 +222,18 @@ def test_model_gradients_reach_encoder_and_volume():
     names = {n for n, _ in model.named_parameters()}
     assert len(model.encoder_parameters()) == len(names) - 1
     assert math.isclose(float(torch.linalg.det(sixd_to_rotmat(torch.randn(6)))), 1.0, rel_tol=1e-5)
+
+
+def test_build_model_is_seeded_and_leaves_the_global_random_state_alone():
+    from cryopose.pipelines.abinitio import build_model
+    from cryopose.training.config import AbinitioConfig
+
+    cfg = AbinitioConfig(box_size=16)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = build_model(cfg, box_size=16, pixel_size_angstrom=5.0)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(999)  # another global state: the same weights
+    b = build_model(cfg, box_size=16, pixel_size_angstrom=5.0)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka

@@ -87,14 +87,17 @@ def build_model(config: AbinitioConfig, *, box_size: int, pixel_size_angstrom: f
 
     mc = config.model
     g = torch.Generator().manual_seed(config.training.seed)
-    torch.manual_seed(config.training.seed)  # network weight initialisation
     ops = symmetry_operators(mc.symmetry, dtype=torch.float32) if mc.symmetry != "C1" else None
-    model = CryoPoseNet(
-        box_size=box_size, pose_param=mc.pose_param, n_hypotheses=mc.n_hypotheses, shift_head=mc.shift_head,
-        max_shift_px=mc.max_shift_angstrom / pixel_size_angstrom, channels=mc.channels, hidden=mc.hidden,
-        batch_norm=mc.batch_norm, volume_init=mc.volume_init, volume_init_std=mc.volume_init_std,
-        mask_radius=None if mc.mask_radius is None else mc.mask_radius * box_size / 2.0,
-        symmetry_operators=ops, generator=g)
+    # torch.nn initialises layers from the global generator: seed it inside a fork, so that the
+    # weights follow the seed and the caller's global random state is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.training.seed)
+        model = CryoPoseNet(
+            box_size=box_size, pose_param=mc.pose_param, n_hypotheses=mc.n_hypotheses, shift_head=mc.shift_head,
+            max_shift_px=mc.max_shift_angstrom / pixel_size_angstrom, channels=mc.channels, hidden=mc.hidden,
+            batch_norm=mc.batch_norm, volume_init=mc.volume_init, volume_init_std=mc.volume_init_std,
+            mask_radius=None if mc.mask_radius is None else mc.mask_radius * box_size / 2.0,
+            symmetry_operators=ops, generator=g)
     return model
 
 
