@@ -488,8 +488,9 @@ def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, res
                         f"(need at least {2 * config.batch_size} training images)")
     first = _read(source, np.array([0]))
     box = int(first.shape[-1])
-    torch.manual_seed(config.seed)  # initialisation of the networks
-    model = VAEGAN(config.model_config(box))
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
+        torch.manual_seed(config.seed)
+        model = VAEGAN(config.model_config(box))
     params_g = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt_g = torch.optim.Adam(params_g, lr=config.learning_rate, betas=config.betas)
     opt_d = (torch.optim.Adam(model.discriminator.parameters(), lr=config.learning_rate, betas=config.betas)

@@ -346,8 +346,9 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
     idx_all = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(idx_all) < 2 * config.batch_size:
         raise UserError(f"{len(idx_all)} images are too few for batch size {config.batch_size}")
-    torch.manual_seed(config.seed)
-    model = RotInvAutoencoder(model_config) if kind == "rotinv" else SpatialVAE(model_config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
+        torch.manual_seed(config.seed)
+        model = RotInvAutoencoder(model_config) if kind == "rotinv" else SpatialVAE(model_config)
     main_params = [p for name, p in model.named_parameters() if not name.startswith("critic.")]
     opt = torch.optim.Adam(main_params, lr=config.learning_rate)
     use_critic = kind == "rotinv" and config.lambda_wasserstein > 0

@@ -390,8 +390,10 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     if train_idx.size < 1:
         raise ValueError("no training particles")
     device = torch.device(device or "cpu")
-    torch.manual_seed(config.seed)
-    model = OrientationRegressor(model_config).to(device).to(memory_format=torch.channels_last)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
+        torch.manual_seed(config.seed)
+        model = OrientationRegressor(model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     sched = _lr_scheduler(opt, config)
     reproj = ReprojectionLoss(reference_volume, box_size=config.reproj_box_size or model_config.box_size,
