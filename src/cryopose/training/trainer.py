@@ -326,7 +326,7 @@ class Trainer:
         try:
             while not self.finished:
                 torch.set_num_threads(self.config.num_threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
-                if self.permutation is None or self.position == 0:
+                if self.permutation is None:  # a new epoch's order (kept when resuming inside an epoch)
                     self.permutation = torch.randperm(len(self.dataset), generator=self.generator)
                 running: list[float] = []
                 while self.position < self.steps_per_epoch:
@@ -349,6 +349,7 @@ class Trainer:
                 self.epoch_losses.append(float(np.mean(running)) if running else float("nan"))
                 self.epoch += 1
                 self.position = 0
+                self.permutation = None  # drawn at the next epoch's start, also after a resume from here
                 self.save()
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self)
