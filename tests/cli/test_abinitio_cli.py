@@ -60,7 +60,7 @@ def test_abinitio_writes_every_output(run_dir):
     # the report says which additions to the paper were on, and that the poses were polished
     assert "search warm-up" in html and "symmetrised loss" in html and "refined locally" in html
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["polish_rounds"] == 1 and summary["polish_median_change_deg"] >= 0
+    assert summary["polish_rounds"] == 3 and summary["polish_median_change_deg"] >= 0
     assert 0 < summary["view_coverage"]["covered_fraction"] <= 1 and isinstance(summary["warnings"], list)
     assert "noise power spectrum" in html and "asymmetric unit" in html
     m = read_map(out / "map.mrc")

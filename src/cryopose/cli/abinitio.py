@@ -54,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search warm-up: fraction of the steps in which a global grid search against the "
                              "current map adds a candidate pose and teaches the encoder (default 0.5; 0 = the "
                              "paper's pure gradient descent)")
-    parser.add_argument("--polish-rounds", type=int, default=1, metavar="N",
-                        help="rounds of local refinement of the encoder's poses at the full box after training "
-                             "(default 1; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
+    parser.add_argument("--polish-rounds", type=int, default=3, metavar="N",
+                        help="rounds of local refinement of the encoder's poses at the full box after training, each "
+                             "against the map of the round before, read up to that map's FSC=0.143 resolution "
+                             "(default 3; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")
     parser.add_argument("--symmetry", default="C1", metavar="SYM",

@@ -194,7 +194,10 @@ class AbinitioConfig:
         polish_rounds: Rounds of local refinement of the encoder's poses against the map at the
             particles' full box, each followed by a new reconstruction
             (:mod:`cryopose.pipelines.polish`; 0 = the encoder's poses as they are). Needs
-            ``reconstruct``.
+            ``reconstruct``. Each round reads frequencies up to 0.9 × the half-map FSC = 0.143
+            resolution of the round before (a resolution schedule: the band grows as the map
+            improves); on the demo's particles the median error went 4.18° → 2.89° → 2.70°
+            over three rounds (39, 89, 110 s on one thread; ``benchmarks/polish_rounds.py``).
         polish_start_step_deg: First step of the local lattice, degrees.
         polish_final_step_deg: Last step, degrees (halvings from the first).
     """
@@ -207,7 +210,7 @@ class AbinitioConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     reconstruct: bool = True
-    polish_rounds: int = 1
+    polish_rounds: int = 3
     polish_start_step_deg: float = 3.75
     polish_final_step_deg: float = 0.9375
 
