@@ -143,6 +143,11 @@ class ParticleMetadata:
             table=self.table.iloc[pos],
         )
 
+    @property
+    def has_origins(self) -> bool:
+        """Whether the particles carry origins: not absent and not all zero (a picker writes none)."""
+        return self.shifts_angstrom is not None and bool((self.shifts_angstrom.abs() > 0).any())
+
     def replace(self, **changes) -> "ParticleMetadata":
         """A copy with some fields changed (``dataclasses.replace``; validated again)."""
         return dataclasses.replace(self, **changes)

@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from ..conventions import shifts_angstrom_to_pixels, shifts_pixels_to_angstrom
 from ..data.dataset import ParticleDataset
 from ..data.transforms import Normalization
 from ..errors import UserError
@@ -162,12 +163,6 @@ def write_poses(path: Path, metadata, inference: PoseInference, working_pixel_si
     return path
 
 
-def has_origins(metadata) -> bool:
-    """Whether particle metadata carry origins (not absent, not all zero: a picker writes none)."""
-    s = metadata.shifts_angstrom
-    return s is not None and bool((torch.as_tensor(s).abs() > 0).any())
-
-
 def resolve_config(config: AbinitioConfig, metadata) -> AbinitioConfig:
     """Settle the data-dependent defaults that do not need the images.
 
@@ -176,7 +171,7 @@ def resolve_config(config: AbinitioConfig, metadata) -> AbinitioConfig:
     for new particles too; a per-particle table could not). ``invert_contrast=None`` stays
     ``None`` here: it is detected from the images by :func:`prepare_particles`.
     """
-    est = (not has_origins(metadata)) if config.estimate_shifts is None else bool(config.estimate_shifts)
+    est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     model = config.model if not est else dataclasses.replace(config.model, shift_head=True)
     return dataclasses.replace(config, estimate_shifts=est, model=model)
 
@@ -226,7 +221,7 @@ def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progr
     if inverted != dataset.invert:
         dataset.invert_contrast()
     if config.estimate_shifts and shifts is not None:
-        dataset.shifts_angstrom = torch.as_tensor(shifts).double() * dataset.pixel_size_angstrom
+        dataset.shifts_angstrom = shifts_pixels_to_angstrom(torch.as_tensor(shifts).double(), dataset.pixel_size_angstrom)
     return dataclasses.replace(config, invert_contrast=inverted), info
 
 
@@ -380,11 +375,12 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, progress=progress)
     poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
     seconds["infer"] = time.perf_counter() - t1
-    shifts_a = None if inference.shifts_px is None else inference.shifts_px * dataset.pixel_size_angstrom
+    shifts_a = None if inference.shifts_px is None else shifts_pixels_to_angstrom(inference.shifts_px,
+                                                                                 dataset.pixel_size_angstrom)
     shift_corrections = None
     if model.shift_head is not None and inference.shifts_px is not None:
         base = torch.zeros_like(inference.shifts_px) if dataset.shifts_angstrom is None else \
-            dataset.shifts_angstrom.float() / dataset.pixel_size_angstrom
+            shifts_angstrom_to_pixels(dataset.shifts_angstrom.float(), dataset.pixel_size_angstrom)
         shift_corrections = inference.shifts_px - base
     rec = None
     map_path = None
@@ -420,7 +416,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
             polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
             inference = dataclasses.replace(
                 inference, rotmats=rot.float(),
-                shifts_px=None if shifts_a is None else shifts_a.float() / dataset.pixel_size_angstrom)
+                shifts_px=None if shifts_a is None else shifts_angstrom_to_pixels(shifts_a.float(),
+                                                                                  dataset.pixel_size_angstrom))
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
         map_path = outdir / "map.mrc"

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..conventions import shifts_pixels_to_angstrom
 from ..data.dataset import ParticleDataset
 from ..errors import UserError
 from ..training.checkpoint import CHECKPOINT_FORMAT
 from ..training.trainer import PoseInference, infer_poses
-from .abinitio import ENCODER_FORMAT_KEYS, has_origins, load_encoder, write_poses
+from .abinitio import ENCODER_FORMAT_KEYS, load_encoder, write_poses
 
 __all__ = ["PREDICT_MODEL_KINDS", "inference_encoder", "predict_poses", "predict_poses_supervised", "read_model_file"]
 
@@ -78,12 +79,12 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                         f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
     dataset = ParticleDataset(stack, meta, box_size=m, invert=bool(config.invert_contrast),
                               normalization=info["normalization"])
-    if config.estimate_shifts and not has_origins(meta):
+    if config.estimate_shifts and not meta.has_origins:
         # trained on centred particles (+ shift-head corrections): centre these the same way
         from ..data.preprocess import centre_particles
 
         centring = centre_particles(dataset, iterations=3, progress=progress)
-        dataset.shifts_angstrom = centring.shifts_px.double() * dataset.pixel_size_angstrom
+        dataset.shifts_angstrom = shifts_pixels_to_angstrom(centring.shifts_px.double(), dataset.pixel_size_angstrom)
         meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
     model.encoder = inference_encoder(model.encoder, dataset, int8=int8)
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,

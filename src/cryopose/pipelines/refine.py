@@ -33,6 +33,7 @@ import time
 import numpy as np
 import torch
 
+from ..conventions import shifts_pixels_to_angstrom
 from ..errors import UserError
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
@@ -240,9 +241,8 @@ def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "Ref
     """
     from ..data.dataset import ParticleDataset
     from ..data.preprocess import centre_particles
-    from .abinitio import has_origins
 
-    est = (not has_origins(metadata)) if config.estimate_shifts is None else bool(config.estimate_shifts)
+    est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     invert = config.invert_contrast
     record: dict = {}
     centring = None
@@ -351,7 +351,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     if unlabeled.size:
         rot[torch.as_tensor(unlabeled)] = pred.float()
         sh[torch.as_tensor(unlabeled)] = pred_shifts.float()
-    centring_a = None if centring is None else centring * wd.pixel_size_angstrom
+    centring_a = None if centring is None else shifts_pixels_to_angstrom(centring, wd.pixel_size_angstrom)
     total_sh = sh if centring_a is None else sh + centring_a  # origins of the images as given
     meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
     # 4. reconstruct on the working grid (same half-set split for every map)
