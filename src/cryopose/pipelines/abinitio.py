@@ -32,6 +32,7 @@ from ..data.dataset import ParticleDataset
 from ..data.transforms import Normalization
 from ..errors import UserError
 from ..models.cryoposenet import CryoPoseNet
+from ..search.run import ResampledImages
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.config import AbinitioConfig, config_from_dict
 from ..training.trainer import PoseInference, Trainer, estimate_volume_scale, infer_poses
@@ -225,25 +226,6 @@ def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progr
     return dataclasses.replace(config, invert_contrast=inverted), info
 
 
-class InvertedStack:
-    """A particle stack read with its contrast flipped (``len``, ``box_size``, ``[idx] → −images``)."""
-
-    def __init__(self, stack):
-        self.stack = stack
-        self.box_size = stack.box_size
-
-    def __len__(self) -> int:
-        return len(self.stack)
-
-    def __getitem__(self, index):
-        return -torch.as_tensor(self.stack[index]).float()
-
-    def iter_chunks(self, chunk_size: int):
-        """Yield ``(indices, −images)`` in order, as :meth:`ParticleStack.iter_chunks`."""
-        for idx, images in self.stack.iter_chunks(chunk_size):
-            yield idx, -images
-
-
 def dataset_fingerprint(stack, metadata) -> dict:
     """What identifies a data set for ``--resume``: particle count, box, pixel size (Å) and a
     SHA-256 of the image names (``N@stack`` as the file gives them, in order)."""
@@ -348,7 +330,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                                      saved=None if saved is None else saved.get("preprocess"))
     if config.estimate_shifts:
         meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
-    source = InvertedStack(stack) if config.invert_contrast else stack
+    source = ResampledImages(stack, stack.box_size, invert_contrast=True) if config.invert_contrast else stack
     model = build_model(config, box_size=dataset.box_size, pixel_size_angstrom=dataset.pixel_size_angstrom)
     if saved is None:
         model.volume.scale.fill_(estimate_volume_scale(dataset))

@@ -239,8 +239,7 @@ def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "Ref
         inverted and centred as decided), the centring origins in working pixels (or ``None``),
         and a JSON-friendly record for the report.
     """
-    from ..data.dataset import ParticleDataset
-    from ..data.preprocess import centre_particles
+    from ..data.preprocess import centre_images
 
     est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     invert = config.invert_contrast
@@ -248,8 +247,7 @@ def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "Ref
     centring = None
     if invert is None or est:
         say("centring the particles" if est else "detecting the contrast")
-        ds = ParticleDataset(wd.images, wd.metadata, use_shifts=False, per_image=True, whiten=True)
-        res = centre_particles(ds, iterations=3 if est else 1)
+        res = centre_images(wd.images, wd.metadata, iterations=3 if est else 1)
         if invert is None:
             invert = bool(wd.images.invert_contrast) != (res.contrast_sign < 0)
             record["contrast_fraction_bright"] = res.contrast_fraction

@@ -30,7 +30,7 @@ from ..io.particles import ParticleMetadata
 from ..simulate.volumes import resample_volume
 from .projection_matching import SearchConfig, SearchResult, search_poses
 
-__all__ = ["ResampledImages", "working_grid", "load_reference", "detect_contrast", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
+__all__ = ["ResampledImages", "working_grid", "load_reference", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
 
 #: STAR column of the per-particle search score (NCC at the final pose).
 SCORE_COLUMN = "rlnCryoposeSearchScore"
@@ -130,29 +130,6 @@ def load_reference(path, *, map_pixel_size_angstrom: float | None = None, partic
     return read_map(path, pixel_size_angstrom=map_pixel_size_angstrom, require_cubic=True)
 
 
-def detect_contrast(images, metadata: ParticleMetadata, use_ctf: bool = True) -> tuple[bool, float]:
-    """Whether particles are dark, from the images alone.
-
-    Each image's best correlation with its CTF times a positive Gaussian blob (one pass of
-    :func:`cryopose.data.preprocess.centre_particles`, whitened, RELION-normalised) is positive
-    for bright particles; the data are called dark when most are negative.
-
-    Args:
-        images: ``len`` and ``[indices] → (B, m, m)`` images (e.g. :class:`ResampledImages`).
-        metadata: Their metadata on that grid (pixel size and box of the images, CTF).
-        use_ctf: Use the metadata's CTF.
-
-    Returns:
-        ``(invert, fraction_bright)``.
-    """
-    from ..data.dataset import ParticleDataset
-    from ..data.preprocess import centre_particles
-
-    ds = ParticleDataset(images, metadata, use_shifts=False, use_ctf=use_ctf, per_image=True, whiten=True)
-    res = centre_particles(ds, iterations=1)
-    return res.contrast_sign < 0, res.contrast_fraction
-
-
 def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, config: SearchConfig,
                      box_size: int | None = None, invert_contrast: bool | None = False, use_ctf: bool = True,
                      progress=None) -> tuple[ParticleMetadata, SearchResult, dict]:
@@ -165,7 +142,7 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
         config: Search options (:class:`~cryopose.search.projection_matching.SearchConfig`).
         box_size: Downsample the particles to this box first (speed).
         invert_contrast: The particles are dark (negate them); ``None`` = detect it from the
-            images (:func:`cryopose.data.preprocess.centre_particles`, one pass; the fraction of
+            images (:func:`cryopose.data.preprocess.centre_images`, one pass; the fraction of
             particles that looked bright is in ``info``).
         use_ctf: Use the metadata's CTF (ignored when it has none).
         progress: ``progress(done, total)`` callback.
@@ -190,8 +167,11 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
     ctf = metadata.ctf if use_ctf else None
     detected = None
     if invert_contrast is None:
-        invert_contrast, detected = detect_contrast(ResampledImages(stack, m),
-                                                    metadata.replace(pixel_size_angstrom=a, box_size=m), use_ctf)
+        from ..data.preprocess import centre_images
+
+        res = centre_images(ResampledImages(stack, m), metadata.replace(pixel_size_angstrom=a, box_size=m),
+                            iterations=1, use_ctf=use_ctf)
+        invert_contrast, detected = res.contrast_sign < 0, res.contrast_fraction
     images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     result = search_poses(images, torch.from_numpy(np.array(ref, dtype=np.float32)), a, ctf=ctf, config=config,
                           progress=progress)
