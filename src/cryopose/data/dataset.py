@@ -109,23 +109,19 @@ class ParticleDataset:
         self.shifts_angstrom = metadata.shifts_angstrom if use_shifts else None
         self.chunk_size = int(chunk_size)
         self._cache: torch.Tensor | None = None
-        self.whitening: torch.Tensor | None = None
-        self.noise_spectrum = None
         if normalization is None:
             sample = np.unique(np.linspace(0, len(stack) - 1, min(len(stack), 1000)).round().astype(np.int64))
             raw = self._raw(sample)
             normalization = dataclasses.replace(estimate_normalization(raw), per_image=bool(per_image))
             if whiten:
-                self.noise_spectrum = estimate_noise_spectrum(normalize(raw, normalization),
-                                                              pixel_size_angstrom=self.pixel_size_angstrom,
-                                                              particle_radius_fraction=normalization.background_radius)
-                normalization = dataclasses.replace(normalization, noise_power=self.noise_spectrum.power)
+                spectrum = estimate_noise_spectrum(normalize(raw, normalization),
+                                                   pixel_size_angstrom=self.pixel_size_angstrom,
+                                                   particle_radius_fraction=normalization.background_radius)
+                normalization = dataclasses.replace(normalization, noise_power=spectrum.power)
         self.normalization = normalization
+        self.whitening: torch.Tensor | None = None
         if normalization.noise_power is not None:
             self.whitening = whitening_filter(normalization.noise_power, m)
-            if self.noise_spectrum is None:  # given (resume, predict): the spectrum measured then
-                self.noise_spectrum = NoiseSpectrum(power=normalization.noise_power, box_size=m,
-                                                    pixel_size_angstrom=self.pixel_size_angstrom, n_images=0)
         if len(stack) * m * m * 4 / 2**20 <= cache_limit_mb:
             parts = [self._prepared(np.arange(s, min(s + self.chunk_size, len(stack))))
                      for s in range(0, len(stack), self.chunk_size)]
@@ -145,6 +141,15 @@ class ParticleDataset:
         if self.whitening is not None:
             x = centered_ifft2(centered_fft2(x) * self.whitening).real
         return x
+
+    @property
+    def noise_spectrum(self) -> NoiseSpectrum | None:
+        """The noise spectrum the data are whitened with (measured here, or given with the
+        normalisation, e.g. an encoder's), or ``None`` without whitening."""
+        power = self.normalization.noise_power
+        if power is None:
+            return None
+        return NoiseSpectrum(power=power, box_size=self.box_size, pixel_size_angstrom=self.pixel_size_angstrom)
 
     def invert_contrast(self) -> None:
         """Flip the contrast of every image from now on (after contrast detection).

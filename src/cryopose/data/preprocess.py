@@ -48,13 +48,11 @@ class NoiseSpectrum:
             integer shell ``round(|k|) = 0 .. n // 2`` (cycles per box); shell 0 is the DC.
         box_size: Working box ``n`` in pixels.
         pixel_size_angstrom: Working pixel size in Å (shell ``j`` is ``j / (n · p)`` Å⁻¹).
-        n_images: Images measured.
     """
 
     power: tuple[float, ...]
     box_size: int
     pixel_size_angstrom: float
-    n_images: int
 
     def frequencies_per_angstrom(self) -> np.ndarray:
         """``(n // 2 + 1,)`` shell frequencies in Å⁻¹."""
@@ -124,7 +122,7 @@ def estimate_noise_spectrum(images: torch.Tensor, *, pixel_size_angstrom: float,
         raise ValueError("the image background is constant; cannot estimate a noise spectrum")
     radial[0] = radial[1]  # the DC of a mean-free background is 0: take the first shell's
     return NoiseSpectrum(power=tuple(float(v) for v in radial), box_size=n,
-                         pixel_size_angstrom=float(pixel_size_angstrom), n_images=int(images.shape[0]))
+                         pixel_size_angstrom=float(pixel_size_angstrom))
 
 
 def whitening_filter(spectrum: NoiseSpectrum | tuple | list, box_size: int) -> torch.Tensor:

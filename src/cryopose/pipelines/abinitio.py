@@ -200,7 +200,7 @@ def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progr
     if saved is not None:
         inverted = bool(saved["inverted"])
         shifts = saved.get("centring_shifts_px")
-        info = {k: v for k, v in saved.items()}
+        info = dict(saved)
     else:
         shifts, inverted = None, bool(config.invert_contrast)
         if need_contrast or config.estimate_shifts:
@@ -413,7 +413,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         "polish_rounds": config.polish_rounds if config.reconstruct else 0,
         "polish_median_change_deg": None if polish_change is None else float(polish_change.median()),
         "contrast_inverted": bool(config.invert_contrast),
-        "contrast_detected": config.invert_contrast is not None and "fraction_bright" in prep.get("contrast", {}),
+        "contrast_detected": "fraction_bright" in prep.get("contrast", {}),
         "contrast_fraction_bright": prep.get("contrast", {}).get("fraction_bright"),
         "shifts_estimated": bool(config.estimate_shifts),
         "centring": prep.get("centring"),
