@@ -258,7 +258,7 @@ def centre_particles(dataset, *, iterations: int = 3, max_shift_fraction: float 
             if it == 0:
                 n_positive += int((cc[torch.arange(len(idx)), best] > 0).sum())
             d = torch.stack([xx.reshape(-1)[best], yy.reshape(-1)[best]], dim=1)
-            shifts[idx] = -d  # RELION origin: the content sits at −origin
+            shifts[idx] = -d  # the origin that moves content at d back (projection.origin_phases)
             centred = y * origin_phases(-d, n).conj()
             num += (centred * ctf).sum(dim=0)
             den += (ctf * ctf).sum(dim=0) if batch.ctf is not None else float(len(idx))

@@ -187,7 +187,7 @@ class AbinitioConfig:
             in every image) instead of background mean 0 per image and one global scale (s.d. 1
             over the data set). Off by default: on the demo's particles (one noise level) it
             made the poses worse (median 4.08° against 3.70°, encoder 10.35° against 9.49°, one
-            seed); it is for data sets whose noise level varies between micrographs.
+            seed, one polishing round); it is for data sets whose noise level varies between micrographs.
         model: :class:`ModelConfig`.
         training: :class:`TrainingConfig`.
         reconstruct: Reconstruct ``map.mrc`` and half maps from the inferred poses at the end.
