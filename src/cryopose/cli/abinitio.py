@@ -100,7 +100,8 @@ def config_from_args(args: argparse.Namespace):
         train_kw["search_fraction"] = args.search_fraction
     from .common import tri_state
 
-    return AbinitioConfig(box_size=64 if args.box_size is None else args.box_size, invert_contrast=tri_state(args, "invert_contrast"),
+    return AbinitioConfig(box_size=64 if args.box_size is None else args.box_size,
+                          invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),
                           whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
