@@ -236,3 +236,56 @@ def test_band_residuals_equal_rendered_residuals_with_ctf_and_shifts():
     with torch.no_grad():
         wrong = band_residuals(vft, flipped, rot, corr, make_band(N_BOX))
     assert float((wrong - full).abs().max()) > 0.05
+
+
+@pytest.mark.parametrize("shift_head", [False, True])
+def test_winner_only_rendering_gives_the_full_best_candidate_gradients(shift_head):
+    """The step scores every candidate without autograd and renders the winner again with it:
+    loss and gradients (encoder, shift head and map) must equal those of rendering all."""
+    from cryopose.training.trainer import _predict, candidate_poses
+
+    stack, meta = _particles(24, seed=11)
+    config = _config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, shift_head=shift_head))
+    tr = _trainer(config, stack, meta)
+    batch = tr.dataset.batch(np.arange(16))
+    target = centered_fft2(batch.images) / N_BOX
+    mask = frequency_band_mask(N_BOX, 0.4 * N_BOX)
+
+    def grads(fast: bool):
+        tr.model.zero_grad(set_to_none=True)
+        rot, shifts = candidate_poses(tr.model, batch.images, symmetric=True)
+        vft = tr.model.volume.prepare()
+        if fast:
+            loss, best = tr._best_candidate_loss(vft, batch, rot, shifts, target, mask)
+        else:
+            loss, best = best_candidate_loss(fourier_residuals(_predict(tr.model, vft, batch, rot, shifts), target, mask))
+        loss.backward()
+        return float(loss.detach()), best, {k: p.grad.clone() for k, p in tr.model.named_parameters() if p.grad is not None}
+
+    tr.model.eval()  # batch-norm statistics fixed, so that both passes see the same encoder
+    loss_all, best_all, g_all = grads(False)
+    loss_fast, best_fast, g_fast = grads(True)
+    assert loss_fast == pytest.approx(loss_all, rel=1e-5)
+    assert torch.equal(best_fast, best_all)
+    assert g_fast.keys() == g_all.keys() and len(g_all) > 4
+    for k in g_all:
+        assert torch.allclose(g_fast[k], g_all[k], rtol=1e-4, atol=1e-6 * float(g_all[k].abs().max()) + 1e-12), k
+
+
+def test_automatic_working_box_and_epochs():
+    from cryopose.pipelines.abinitio import resolve_config
+    from cryopose.training.config import auto_epochs, auto_working_box
+
+    assert auto_working_box(64, 5.53) == 36          # the demo's field of view (354 Å): ~10 Å pixels
+    assert auto_working_box(128, 3.54) == 46         # β-gal at 128 px (453 Å)
+    assert auto_working_box(256, 4.0) == 64          # large field of view: capped at 64 px
+    assert auto_working_box(128, 1.2) == 32          # small one (154 Å): at least 32 px
+    assert auto_working_box(24, 2.0) == 24           # never larger than the images
+    assert [auto_epochs(n) for n in (300, 2000, 10_000, 20_000, 100_000, 10**6)] == [20, 20, 5, 3, 1, 1]
+    stack, meta = _particles(40, seed=1)
+    cfg = resolve_config(AbinitioConfig(), meta, stack.box_size)
+    assert cfg.box_size == stack.box_size and cfg.training.epochs == 20  # 16-px images: their box
+    explicit = AbinitioConfig(box_size=16, training=TrainingConfig(epochs=2))
+    cfg = resolve_config(explicit, meta, stack.box_size)
+    assert cfg.box_size == 16 and cfg.training.epochs == 2

@@ -34,9 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-size", type=float, metavar="A", help="pixel size in Å (must agree with the file)")
     add_datadir_argument(parser)
     parser.add_argument("--box-size", type=int, default=None,
-                        help="working box in pixels; images are Fourier-cropped to it (default 64, or the images' "
-                             "box if smaller; a box larger than the images is refused)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+                        help="working box of the training in pixels; images are Fourier-cropped to it (default: "
+                             "pixels of about 10 Å, 32-64 px, at most the images' box; a box larger than the images "
+                             "is refused). Poses are polished at the images' full box afterwards")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training epochs (default: about 50,000 images shown, 1-20 epochs: 20 for 2,000 "
+                             "particles, 3 for 20,000)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate of the encoder "
                                                                 "(default: TrainingConfig.lr)")
@@ -100,7 +103,7 @@ def config_from_args(args: argparse.Namespace):
         train_kw["search_fraction"] = args.search_fraction
     from .common import tri_state
 
-    return AbinitioConfig(box_size=64 if args.box_size is None else args.box_size,
+    return AbinitioConfig(box_size=args.box_size,
                           invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),
                           whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),

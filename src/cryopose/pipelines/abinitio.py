@@ -164,17 +164,30 @@ def write_poses(path: Path, metadata, inference: PoseInference, working_pixel_si
     return path
 
 
-def resolve_config(config: AbinitioConfig, metadata) -> AbinitioConfig:
+def resolve_config(config: AbinitioConfig, metadata, image_box: int | None = None) -> AbinitioConfig:
     """Settle the data-dependent defaults that do not need the images.
 
     ``estimate_shifts=None`` becomes ``True`` when the particles have no origins; with it the
     shift head is switched on (an amortized per-image correction, so ``predict`` gives shifts
-    for new particles too; a per-particle table could not). ``invert_contrast=None`` stays
-    ``None`` here: it is detected from the images by :func:`prepare_particles`.
+    for new particles too; a per-particle table could not). ``box_size=None`` becomes
+    :func:`~cryopose.training.config.auto_working_box` of ``image_box`` (the particles' box,
+    px) and their pixel size (an explicit box larger than the images becomes the images' box);
+    ``epochs=None`` becomes :func:`~cryopose.training.config.auto_epochs` of the number of
+    particles. ``invert_contrast=None`` stays ``None`` here: it is detected from the images by
+    :func:`prepare_particles`.
     """
+    from ..training.config import auto_epochs, auto_working_box
+
     est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     model = config.model if not est else dataclasses.replace(config.model, shift_head=True)
-    return dataclasses.replace(config, estimate_shifts=est, model=model)
+    box = config.box_size
+    if image_box is not None:
+        box = auto_working_box(int(image_box), float(metadata.pixel_size_angstrom)) if box is None \
+            else min(int(box), int(image_box))
+    training = config.training
+    if training.epochs is None:
+        training = dataclasses.replace(training, epochs=auto_epochs(len(metadata)))
+    return dataclasses.replace(config, estimate_shifts=est, model=model, box_size=box, training=training)
 
 
 def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progress: bool = False,
@@ -313,12 +326,11 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                                  datadir=datadir)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
-    box = config.box_size if config.box_size is not None else stack.box_size
-    if strict_box and int(box) > int(stack.box_size):
-        raise UserError(f"--box-size {box}: larger than the images ({stack.box_size} px in {particles}); the working "
-                        "box Fourier-crops the images, it cannot enlarge them")
-    box = min(int(box), int(stack.box_size))
-    config = resolve_config(config, meta)
+    if strict_box and config.box_size is not None and int(config.box_size) > int(stack.box_size):
+        raise UserError(f"--box-size {config.box_size}: larger than the images ({stack.box_size} px in {particles}); "
+                        "the working box Fourier-crops the images, it cannot enlarge them")
+    config = resolve_config(config, meta, stack.box_size)
+    box = int(config.box_size)
     if saved is not None:
         config = _check_resume(saved, config, dataset_fingerprint(stack, meta))
     if on_start is not None:

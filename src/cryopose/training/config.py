@@ -21,7 +21,46 @@ import math
 from ..errors import UserError
 from ..models.pose_heads import POSE_PARAMETERISATIONS
 
-__all__ = ["ModelConfig", "TrainingConfig", "AbinitioConfig", "config_from_dict"]
+__all__ = ["ModelConfig", "TrainingConfig", "AbinitioConfig", "config_from_dict", "auto_working_box", "auto_epochs",
+           "AUTO_WORKING_PIXEL_ANGSTROM", "AUTO_IMAGE_STEPS"]
+
+#: Working pixel size (Å) the automatic working box aims at: the demo's (64 px at 5.53 Å cropped
+#: to 32 px, 11.06 Å), where the encoder's poses, polished at the full box, reached 2.0°.
+AUTO_WORKING_PIXEL_ANGSTROM = 10.0
+
+#: Images the automatic number of epochs aims to show the network (epochs × particles): the
+#: demo trains on 3 × 10,000.
+AUTO_IMAGE_STEPS = 50_000
+
+
+def auto_working_box(image_box: int, pixel_size_angstrom: float) -> int:
+    """The working box chosen from the field of view: pixels of about 10 Å.
+
+    ``round(image_box · pixel / 10 Å)`` made even, kept within 32–64 px (below 32 px the
+    encoder sees too little; above 64 px a step costs 4× more for detail the polishing at the
+    full box recovers anyway) and never larger than the images. Training at this coarse box
+    is the first stage of the resolution schedule; polishing then reads the particles at their
+    full box up to the resolution each map reaches (:class:`AbinitioConfig`).
+
+    Args:
+        image_box: The particles' box, px.
+        pixel_size_angstrom: Their pixel size, Å.
+
+    Returns:
+        The working box, px (even).
+    """
+    fov = float(image_box) * float(pixel_size_angstrom)
+    box = 2 * int(round(fov / AUTO_WORKING_PIXEL_ANGSTROM / 2.0))
+    return int(min(int(image_box), max(32, min(64, box))))
+
+
+def auto_epochs(n_particles: int) -> int:
+    """Epochs when ``--epochs`` is not given: about 50,000 images shown, 1 to 20 epochs.
+
+    What trains the encoder and the map is the number of steps, not of passes: 2,000 particles
+    get 20 epochs (the earlier fixed default), 10,000 get 5, 20,000 get 3, 100,000 one.
+    """
+    return int(min(20, max(1, math.ceil(AUTO_IMAGE_STEPS / max(1, int(n_particles))))))
 
 
 def _positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
@@ -92,7 +131,8 @@ class TrainingConfig:
     """Optimisation of CryoPoseNet (Adam on encoder and volume jointly).
 
     Attributes:
-        epochs: Passes over the particles.
+        epochs: Passes over the particles (``None`` = :func:`auto_epochs` of the data set's size,
+            settled by :func:`cryopose.pipelines.abinitio.resolve_config`).
         batch_size: Images per step.
         lr: Adam learning rate of the encoder and heads.
         volume_lr: Adam learning rate of the volume parameters (dimensionless, see
@@ -124,7 +164,7 @@ class TrainingConfig:
         log_every: Steps between loss-history entries.
     """
 
-    epochs: int = 20
+    epochs: int | None = None
     batch_size: int = 64
     lr: float = 1e-3
     volume_lr: float = 0.05
@@ -143,7 +183,8 @@ class TrainingConfig:
     log_every: int = 10
 
     def __post_init__(self):
-        _positive("--epochs", self.epochs, integer=True)
+        if self.epochs is not None:
+            _positive("--epochs", self.epochs, integer=True)
         _positive("--batch-size", self.batch_size, integer=True)
         _positive("--lr", self.lr)
         _positive("volume_lr", self.volume_lr)
@@ -174,8 +215,9 @@ class AbinitioConfig:
     """A whole ab initio run.
 
     Attributes:
-        box_size: Working box in pixels (images Fourier-cropped to it); ``None`` keeps the
-            images' box. The final map is reconstructed at the original box.
+        box_size: Working box of the training in pixels (images Fourier-cropped to it);
+            ``None`` = :func:`auto_working_box` (pixels of about 10 Å, 32–64 px). The final map
+            is reconstructed, and the poses polished, at the original box.
         invert_contrast: Particles are dark on a bright background (multiply by −1 first);
             ``None`` = detect it from the data (:func:`cryopose.data.preprocess.centre_particles`).
         estimate_shifts: Estimate per-particle origins: centre the particles on their
@@ -202,7 +244,7 @@ class AbinitioConfig:
         polish_final_step_deg: Last step, degrees (halvings from the first).
     """
 
-    box_size: int | None = 64
+    box_size: int | None = None
     invert_contrast: bool | None = None
     estimate_shifts: bool | None = None
     whiten: bool = True
