@@ -279,7 +279,7 @@ def test_automatic_working_box_and_epochs():
 
     assert auto_working_box(64, 5.53) == 36          # the demo's field of view (354 Å): ~10 Å pixels
     assert auto_working_box(128, 3.54) == 46         # β-gal at 128 px (453 Å)
-    assert auto_working_box(256, 4.0) == 64          # large field of view: capped at 64 px
+    assert auto_working_box(256, 4.0) == 48          # large field of view: capped at 48 px
     assert auto_working_box(128, 1.2) == 32          # small one (154 Å): at least 32 px
     assert auto_working_box(24, 2.0) == 24           # never larger than the images
     assert [auto_epochs(n) for n in (300, 2000, 10_000, 20_000, 100_000, 10**6)] == [20, 20, 5, 3, 1, 1]

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_datadir_argument(parser)
     parser.add_argument("--box-size", type=int, default=None,
                         help="working box of the training in pixels; images are Fourier-cropped to it (default: "
-                             "pixels of about 10 Å, 32-64 px, at most the images' box; a box larger than the images "
+                             "pixels of about 10 Å, 32-48 px, at most the images' box; a box larger than the images "
                              "is refused). Poses are polished at the images' full box afterwards")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs (default: about 50,000 images shown, 1-20 epochs: 20 for 2,000 "

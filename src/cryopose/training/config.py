@@ -36,9 +36,12 @@ AUTO_IMAGE_STEPS = 50_000
 def auto_working_box(image_box: int, pixel_size_angstrom: float) -> int:
     """The working box chosen from the field of view: pixels of about 10 Å.
 
-    ``round(image_box · pixel / 10 Å)`` made even, kept within 32–64 px (below 32 px the
-    encoder sees too little; above 64 px a step costs 4× more for detail the polishing at the
-    full box recovers anyway) and never larger than the images. Training at this coarse box
+    ``round(image_box · pixel / 10 Å)`` made even, kept within 32–48 px and never larger than
+    the images. Below 32 px the encoder sees too little; above 48 px a step costs far more
+    than the pixel count says (on 2 busy cores, ``benchmarks/training_step.py``: 2.95 s per
+    step at 40 px, 26.9 s at 64 px — the 3D slicing's scatter into the 2×-padded map's
+    transform leaves the cache), for detail that the polishing at the full box recovers
+    anyway. Training at this coarse box
     is the first stage of the resolution schedule; polishing then reads the particles at their
     full box up to the resolution each map reaches (:class:`AbinitioConfig`).
 
@@ -51,7 +54,7 @@ def auto_working_box(image_box: int, pixel_size_angstrom: float) -> int:
     """
     fov = float(image_box) * float(pixel_size_angstrom)
     box = 2 * int(round(fov / AUTO_WORKING_PIXEL_ANGSTROM / 2.0))
-    return int(min(int(image_box), max(32, min(64, box))))
+    return int(min(int(image_box), max(32, min(48, box))))
 
 
 def auto_epochs(n_particles: int) -> int:
@@ -216,7 +219,7 @@ class AbinitioConfig:
 
     Attributes:
         box_size: Working box of the training in pixels (images Fourier-cropped to it);
-            ``None`` = :func:`auto_working_box` (pixels of about 10 Å, 32–64 px). The final map
+            ``None`` = :func:`auto_working_box` (pixels of about 10 Å, 32–48 px). The final map
             is reconstructed, and the poses polished, at the original box.
         invert_contrast: Particles are dark on a bright background (multiply by −1 first);
             ``None`` = detect it from the data (:func:`cryopose.data.preprocess.centre_particles`).
