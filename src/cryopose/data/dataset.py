@@ -60,6 +60,26 @@ class ParticleBatch:
     ctf: torch.Tensor | None
     shifts_px: torch.Tensor | None
 
+    def to(self, device, *, non_blocking: bool = False) -> "ParticleBatch":
+        """The batch with images, CTFs and shifts on ``device`` (``indices`` stay on the CPU)."""
+        dev = torch.device(device)
+
+        def move(t):
+            return None if t is None else t.to(dev, non_blocking=non_blocking)
+
+        if self.images.device == dev:
+            return self
+        return ParticleBatch(indices=self.indices, images=move(self.images), ctf=move(self.ctf),
+                             shifts_px=move(self.shifts_px))
+
+    def pin_memory(self) -> "ParticleBatch":
+        """The batch in page-locked memory (called by a ``DataLoader`` with ``pin_memory=True``)."""
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return ParticleBatch(indices=self.indices, images=pin(self.images), ctf=pin(self.ctf),
+                             shifts_px=pin(self.shifts_px))
+
 
 class ParticleDataset:
     """Particles preprocessed to a working box.
@@ -129,6 +149,11 @@ class ParticleDataset:
 
     def __len__(self) -> int:
         return len(self.metadata)
+
+    @property
+    def is_cached(self) -> bool:
+        """The preprocessed images are held in memory (else every batch is read from the source)."""
+        return self._cache is not None
 
     def _raw(self, idx: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(self.stack[idx]).float()

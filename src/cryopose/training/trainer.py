@@ -39,11 +39,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset
+from ..data.dataset import ParticleBatch, ParticleDataset
+from ..data.streaming import iter_batches
 from ..data.transforms import rotate_half_turn
 from ..fourier import centered_fft2
 from ..models.cryoposenet import CryoPoseNet, rotate_half_turn_poses
 from ..rotations import geodesic_distance_deg
+from ..runtime import Runtime
 from .checkpoint import save_checkpoint
 from .config import TrainingConfig
 from .losses import best_candidate_loss, candidate_posteriors, fourier_residuals, frequency_band_mask
@@ -108,7 +110,7 @@ def idle_cores(own_load: float = 1.0) -> int:
     ``own_load`` this process's share of it (its threads while it has been computing).
     Intra-op threads that share a busy core with other processes spin at OpenMP barriers; on a
     loaded 2-core machine a 2-thread training step was measured 12× slower than a 1-thread
-    one, so the trainer uses only the idle cores unless ``num_threads`` is set.
+    one, so the trainer uses only the idle cores unless the runtime's ``threads`` is set.
     """
     import os
 
@@ -129,19 +131,20 @@ def march_radius(step: int, total_steps: int, box_size: int, config: TrainingCon
     return r0 + (nyq - r0) * frac
 
 
-def candidate_poses(model: CryoPoseNet, images: torch.Tensor, *, symmetric: bool):
+def candidate_poses(model: CryoPoseNet, images: torch.Tensor, *, symmetric: bool, precision: str = "32"):
     """Candidate poses ``(B, C, 3, 3)`` and shift corrections of a batch.
 
     ``C = H`` hypotheses, or ``2H`` with the symmetrised loss: the poses of ``Y`` then those of
     ``R_π Y`` turned back (``diag(−1, −1, 1) @ R``). Shift corrections ``(B, C, 2)`` (working
-    pixels; those of ``R_π Y`` negated) or ``None``.
+    pixels; those of ``R_π Y`` negated) or ``None``. ``precision``: the encoder's autocast
+    (:meth:`CryoPoseNet.encode`); the outputs are float32 whatever it is.
     """
-    out = model.encode(images)
+    out = model.encode(images, precision=precision)
     rot, sh = out.rotmats, out.shifts_px
     h = rot.shape[1]
     shifts = None if sh is None else sh[:, None].expand(-1, h, 2)
     if symmetric:
-        out2 = model.encode(rotate_half_turn(images))
+        out2 = model.encode(rotate_half_turn(images), precision=precision)
         rot = torch.cat([rot, rotate_half_turn_poses(out2.rotmats)], dim=1)
         if sh is not None:
             shifts = torch.cat([shifts, -out2.shifts_px[:, None].expand(-1, h, 2)], dim=1)
@@ -153,7 +156,7 @@ def _predict(model: CryoPoseNet, vft, batch, rot: torch.Tensor, shifts: torch.Te
     if shifts is None:
         return model.render(vft, rot, ctf=batch.ctf, shifts_px=batch.shifts_px)
     b, c = rot.shape[:2]
-    base = batch.shifts_px if batch.shifts_px is not None else torch.zeros(b, 2)
+    base = batch.shifts_px if batch.shifts_px is not None else torch.zeros(b, 2, device=rot.device)
     total = (base[:, None] + shifts).reshape(b * c, 2)
     ctf = None if batch.ctf is None else batch.ctf.repeat_interleave(c, dim=0)
     pred = model.render(vft, rot.reshape(b * c, 1, 3, 3), ctf=ctf, shifts_px=total)
@@ -172,12 +175,20 @@ class Trainer:
         progress: Show a tqdm progress bar with the running loss.
         on_epoch_end: Called as ``f(trainer)`` after each epoch's checkpoint.
         symmetry: Point group imposed on the volume (for the search warm-up's targets).
+        runtime: Device, threads and precision (:class:`cryopose.runtime.Runtime`; default: the
+            CPU, the idle cores, float32). The model is moved to ``runtime.device``; the batch
+            order and search generators stay on the CPU (the same draws on every device). None
+            of it is stored in the checkpoint's config, so a run resumes with other settings.
     """
 
     def __init__(self, model: CryoPoseNet, dataset: ParticleDataset, config: TrainingConfig, *,
                  checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
                  progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None,
-                 symmetry: str = "C1"):
+                 symmetry: str = "C1", runtime: Runtime | None = None):
+        self.runtime = Runtime() if runtime is None else runtime
+        self.runtime.check_training_precision("abinitio")
+        self.device = self.runtime.device
+        model = model.to(self.device)
         self.model, self.dataset, self.config = model, dataset, config
         self.symmetry = symmetry
         self.search_generator = torch.Generator().manual_seed(config.seed + 7919)
@@ -252,17 +263,24 @@ class Trainer:
         return self.epoch >= self.config.epochs
 
     # ---------------------------------------------------------------- training
-    def train_step(self, indices: torch.Tensor) -> tuple[float, float]:
-        """One optimisation step on the given particles; returns ``(loss, radius)``."""
+    def train_step(self, indices) -> tuple[float, float]:
+        """One optimisation step on the given particles; returns ``(loss, radius)``.
+
+        Args:
+            indices: Particle positions, or the :class:`~cryopose.data.dataset.ParticleBatch`
+                already read (moved to the trainer's device here).
+        """
         n = self.dataset.box_size
-        batch = self.dataset.batch(indices.numpy())
+        batch = indices if isinstance(indices, ParticleBatch) else self.dataset.batch(np.asarray(indices))
+        batch = batch.to(self.device)
         radius = march_radius(self.step, self.total_steps, n, self.config)
-        mask = frequency_band_mask(n, radius)
+        mask = frequency_band_mask(n, radius, device=self.device)
         target = centered_fft2(batch.images) / n
         scale = lr_factor(self.step, self.total_steps, self.config)
         for group, base in zip(self.optimizer.param_groups, (self.config.lr, self.config.volume_lr)):
             group["lr"] = base * scale
-        rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss)
+        rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss,
+                                      precision=self.runtime.precision)
         vft = self.model.volume.prepare()
         searching = self.searcher is not None and self.step < self.config.search_fraction * self.total_steps
         if searching and self.config.search_mode == "replace":
@@ -280,7 +298,7 @@ class Trainer:
             residuals = fourier_residuals(pred, target, mask)
             loss, best = best_candidate_loss(residuals, mean_weight=self.config.hypothesis_mean_weight)
             if searching:
-                winner = cands[torch.arange(cands.shape[0]), best]
+                winner = cands[torch.arange(cands.shape[0], device=cands.device), best]
                 loss = loss + self.config.distill_weight * distillation_loss(rot, winner, symmetry=self.symmetry)
                 if shifts is not None and self.searcher.last_shift_offsets is not None:
                     # where the search's pose won, the shift head is taught its origin offset too
@@ -325,13 +343,14 @@ class Trainer:
         self.model.train()
         try:
             while not self.finished:
-                torch.set_num_threads(self.config.num_threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
+                torch.set_num_threads(self.runtime.threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
                 if self.permutation is None:  # a new epoch's order (kept when resuming inside an epoch)
                     self.permutation = torch.randperm(len(self.dataset), generator=self.generator)
                 running: list[float] = []
-                while self.position < self.steps_per_epoch:
-                    idx = self.permutation[self.position * bs:(self.position + 1) * bs]
-                    loss, radius = self.train_step(idx)
+                chunks = [self.permutation[p * bs:(p + 1) * bs].numpy()
+                          for p in range(self.position, self.steps_per_epoch)]
+                for batch in iter_batches(self.dataset, chunks, self.runtime):
+                    loss, radius = self.train_step(batch)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
                                                  "lower --lr or the volume learning rate")
@@ -422,7 +441,7 @@ def band_residuals(volume_ft, batch, rotmats: torch.Tensor, shift_corrections: t
 
 @torch.no_grad()
 def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool, batch_size: int = 256,
-                merge_deg: float = 10.0, progress: bool = False) -> PoseInference:
+                merge_deg: float = 10.0, progress: bool = False, runtime: Runtime | None = None) -> PoseInference:
     """Amortized inference: encode every particle, keep its best candidate against the volume.
 
     Candidates are the model's hypotheses (and their 180°-turned counterparts with
@@ -438,26 +457,33 @@ def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool
         merge_deg: Candidates closer than this to the best count as the same pose in the
             confidence.
         progress: Show a progress bar.
+        runtime: Device and precision (:class:`cryopose.runtime.Runtime`; default the CPU in
+            float32): the model must already be on ``runtime.device``; batches are moved there
+            (read through :func:`cryopose.data.streaming.iter_batches`, streamed or cached as
+            the runtime says); the results come back on the CPU.
 
     Returns:
-        :class:`PoseInference`.
+        :class:`PoseInference` (CPU tensors).
     """
     from tqdm import tqdm
 
+    runtime = Runtime() if runtime is None else runtime
+    dev = runtime.device
     was_training = model.training
     model.eval()
     n = dataset.box_size
     from ..search.band import make_band
 
-    band = make_band(n)
+    band = make_band(n, device=dev)
     vft = model.volume.prepare()
     rots, shifts, residuals, near = [], [], [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="poses", disable=not progress):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
-        rot, sh = candidate_poses(model, batch.images, symmetric=symmetric)
+    order = np.arange(len(dataset))
+    chunks = [order[s:s + batch_size] for s in range(0, len(dataset), batch_size)]
+    for batch in tqdm(iter_batches(dataset, chunks, runtime), total=len(chunks), desc="poses", disable=not progress):
+        rot, sh = candidate_poses(model, batch.images, symmetric=symmetric, precision=runtime.precision)
         res = band_residuals(vft, batch, rot, sh, band)
         best = res.argmin(dim=1)
-        ar = torch.arange(rot.shape[0])
+        ar = torch.arange(rot.shape[0], device=dev)
         best_rot = rot[ar, best]
         rots.append(best_rot)
         residuals.append(res)
@@ -469,7 +495,8 @@ def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool
         if total is not None:
             shifts.append(total)
     model.train(was_training)
-    res = torch.cat(residuals)
+    rots, shifts, near = [t.cpu() for t in rots], [t.cpu() for t in shifts], [t.cpu() for t in near]
+    res = torch.cat(residuals).cpu()
     best_res = res.min(dim=1).values
     sigma2 = float(best_res.median().clamp_min(1e-12))
     post = candidate_posteriors(res, float(len(band)), sigma2)
