@@ -42,6 +42,15 @@ class TensorStack:
     def __getitem__(self, index) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(index), dtype=torch.long)]
 
+    def iter_chunks(self, chunk_size: int):
+        """Yield ``(indices, images)`` in order, ``chunk_size`` at a time (as
+        :meth:`cryopose.io.particles.ParticleStack.iter_chunks`)."""
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        for start in range(0, len(self), int(chunk_size)):
+            idx = np.arange(start, min(start + int(chunk_size), len(self)), dtype=np.int64)
+            yield idx, self.images[start:start + idx.size]
+
 
 @dataclasses.dataclass(frozen=True)
 class ParticleBatch:
