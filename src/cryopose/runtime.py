@@ -116,6 +116,8 @@ class Runtime:
             memory (``False``), or decide from their size and the free memory (``None``;
             :func:`cryopose.data.streaming.choose_streaming`).
         workers: ``DataLoader`` worker processes when streaming (0: read in the main process).
+        rank, world_size: This process's rank and the number of processes under ``torchrun``
+            (:mod:`cryopose.distributed`; 0 and 1 otherwise).
 
     Raises:
         UserError: Bad values (threads < 1, unknown precision, float16 on the CPU, a
@@ -129,6 +131,8 @@ class Runtime:
     progress: bool = True
     stream: bool | None = None
     workers: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "device", torch.device(self.device))
@@ -188,4 +192,5 @@ class Runtime:
     def describe(self) -> dict:
         """JSON-friendly record for a run's ``config.yaml`` (kept apart from the model config)."""
         return {"device": str(self.device), "threads": self.threads, "seed": self.seed,
-                "precision": self.precision, "stream": self.stream, "workers": self.workers}
+                "precision": self.precision, "stream": self.stream, "workers": self.workers,
+                "world_size": self.world_size}

@@ -107,3 +107,35 @@ def test_resume_with_other_threads_device_and_streaming(trained, tmp_path):
     # what the run computes may not change
     assert main(["abinitio", str(star), "-o", str(run), "--box-size", str(BOX), "--epochs", "3", "--batch-size",
                  "16", "--hypotheses", "2", "--no-progress", "--no-report", "--no-reconstruct", "--resume"]) == 2
+
+
+def test_predict_under_torchrun_two_gloo_processes_matches_one(trained, tmp_path):
+    """2 Gloo processes (torchrun) write one STAR in the particles' order with the poses of one
+    process: angles within 1e-3°, confidences within 1e-5 (the batches differ: round-off only)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, _, new, out = trained
+    one = _predict(out, new, tmp_path / "one.star", "--batch-size", "24")
+    two = tmp_path / "two.star"
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "cryopose.cli.main", "predict", str(out / "encoder.pt"), str(new), "-o", str(two),
+                           "--no-progress", "--threads", "1", "--device", "cpu", "--batch-size", "24"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("predicted poses of 64 particles in 2 processes") == 1  # rank 0 alone reports
+    got = read_star(two, datadir=new.parent)
+    assert list(got.table["rlnImageName"]) == list(one.table["rlnImageName"])
+    d = geodesic_distance_deg(one.rotmats.double(), got.rotmats.double())
+    assert float(d.max()) < 1e-3
+    conf = [torch.tensor(t["rlnCryoposeConfidence"].to_numpy(dtype=float)) for t in (one.table, got.table)]
+    assert torch.allclose(conf[0], conf[1], atol=1e-5)
+    # the other commands refuse torchrun rather than let every rank write the same files
+    env1 = {**env, "WORLD_SIZE": "2", "RANK": "1"}
+    bad = subprocess.run([sys.executable, "-m", "cryopose.cli.main", "reconstruct", str(new), "-o",
+                          str(tmp_path / "m.mrc")], capture_output=True, text=True, env=env1, timeout=300)
+    assert bad.returncode == 2 and "does not run under torchrun" in bad.stderr

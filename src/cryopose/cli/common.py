@@ -212,7 +212,8 @@ def add_runtime_arguments(parser, *, seed: str | None = "random seed (default 0)
                        help="DataLoader worker processes when streaming (default 0: read in the main process)")
 
 
-def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = False):
+def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = False,
+                      distributed: bool = False):
     """The :class:`cryopose.runtime.Runtime` of parsed options (:func:`add_runtime_arguments`).
 
     Args:
@@ -221,11 +222,14 @@ def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = 
         gpu: The command can run on a GPU. Otherwise ``--device auto`` means the CPU and an
             explicit GPU is refused.
         training: The command trains (``--precision 16`` is refused).
+        distributed: The command runs sharded under ``torchrun`` (:mod:`cryopose.distributed`:
+            the process group is joined here); others refuse ``WORLD_SIZE > 1``.
 
     Raises:
         cryopose.errors.UserError: Bad values, a GPU asked for without CUDA (or for a
-            CPU-only command), float16 training.
+            CPU-only command), float16 training, torchrun for a command that does not shard.
     """
+    from ..distributed import init_distributed, world_from_env
     import torch
 
     from ..errors import UserError
@@ -237,7 +241,13 @@ def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = 
     device = resolve_device(spec)
     if not gpu and device.type != "cpu":
         raise UserError(f"cryopose {command}: --device {spec}: this command runs on the CPU only; use --device cpu")
-    rt = Runtime(device=device, threads=getattr(args, "threads", None), seed=int(getattr(args, "seed", 0) or 0),
+    rank, world = 0, 1
+    if world_from_env()[1] > 1:
+        if not distributed:
+            raise UserError(f"cryopose {command} does not run under torchrun (WORLD_SIZE {world_from_env()[1]}); "
+                            "run it as one process (`cryopose predict` shards across processes)")
+        rank, world, device = init_distributed(device, device_was_auto=str(spec).lower() == "auto")
+    rt = Runtime(device=device, rank=rank, world_size=world, threads=getattr(args, "threads", None), seed=int(getattr(args, "seed", 0) or 0),
                  precision=getattr(args, "precision", "32"), progress=not getattr(args, "no_progress", False),
                  stream=getattr(args, "stream", None), workers=getattr(args, "workers", 0))
     if training:

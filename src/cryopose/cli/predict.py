@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    runtime = runtime_from_args(args, command=COMMAND)
+    runtime = runtime_from_args(args, command=COMMAND, distributed=True)
     if args.int8 and (runtime.device.type != "cpu" or runtime.precision != "32"):
         raise UserError("--int8 runs the network in 8-bit integers on the CPU: use it with --device cpu and "
                         "--precision 32")
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_overwrite([args.output], force=args.force)
     kind, state = read_model_file(args.model)
+    if kind == "supervised" and runtime.world_size > 1:
+        raise UserError(f"{args.model}: supervised models are predicted in one process; run without torchrun")
     if kind == "supervised":
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                                        ctf_star=args.ctf, batch_size=args.batch_size,
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                         ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
                         progress=not args.no_progress, state=state, datadir=args.datadir, runtime=runtime)
-    print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
-          f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
+    if runtime.rank == 0:
+        shards = "" if runtime.world_size == 1 else f" in {runtime.world_size} processes"
+        print(f"predicted poses of {len(inf.confidence)} particles{shards} (median confidence "
+              f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

@@ -54,7 +54,8 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
             the CPU in float32, in memory when the particles fit): the encoder runs under the
             runtime's autocast, the candidates are scored in float32 on its device, and the
             particles are streamed through a ``DataLoader`` when they would not fit
-            (:mod:`cryopose.data.streaming`).
+            (:mod:`cryopose.data.streaming`). Under ``torchrun`` each rank poses its block of
+            the particles and rank 0 writes the one STAR file, in the particles' order.
 
     Returns:
         :class:`PoseInference` (working-pixel shifts).
@@ -101,8 +102,9 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
     model.encoder = inference_encoder(model.encoder, dataset, int8=int8)
     model = model.to(runtime.device)
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
-                            progress=progress, runtime=runtime)
-    write_poses(output, meta, inference, dataset.pixel_size_angstrom)
+                            progress=progress and runtime.rank == 0, runtime=runtime)
+    if runtime.rank == 0:  # under torchrun every rank holds every pose; one writes them
+        write_poses(output, meta, inference, dataset.pixel_size_angstrom)
     return inference
 
 

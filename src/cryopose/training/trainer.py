@@ -460,7 +460,11 @@ def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool
         runtime: Device and precision (:class:`cryopose.runtime.Runtime`; default the CPU in
             float32): the model must already be on ``runtime.device``; batches are moved there
             (read through :func:`cryopose.data.streaming.iter_batches`, streamed or cached as
-            the runtime says); the results come back on the CPU.
+            the runtime says); the results come back on the CPU. Under ``torchrun``
+            (``runtime.world_size > 1``) each rank infers its block of the particles
+            (:func:`cryopose.distributed.shard`) and every rank gets all the results in the
+            particles' order (the confidences use the noise level of the whole set, as in one
+            process).
 
     Returns:
         :class:`PoseInference` (CPU tensors).
@@ -477,8 +481,10 @@ def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool
     band = make_band(n, device=dev)
     vft = model.volume.prepare()
     rots, shifts, residuals, near = [], [], [], []
-    order = np.arange(len(dataset))
-    chunks = [order[s:s + batch_size] for s in range(0, len(dataset), batch_size)]
+    from ..distributed import gather_in_order, shard
+
+    order = shard(len(dataset), runtime.rank, runtime.world_size)  # all of them in one process
+    chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     for batch in tqdm(iter_batches(dataset, chunks, runtime), total=len(chunks), desc="poses", disable=not progress):
         rot, sh = candidate_poses(model, batch.images, symmetric=symmetric, precision=runtime.precision)
         res = band_residuals(vft, batch, rot, sh, band)
@@ -495,11 +501,11 @@ def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool
         if total is not None:
             shifts.append(total)
     model.train(was_training)
-    rots, shifts, near = [t.cpu() for t in rots], [t.cpu() for t in shifts], [t.cpu() for t in near]
-    res = torch.cat(residuals).cpu()
+    cat = [None if not ts else torch.cat(ts).cpu() for ts in (rots, shifts, near, residuals)]
+    rots, shifts, near, res = gather_in_order(cat, runtime.world_size)  # ranks' shards in particle order
     best_res = res.min(dim=1).values
     sigma2 = float(best_res.median().clamp_min(1e-12))
     post = candidate_posteriors(res, float(len(band)), sigma2)
-    confidence = (post * torch.cat(near).to(post.dtype)).sum(dim=1)
-    return PoseInference(rotmats=torch.cat(rots), shifts_px=torch.cat(shifts) if shifts else None,
+    confidence = (post * near.to(post.dtype)).sum(dim=1)
+    return PoseInference(rotmats=rots, shifts_px=shifts,
                          confidence=confidence, residual=best_res, noise_variance=sigma2)
