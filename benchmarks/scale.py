@@ -136,7 +136,7 @@ def measure(cmd: list[str], threads: int) -> tuple[float, float]:
     out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, env=env, check=True)
     rc, kib, wall = json.loads(out.stdout.strip().splitlines()[-1])
     if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}")
+        raise RuntimeError(f"{' '.join(cmd)} exited with {rc}: {out.stderr[-2000:]}")
     return kib / 1024.0, wall
 
 

@@ -366,6 +366,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     t1 = time.perf_counter()
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, progress=progress,
                             runtime=runtime)
+    model.cpu()  # the report renders CPU batches with it
     poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
     seconds["infer"] = time.perf_counter() - t1
     shifts_a = None if inference.shifts_px is None else shifts_pixels_to_angstrom(inference.shifts_px,
