@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.int8 and str(args.device).lower() == "auto":
+        args.device = "cpu"  # the int8 engine is the CPU's, whatever GPU the machine has
     runtime = runtime_from_args(args, command=COMMAND, distributed=True)
     if args.int8 and (runtime.device.type != "cpu" or runtime.precision != "32"):
         raise UserError("--int8 runs the network in 8-bit integers on the CPU: use it with --device cpu and "
