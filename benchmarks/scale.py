@@ -244,7 +244,8 @@ def gpu_section(on_cpu: bool = False) -> dict:
         sync()
         rate = steps / (time.perf_counter() - t0)
         out[f"abinitio_{box}px_steps_per_s"] = rate
-        print(f"  abinitio {box:>3} px (batch {cfg.training.batch_size}, search warm-up on): {rate:.2f} steps/s", flush=True)
+        print(f"  abinitio {box:>3} px (batch {cfg.training.batch_size}, search warm-up on): {rate:.2f} steps/s",
+              flush=True)
     n, box = (200, 16) if small else (100_000, 128)
     from cryopose.rotations import random_rotations
 

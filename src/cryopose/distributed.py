@@ -14,8 +14,11 @@ Multi-node runs use torchrun's rendezvous, e.g. under SLURM with one task per no
         --rdzv_backend c10d --rdzv_endpoint $(hostname):29500 --rdzv_id $SLURM_JOB_ID \\
         -m cryopose.cli.main predict encoder.pt particles.star -o poses.star
 
-Today ``cryopose predict`` (CryoPoseNet encoders) runs sharded; the other commands refuse to
-run with ``WORLD_SIZE > 1`` rather than let every rank write the same files.
+``cryopose predict`` (CryoPoseNet encoders) and ``cryopose abinitio`` run this way (ab initio:
+data-parallel training, each rank taking its share of every batch and the gradients averaged,
+:func:`average_gradients`; the poses inferred in shards; rank 0 alone reconstructs, polishes
+and writes); the other commands refuse to run with ``WORLD_SIZE > 1`` rather than let every
+rank write the same files.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["world_from_env", "init_distributed", "shard", "gather_in_order", "is_main"]
+__all__ = ["world_from_env", "init_distributed", "shard", "gather_in_order", "is_main", "average_gradients",
+           "weighted_sum"]
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -93,3 +97,40 @@ def gather_in_order(values: list, world_size: int) -> list:
 def is_main(rank: int = 0) -> bool:
     """Rank 0 (the process that writes the outputs and prints)."""
     return int(rank) == 0
+
+
+def average_gradients(parameters, share: float, world_size: int) -> None:
+    """Data-parallel gradient averaging: ``g ← Σ_ranks share_r · g_r`` on every rank.
+
+    Each rank computed the gradient of the mean loss over its ``share`` (fraction) of the global
+    batch, so the weighted sum is the gradient of the mean over the whole batch, as one process
+    would compute it; after it the ranks take the same optimiser step and their parameters stay
+    equal. This is :class:`torch.nn.parallel.DistributedDataParallel`'s averaging (one flat
+    ``all_reduce`` instead of DDP's overlapped buckets): CryoPoseNet's step runs the encoder
+    twice and the map outside any ``forward``, which DDP's wrapper does not follow.
+
+    Args:
+        parameters: The model's parameters (a missing gradient counts as zero).
+        share: This rank's fraction of the global batch.
+        world_size: Processes; 1 returns at once.
+    """
+    if world_size == 1:
+        return
+    params = list(parameters)
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]) * float(share)
+    torch.distributed.all_reduce(flat)
+    start = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[start:start + n].view_as(p).clone()
+        start += n
+
+
+def weighted_sum(value: float, share: float, world_size: int, device=None) -> float:
+    """``Σ_ranks share_r · value_r`` (e.g. the global batch's mean loss); ``value`` with one rank."""
+    if world_size == 1:
+        return float(value)
+    t = torch.tensor([float(value) * float(share)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item())

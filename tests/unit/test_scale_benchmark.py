@@ -38,7 +38,8 @@ def test_generated_particles_load_with_poses_ctf_and_noise(scale, tmp_path):
 
 def test_memory_probe_reads_the_child_peak(scale):
     rss_small, _ = scale.measure([sys.executable, "-c", "x = bytearray(10 * 2**20)"], 1)
-    rss_big, _ = scale.measure([sys.executable, "-c", "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"], 1)
+    touch = "x = bytearray(200 * 2**20); x[::4096] = b'1' * len(x[::4096])"
+    rss_big, _ = scale.measure([sys.executable, "-c", touch], 1)
     assert rss_big - rss_small > 150
 
 

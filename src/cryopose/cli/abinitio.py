@@ -27,7 +27,8 @@ HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``abinitio`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument, add_runtime_arguments, add_shift_estimation_arguments
+    from .common import (add_contrast_arguments, add_datadir_argument, add_runtime_arguments,
+                         add_shift_estimation_arguments)
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipelines.abinitio import run_abinitio
     from .common import runtime_from_args, write_run_config
 
-    runtime = runtime_from_args(args, command=COMMAND, training=True)
+    runtime = runtime_from_args(args, command=COMMAND, training=True, distributed=True)
     # threads: the trainer's (the runtime's, else the idle cores); here only the subnormal floats
     dataclasses.replace(runtime, threads=None).apply()
     config = config_from_args(args)
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
     def write_config(cfg) -> None:  # once the inputs are read and a resume is accepted
+        if runtime.rank != 0:
+            return
         write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=cfg,
                          extra={"particles": str(args.particles), "resume": bool(args.resume),
                                 "runtime": runtime.describe()})
@@ -138,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
                           ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report, on_start=write_config,
                           strict_box=args.box_size is not None, runtime=runtime)
+    if runtime.rank != 0:
+        return 0
     res = result.resolution_fsc0p143_angstrom
     for warning in result.warnings:
         print(f"cryopose abinitio: warning: {warning}", file=sys.stderr)

@@ -245,9 +245,10 @@ def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = 
     if world_from_env()[1] > 1:
         if not distributed:
             raise UserError(f"cryopose {command} does not run under torchrun (WORLD_SIZE {world_from_env()[1]}); "
-                            "run it as one process (`cryopose predict` shards across processes)")
+                            "run it as one process (`cryopose predict` and `cryopose abinitio` do run under it)")
         rank, world, device = init_distributed(device, device_was_auto=str(spec).lower() == "auto")
-    rt = Runtime(device=device, rank=rank, world_size=world, threads=getattr(args, "threads", None), seed=int(getattr(args, "seed", 0) or 0),
+    rt = Runtime(device=device, rank=rank, world_size=world, threads=getattr(args, "threads", None),
+                 seed=int(getattr(args, "seed", 0) or 0),
                  precision=getattr(args, "precision", "32"), progress=not getattr(args, "no_progress", False),
                  stream=getattr(args, "stream", None), workers=getattr(args, "workers", 0))
     if training:

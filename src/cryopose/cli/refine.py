@@ -27,7 +27,8 @@ _SOURCE_CODES = {"search": 0, "network": 1, "network+local": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refine`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument, add_runtime_arguments, add_shift_estimation_arguments
+    from .common import (add_contrast_arguments, add_datadir_argument, add_runtime_arguments,
+                         add_shift_estimation_arguments)
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")

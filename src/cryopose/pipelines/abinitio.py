@@ -329,6 +329,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         on_start(config)
     norm = None if saved is None else Normalization(**saved["normalization"])
     runtime = Runtime() if runtime is None else runtime
+    progress = progress and runtime.rank == 0
     from ..data.streaming import dataset_source
 
     images, cache_mb = dataset_source(stack, box, runtime)
@@ -348,7 +349,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
              "preprocess": prep, "dataset": dataset_fingerprint(stack, meta)}
 
     def write_encoder(tr: Trainer) -> None:
-        save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
+        if runtime.rank == 0:  # under torchrun every rank holds the same model; one writes it
+            save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
 
     trainer = Trainer(model, dataset, config.training, checkpoint_path=ckpt_path, checkpoint_extra=extra,
                       progress=progress, on_epoch_end=write_encoder, symmetry=config.model.symmetry,
@@ -367,6 +369,11 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, progress=progress,
                             runtime=runtime)
     model.cpu()  # the report renders CPU batches with it
+    if runtime.rank != 0:  # torchrun: rank 0 alone writes the poses, reconstructs, polishes and reports
+        return AbinitioResult(outdir=outdir, poses_star=outdir / "poses.star", map_path=None,
+                              encoder_path=encoder_path, report_path=None, rotmats=inference.rotmats,
+                              shifts_angstrom=None, confidence=inference.confidence,
+                              resolution_fsc0p143_angstrom=None, seconds={"train": trainer.elapsed})
     poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
     seconds["infer"] = time.perf_counter() - t1
     shifts_a = None if inference.shifts_px is None else shifts_pixels_to_angstrom(inference.shifts_px,

@@ -45,6 +45,8 @@ from ..data.transforms import rotate_half_turn
 from ..fourier import centered_fft2
 from ..models.cryoposenet import CryoPoseNet, rotate_half_turn_poses
 from ..rotations import geodesic_distance_deg
+from ..distributed import average_gradients, weighted_sum
+from ..errors import UserError
 from ..runtime import Runtime
 from .checkpoint import save_checkpoint
 from .config import TrainingConfig
@@ -179,6 +181,12 @@ class Trainer:
             CPU, the idle cores, float32). The model is moved to ``runtime.device``; the batch
             order and search generators stay on the CPU (the same draws on every device). None
             of it is stored in the checkpoint's config, so a run resumes with other settings.
+            Under ``torchrun`` (``runtime.world_size > 1``) every rank trains on its share of
+            each batch (the same permutation on every rank) with the gradients averaged
+            (:func:`cryopose.distributed.average_gradients`), so all ranks hold the same model;
+            rank 0 alone writes the checkpoint. Batch norms are synchronised across GPUs
+            (``SyncBatchNorm``); on CPUs (Gloo) each rank normalises with its own share's
+            statistics, so a batch-norm encoder trains slightly differently than in one process.
     """
 
     def __init__(self, model: CryoPoseNet, dataset: ParticleDataset, config: TrainingConfig, *,
@@ -188,6 +196,10 @@ class Trainer:
         self.runtime = Runtime() if runtime is None else runtime
         self.runtime.check_training_precision("abinitio")
         self.device = self.runtime.device
+        if self.runtime.world_size > 1 and config.batch_size < self.runtime.world_size:
+            raise UserError(f"--batch-size {config.batch_size}: smaller than the {self.runtime.world_size} processes")
+        if self.runtime.world_size > 1 and self.device.type == "cuda":  # batch statistics over all GPUs
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
         self.model, self.dataset, self.config = model, dataset, config
         self.symmetry = symmetry
@@ -252,8 +264,8 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self) -> Path | None:
-        """Write the checkpoint atomically (no-op without ``checkpoint_path``)."""
-        if self.checkpoint_path is None:
+        """Write the checkpoint atomically (no-op without ``checkpoint_path`` and on ranks > 0)."""
+        if self.checkpoint_path is None or self.runtime.rank != 0:
             return None
         return save_checkpoint(self.checkpoint_path, self.state_dict())
 
@@ -263,12 +275,26 @@ class Trainer:
         return self.epoch >= self.config.epochs
 
     # ---------------------------------------------------------------- training
-    def train_step(self, indices) -> tuple[float, float]:
+    def _rank_chunks(self, bs: int) -> tuple[list[np.ndarray], list[float]]:
+        """This rank's part of each remaining batch of the epoch and its share of the batch."""
+        rank, world = self.runtime.rank, self.runtime.world_size
+        chunks, shares = [], []
+        for p in range(self.position, self.steps_per_epoch):
+            full = self.permutation[p * bs:(p + 1) * bs].numpy()
+            part = np.array_split(full, world)[rank]
+            chunks.append(part)
+            shares.append(part.size / full.size)
+        return chunks, shares
+
+    def train_step(self, indices, share: float = 1.0) -> tuple[float, float]:
         """One optimisation step on the given particles; returns ``(loss, radius)``.
 
         Args:
             indices: Particle positions, or the :class:`~cryopose.data.dataset.ParticleBatch`
                 already read (moved to the trainer's device here).
+            share: Under ``torchrun``, this rank's fraction of the global batch: the gradients
+                and the loss are averaged over the ranks with these weights
+                (:func:`cryopose.distributed.average_gradients`).
         """
         n = self.dataset.box_size
         batch = indices if isinstance(indices, ParticleBatch) else self.dataset.batch(np.asarray(indices))
@@ -309,8 +335,9 @@ class Trainer:
                     loss = loss + self.config.distill_weight * (won * err).mean() / bound ** 2
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters(), share, self.runtime.world_size)
         self.optimizer.step()
-        return float(loss.detach()), radius
+        return weighted_sum(float(loss.detach()), share, self.runtime.world_size), radius
 
     def _search_replace_loss(self, batch, vft, target, mask, radius, rot, shifts) -> torch.Tensor:
         """Warm-up loss of ``search_mode="replace"``: the map learns from the search poses only
@@ -347,10 +374,10 @@ class Trainer:
                 if self.permutation is None:  # a new epoch's order (kept when resuming inside an epoch)
                     self.permutation = torch.randperm(len(self.dataset), generator=self.generator)
                 running: list[float] = []
-                chunks = [self.permutation[p * bs:(p + 1) * bs].numpy()
-                          for p in range(self.position, self.steps_per_epoch)]
-                for batch in iter_batches(self.dataset, chunks, self.runtime):
-                    loss, radius = self.train_step(batch)
+                chunks, shares = self._rank_chunks(bs)
+                for batch, share in zip(iter_batches(self.dataset, chunks, self.runtime), shares):
+                    # (one process: the one-argument call that callers may wrap)
+                    loss, radius = self.train_step(batch) if share == 1.0 else self.train_step(batch, share)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
                                                  "lower --lr or the volume learning rate")
