@@ -11,6 +11,8 @@ Sections (``--sections``, default all three):
 * ``throughput`` — images/s of ``cryopose predict`` on the same particles (the first size),
   ``--in-memory`` against ``--stream`` with 0 and 1 DataLoader workers; wall time of the whole
   command (reading the STAR file, building the cache or streaming, encoding, scoring, writing).
+* ``distributed`` (not in the default set) — wall time of ``predict`` and of one ``abinitio`` epoch
+  in one process and in two Gloo processes under ``torchrun`` on the first size.
 * ``gpu`` — only when PyTorch sees a CUDA GPU (else it prints that none was available): the
   encoder + candidate scoring of ``predict`` in images/s at 64, 128 and 256 px in fp32 and bf16,
   ``abinitio`` training steps/s at working boxes 64 and 128, and the reconstruction time of
@@ -187,6 +189,35 @@ def throughput_section(work: Path, n: int, threads: int, box: int) -> list[dict]
     return rows
 
 
+def distributed_section(work: Path, n: int, threads: int, box: int) -> list[dict]:
+    """Wall time of predict and of one abinitio epoch in 1 process and in 2 Gloo processes (torchrun)."""
+    import shutil
+
+    enc = untrained_encoder(work / f"encoder{box}.pt", box=box)
+    star = generate(work / f"n{n}", n)
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    rows = []
+    for procs in (1, 2):
+        pred = work / f"n{n}" / f"dist{procs}.star"
+        pred.unlink(missing_ok=True)
+        cmd = [*run, str(procs), "-m", "cryopose.cli.main", "predict", str(enc), str(star), "-o", str(pred),
+               "--device", "cpu", "--threads", str(threads), "--no-progress", "--stream"]
+        rss_p, t_p = measure(cmd, threads)
+        out = work / f"n{n}" / f"dist{procs}"
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [*run, str(procs), "-m", "cryopose.cli.main", "abinitio", str(star), "-o", str(out), "--epochs", "1",
+               "--box-size", str(box), "--search-fraction", "0", "--polish-rounds", "0", "--no-reconstruct",
+               "--no-report", "--no-invert-contrast", "--no-estimate-shifts", "--stream", "--device", "cpu",
+               "--threads", str(threads), "--no-progress"]
+        rss_a, t_a = measure(cmd, threads)
+        rows.append({"processes": procs, "n": n, "predict_s": t_p, "abinitio_s": t_a})
+        print(f"  {procs} process(es): predict {t_p:6.1f} s ({n / t_p:5.0f} img/s), abinitio epoch {t_a:6.1f} s",
+              flush=True)
+    print(f"  2 processes ÷ 1: predict {rows[0]['predict_s'] / rows[1]['predict_s']:.2f}× the throughput, abinitio "
+          f"{rows[0]['abinitio_s'] / rows[1]['abinitio_s']:.2f}×", flush=True)
+    return rows
+
+
 def gpu_section(on_cpu: bool = False) -> dict:
     """Predict img/s (64/128/256 px, fp32/bf16), abinitio steps/s (64/128), reconstruction of 100k at 128 px."""
     from cryopose.ctf import CTFParams
@@ -267,7 +298,8 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, required=True, help="folder for the generated particles and outputs")
     p.add_argument("--sizes", default="10000,50000", help="particle counts of the memory table (default 10000,50000)")
     p.add_argument("--full", action="store_true", help="sizes 10000,100000,500000")
-    p.add_argument("--sections", default="memory,throughput,gpu", help="comma-separated: memory, throughput, gpu")
+    p.add_argument("--sections", default="memory,throughput,gpu",
+                   help="comma-separated: memory, throughput, gpu, distributed (default: the first three)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each command (default 1)")
     p.add_argument("--working-box", type=int, default=32,
                    help="working box of predict's encoder and of the abinitio epoch, px (default 32; the 64 px "
@@ -287,6 +319,9 @@ def main(argv=None) -> int:
     if "throughput" in sections:
         print(f"(b) predict throughput on {sizes[0]:,} particles", flush=True)
         res["throughput"] = throughput_section(a.workdir, sizes[0], a.threads, a.working_box)
+    if "distributed" in sections:
+        print(f"(d) 1 against 2 Gloo processes (torchrun) on {sizes[0]:,} particles", flush=True)
+        res["distributed"] = distributed_section(a.workdir, sizes[0], a.threads, a.working_box)
     if "gpu" in sections:
         print("(c) GPU", flush=True)
         if torch.cuda.is_available() or a.gpu_on_cpu:
