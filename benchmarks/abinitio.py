@@ -127,6 +127,7 @@ def run_case(name: str, structure: str, snr_db: float | None, workdir: Path, *, 
     """Simulate, train, evaluate one case; returns its row."""
     from cryopose.io.particles import load_particles
     from cryopose.pipelines.abinitio import run_abinitio
+    from cryopose.runtime import Runtime
     from cryopose.training.config import AbinitioConfig, ModelConfig, TrainingConfig
 
     case_dir = workdir / f"{name}_seed{seed}"
@@ -134,9 +135,10 @@ def run_case(name: str, structure: str, snr_db: float | None, workdir: Path, *, 
     star, truth, apix, sym = simulate_case(structure, snr_db, case_dir, n_particles=n_particles, ctf=ctf, seed=seed)
     cfg = AbinitioConfig(box_size=box_size, reconstruct=polish_rounds > 0, polish_rounds=polish_rounds,
                          model=ModelConfig(**(model or {})),  # ab initio in C1, scored modulo ``sym``
-                         training=TrainingConfig(epochs=epochs, seed=seed, num_threads=threads, **(training or {})))
+                         training=TrainingConfig(epochs=epochs, seed=seed, **(training or {})))
     t0 = time.perf_counter()
-    res = run_abinitio(star, case_dir / "run", config=cfg, progress=False, report=False)
+    res = run_abinitio(star, case_dir / "run", config=cfg, progress=False, report=False,
+                       runtime=Runtime(threads=threads, seed=seed))
     wall = time.perf_counter() - t0
     stack, meta = load_particles(star)
     sc = score_poses(res.rotmats, stack, meta, truth, apix, sym, structure=structure, seed=seed)
@@ -231,7 +233,7 @@ def _parse_overrides(items: list[str]) -> dict[str, dict]:
         key = key.strip()
         if not sep:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        own_flag = {"epochs": "--epochs", "seed": "--seeds", "num_threads": "--threads"}
+        own_flag = {"epochs": "--epochs", "seed": "--seeds"}
         if key in own_flag:
             raise ValueError(f"--set {key}: use {own_flag[key]} instead")
         for group, cls in (("training", TrainingConfig), ("model", ModelConfig)):

@@ -133,6 +133,7 @@ def main(argv=None) -> int:
         a.n_particles, a.epochs, a.budget = 500, 1, 1.0
     from cryopose.io.particles import load_particles
     from cryopose.pipelines.abinitio import run_abinitio
+    from cryopose.runtime import Runtime
     from cryopose.training.config import AbinitioConfig, TrainingConfig
 
     out = Path(a.out)
@@ -145,8 +146,9 @@ def main(argv=None) -> int:
 
     proc, t_drgn0, log = _start_cryodrgn(a.cryodrgn, star, out / "cryodrgn", a.seed)
     t0 = time.perf_counter()
-    cfg = AbinitioConfig(box_size=a.box_size, training=TrainingConfig(epochs=a.epochs, seed=a.seed, num_threads=1))
-    res = run_abinitio(star, out / "cryopose", config=cfg, progress=False, report=False)
+    cfg = AbinitioConfig(box_size=a.box_size, training=TrainingConfig(epochs=a.epochs, seed=a.seed))
+    res = run_abinitio(star, out / "cryopose", config=cfg, progress=False, report=False,
+                       runtime=Runtime(threads=1, seed=a.seed))
     t_cp = time.perf_counter() - t0
     print(f"cryopose abinitio finished in {t_cp:.0f} s; cryoDRGN may run until {a.budget:g} × that "
           f"({a.budget * t_cp:.0f} s after its start)", flush=True)

@@ -270,8 +270,9 @@ def asymmetric_unit_mates(rotmats, symbol: str) -> torch.Tensor:
         return r
     mates = expand_by_symmetry(r.double(), symbol)  # (N, G, 3, 3)
     inside = asymmetric_unit_mask(mates[..., 2, :], symbol, atol=1e-6)  # (N, G)
-    first = torch.where(inside.any(-1), inside.float().argmax(-1), torch.zeros(inside.shape[0], dtype=torch.long))
-    return mates[torch.arange(r.shape[0]), first].to(r.dtype)
+    first = torch.where(inside.any(-1), inside.float().argmax(-1),
+                        torch.zeros(inside.shape[0], dtype=torch.long, device=inside.device))
+    return mates[torch.arange(r.shape[0], device=mates.device), first].to(r.dtype)
 
 
 def mean_rotation_modulo(rotmats, symbol: str = "C1", *, n_passes: int = 2) -> torch.Tensor:

@@ -13,6 +13,7 @@ from cryopose.ctf import CTFParams
 from cryopose.data.dataset import ParticleDataset, TensorStack
 from cryopose.data.transforms import estimate_normalization, normalize, rotate_half_turn
 from cryopose.errors import InputFileError, UserError
+from cryopose.runtime import Runtime
 from cryopose.fourier import centered_fft2, fourier_downsample_volume
 from cryopose.io.particles import ParticleMetadata
 from cryopose.models.volume import spherical_mask
@@ -59,7 +60,7 @@ def _particles(n: int, seed: int, noise: float = 0.5):
 
 def _config(epochs=1, **train) -> AbinitioConfig:
     model = ModelConfig(n_hypotheses=2, channels=(8, 8, 16), hidden=(32, 32))
-    kw = dict(epochs=epochs, batch_size=16, seed=3, lr=1e-3, volume_lr=0.05, log_every=1, num_threads=1)
+    kw = dict(epochs=epochs, batch_size=16, seed=3, lr=1e-3, volume_lr=0.05, log_every=1)
     kw.update(train)
     return AbinitioConfig(box_size=N_BOX, model=model, training=TrainingConfig(**kw))
 
@@ -67,7 +68,7 @@ def _config(epochs=1, **train) -> AbinitioConfig:
 def _trainer(config, stack, meta, path=None):
     ds = ParticleDataset(stack, meta, box_size=config.box_size)
     model = build_model(config, box_size=ds.box_size, pixel_size_angstrom=ds.pixel_size_angstrom)
-    return Trainer(model, ds, config.training, checkpoint_path=path, progress=False)
+    return Trainer(model, ds, config.training, checkpoint_path=path, progress=False, runtime=Runtime(threads=1))
 
 
 def test_band_mask_residuals_and_best_candidate():

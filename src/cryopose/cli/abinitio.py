@@ -17,6 +17,7 @@ own names where they did), so `relion_reconstruct --i OUTDIR/poses.star` run the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,7 +27,8 @@ HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``abinitio`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument, add_shift_estimation_arguments
+    from .common import (add_contrast_arguments, add_datadir_argument, add_runtime_arguments,
+                         add_shift_estimation_arguments)
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs, or .mrcs with --ctf")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -76,12 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-whiten", action="store_true",
                         help="do not whiten images and projections with the noise spectrum measured on the "
                              "particles' background")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in OUTDIR (same options)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUTDIR (same options; --epochs and the runtime options may change)")
     parser.add_argument("--no-reconstruct", action="store_true", help="skip the final reconstruction")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(parser, seed="random seed (default 0); part of the run's config",
+                          precision=True, streaming=True,
+                          threads_help="torch CPU threads (default: the idle cores, re-read every epoch)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -92,7 +95,7 @@ def config_from_args(args: argparse.Namespace):
     if args.hypotheses is not None:
         model_kw["n_hypotheses"] = args.hypotheses
     train_kw = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-                "symmetric_loss": not args.no_symmetric_loss, "num_threads": args.threads}
+                "symmetric_loss": not args.no_symmetric_loss}
     if args.lr is not None:
         train_kw["lr"] = args.lr
     if args.volume_lr is not None:
@@ -114,9 +117,11 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose abinitio``; returns the exit status."""
     from ..pipelines.abinitio import run_abinitio
-    from .common import configure_torch, write_run_config
+    from .common import runtime_from_args, write_run_config
 
-    configure_torch(None)  # the trainer chooses its threads (TrainConfig.num_threads)
+    runtime = runtime_from_args(args, command=COMMAND, training=True, distributed=True)
+    # threads: the trainer's (the runtime's, else the idle cores); here only the subnormal floats
+    dataclasses.replace(runtime, threads=None).apply()
     config = config_from_args(args)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
@@ -129,13 +134,18 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
     def write_config(cfg) -> None:  # once the inputs are read and a resume is accepted
+        if runtime.rank != 0:
+            return
         write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=cfg,
-                         extra={"particles": str(args.particles), "resume": bool(args.resume)})
+                         extra={"particles": str(args.particles), "resume": bool(args.resume),
+                                "runtime": runtime.describe()})
 
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
                           ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report, on_start=write_config,
-                          strict_box=args.box_size is not None)
+                          strict_box=args.box_size is not None, runtime=runtime)
+    if runtime.rank != 0:
+        return 0
     res = result.resolution_fsc0p143_angstrom
     for warning in result.warnings:
         print(f"cryopose abinitio: warning: {warning}", file=sys.stderr)

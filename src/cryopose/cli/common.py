@@ -12,7 +12,8 @@ import yaml
 
 from .. import __version__
 
-__all__ = ["write_run_config", "prepare_output_dir", "add_datadir_argument"]
+__all__ = ["write_run_config", "prepare_output_dir", "add_datadir_argument", "add_runtime_arguments",
+           "runtime_from_args", "configure_torch"]
 
 
 def _plain(value: Any) -> Any:
@@ -148,10 +149,8 @@ def tri_state(args, name: str) -> bool | None:
 def configure_torch(threads: int | None) -> None:
     """Set up torch for a command: its thread count, and subnormal floats flushed to zero.
 
-    Subnormal float32 values (``|x| < 1.2e-38``), which tiny weights, Adam moments and gradients
-    reach in long trainings, are treated as zero (``torch.set_flush_denormal(True)``, where the
-    CPU supports it): x86 CPUs process them many times slower (``python
-    benchmarks/denormals.py``), and values that small change no result.
+    The same as ``Runtime(threads=threads).apply()`` (:meth:`cryopose.runtime.Runtime.apply`),
+    for the commands that take no runtime group (``simulate``, ``demo``).
 
     Args:
         threads: ``torch.set_num_threads`` value (the command's ``--threads``), or ``None`` to
@@ -160,15 +159,103 @@ def configure_torch(threads: int | None) -> None:
     Raises:
         cryopose.errors.UserError: ``threads`` < 1.
     """
+    from ..runtime import Runtime
+
+    Runtime(threads=threads).apply()
+
+
+RUNTIME_GROUP = "runtime (how the run computes; never saved in model configs, so --resume may change them)"
+
+
+def add_runtime_arguments(parser, *, seed: str | None = "random seed (default 0)", precision: bool = False,
+                          streaming: bool = False, progress: bool = True,
+                          threads_help: str = "torch CPU threads (default: torch's choice)") -> None:
+    """Add the shared runtime options of a command that computes (one group, same names everywhere).
+
+    ``--device {auto,cpu,cuda,cuda:N}`` (default ``auto``: the first CUDA GPU when present),
+    ``--threads N``, and as asked: ``--seed N`` (default 0), ``--precision {32,bf16,16}``,
+    ``--no-progress``, ``--stream`` / ``--in-memory`` and ``--workers N``. Read them back with
+    :func:`runtime_from_args`.
+
+    Args:
+        parser: The command's parser.
+        seed: Help of ``--seed``, or ``None`` when the command defines its own (or draws nothing).
+        precision: Offer ``--precision`` (commands that run networks under autocast).
+        streaming: Offer ``--stream`` / ``--in-memory`` / ``--workers`` (commands that read
+            particles through :mod:`cryopose.data.streaming`).
+        progress: Offer ``--no-progress``.
+        threads_help: Help of ``--threads``.
+    """
+    from ..runtime import PRECISIONS
+
+    g = parser.add_argument_group(RUNTIME_GROUP)
+    g.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                   help="where to compute (default auto: the first CUDA GPU when present, else the CPU)")
+    g.add_argument("--threads", type=int, default=None, help=threads_help)
+    if seed is not None:
+        g.add_argument("--seed", type=int, default=0, help=seed)
+    if precision:
+        g.add_argument("--precision", choices=tuple(PRECISIONS), default="32",
+                       help="network arithmetic: 32 (float32, default), bf16 (bfloat16 autocast of the networks; "
+                            "the physics stays float32), 16 (float16, CUDA inference only)")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if streaming:
+        s = g.add_mutually_exclusive_group()
+        s.add_argument("--stream", dest="stream", action="store_const", const=True, default=None,
+                       help="read the particles batch by batch from their memory-mapped stacks (a DataLoader); "
+                            "memory does not grow with the number of particles (default: when the preprocessed "
+                            "images would not fit in a quarter of the available memory)")
+        s.add_argument("--in-memory", dest="stream", action="store_const", const=False,
+                       help="keep the preprocessed particles in memory (fastest when they fit)")
+        g.add_argument("--workers", type=int, default=0, metavar="N",
+                       help="DataLoader worker processes when streaming (default 0: read in the main process)")
+
+
+def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = False,
+                      distributed: bool = False):
+    """The :class:`cryopose.runtime.Runtime` of parsed options (:func:`add_runtime_arguments`).
+
+    Args:
+        args: The parsed namespace (missing options take their defaults).
+        command: The command's name, for messages.
+        gpu: The command can run on a GPU. Otherwise ``--device auto`` means the CPU and an
+            explicit GPU is refused.
+        training: The command trains (``--precision 16`` is refused).
+        distributed: The command runs sharded under ``torchrun`` (:mod:`cryopose.distributed`:
+            the process group is joined here); others refuse ``WORLD_SIZE > 1``.
+
+    Raises:
+        cryopose.errors.UserError: Bad values, a GPU asked for without CUDA (or for a
+            CPU-only command), float16 training, torchrun for a command that does not shard.
+    """
+    from ..distributed import init_distributed, world_from_env
     import torch
 
     from ..errors import UserError
+    from ..runtime import Runtime, resolve_device
 
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
+    spec = getattr(args, "device", "auto")
+    if not gpu and str(spec).lower() == "auto":
+        spec = "cpu"
+    device = resolve_device(spec)
+    if not gpu and device.type != "cpu":
+        raise UserError(f"cryopose {command}: --device {spec}: this command runs on the CPU only; use --device cpu")
+    rank, world = 0, 1
+    if world_from_env()[1] > 1:
+        if not distributed:
+            raise UserError(f"cryopose {command} does not run under torchrun (WORLD_SIZE {world_from_env()[1]}); "
+                            "run it as one process (`cryopose predict` and `cryopose abinitio` do run under it)")
+        rank, world, device = init_distributed(device, device_was_auto=str(spec).lower() == "auto")
+    rt = Runtime(device=device, rank=rank, world_size=world, threads=getattr(args, "threads", None),
+                 seed=int(getattr(args, "seed", 0) or 0),
+                 precision=getattr(args, "precision", "32"), progress=not getattr(args, "no_progress", False),
+                 stream=getattr(args, "stream", None), workers=getattr(args, "workers", 0))
+    if training:
+        rt.check_training_precision(command)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rt
 
 
 def prepare_output_dir(path, *, allow_existing: bool = True) -> Path:

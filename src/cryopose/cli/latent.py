@@ -62,10 +62,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="cosine decay of the rate down to this fraction (1 = constant; default 0.05)")
     t.add_argument("--kl-warmup-epochs", type=int, default=0, help="ramp λ_reg up over this many epochs")
     t.add_argument("--validation-fraction", type=float, default=0.1, help="held-out fraction (default 0.1)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt")
-    t.add_argument("--threads", type=int, help="torch CPU threads")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .common import add_runtime_arguments
+
+    add_runtime_arguments(p, threads_help="torch CPU threads")
     h = p.add_argument_group("hyper-parameter search (Optuna)")
     h.add_argument("--hpo-trials", type=int, default=0, help="trials before the final training (0 = none)")
     h.add_argument("--hpo-epochs", type=int, help="epochs per trial (default --epochs)")
@@ -131,9 +131,9 @@ def _run_train(args) -> int:
     from ..io.atomic import atomic_write_json
     from ..io.particles import load_particles
     from ..training.latent import CHECKPOINT_NAME, hyperparameter_search, train_vaegan
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import prepare_output_dir, runtime_from_args, write_run_config
 
-    configure_torch(args.threads)
+    runtime_from_args(args, command="latent train", gpu=False, training=True).apply()
     config = _train_config(args)
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)

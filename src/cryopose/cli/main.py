@@ -69,6 +69,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"cryopose {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Leave a ``torchrun`` process group the command joined (:mod:`cryopose.distributed`)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

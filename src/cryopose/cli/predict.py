@@ -34,7 +34,7 @@ HELP = "poses of new particles from a trained CryoPoseNet encoder or supervised 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``predict`` options to ``parser``."""
-    from .common import add_datadir_argument, add_force_argument
+    from .common import add_datadir_argument, add_force_argument, add_runtime_arguments
 
     parser.add_argument("model", metavar="MODEL.pt",
                         help="encoder.pt of `cryopose abinitio`, or model.pt of `cryopose train-supervised`/`refine`")
@@ -57,9 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run the network (CryoPoseNet: its encoder) in 8-bit integers on the CPU, calibrated "
                              f"on the first {INT8_CALIBRATION_PARTICLES} particles (several times faster; see the "
                              "README for the change in poses)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_force_argument(parser)
+    add_runtime_arguments(parser, seed=None, precision=True, streaming=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,21 +74,29 @@ def run(args: argparse.Namespace) -> int:
     """
     from ..errors import UserError
     from ..pipelines.predict import predict_poses, predict_poses_supervised, read_model_file
-    from .common import configure_torch
+    from .common import runtime_from_args
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    configure_torch(args.threads)
+    if args.int8 and str(args.device).lower() == "auto":
+        args.device = "cpu"  # the int8 engine is the CPU's, whatever GPU the machine has
+    runtime = runtime_from_args(args, command=COMMAND, distributed=True)
+    if args.int8 and (runtime.device.type != "cpu" or runtime.precision != "32"):
+        raise UserError("--int8 runs the network in 8-bit integers on the CPU: use it with --device cpu and "
+                        "--precision 32")
+    runtime.apply()
     from .common import refuse_overwrite
 
     refuse_overwrite([args.output], force=args.force)
     kind, state = read_model_file(args.model)
+    if kind == "supervised" and runtime.world_size > 1:
+        raise UserError(f"{args.model}: supervised models are predicted in one process; run without torchrun")
     if kind == "supervised":
         rot = predict_poses_supervised(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                                        ctf_star=args.ctf, batch_size=args.batch_size,
                                        invert_contrast=True if args.invert_contrast else None,
                                        test_time_turns=args.test_time_turns, int8=args.int8, state=state,
-                                       datadir=args.datadir)
+                                       datadir=args.datadir, runtime=runtime)
         print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
         return 0
     if args.test_time_turns:
@@ -99,7 +106,9 @@ def run(args: argparse.Namespace) -> int:
                         "records its own contrast setting")
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                         ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
-                        progress=not args.no_progress, state=state, datadir=args.datadir)
-    print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
-          f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
+                        progress=not args.no_progress, state=state, datadir=args.datadir, runtime=runtime)
+    if runtime.rank == 0:
+        shards = "" if runtime.world_size == 1 else f" in {runtime.world_size} processes"
+        print(f"predicted poses of {len(inf.confidence)} particles{shards} (median confidence "
+              f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

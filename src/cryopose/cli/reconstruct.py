@@ -17,7 +17,7 @@ HELP = "reconstruct a map (and half maps + FSC) from particles with known poses 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``reconstruct`` options to ``parser``."""
-    from .common import add_datadir_argument, add_force_argument
+    from .common import add_datadir_argument, add_force_argument, add_runtime_arguments
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles with poses: .star, .cs or .mrcs")
     parser.add_argument("-o", "--output", required=True, metavar="MAP.mrc",
@@ -29,15 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-half-maps", action="store_true",
                         help="one map from all particles, no half maps and no FSC (Tikhonov-regularised)")
     parser.add_argument("--no-ctf", action="store_true", help="ignore the CTF of the particle file (CTF = 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random half-set split (default 0)")
     parser.add_argument("--pad", type=int, default=2, help="Fourier padding factor (default 2, as RELION)")
     parser.add_argument("--chunk-size", type=int, help="images read at a time (default: 64 MiB of images)")
-    parser.add_argument("--threads", type=int,
-                        help="CPU threads (default: all): the two half sets are inserted in parallel, "
-                             "each worker using threads // 2 torch threads")
     add_datadir_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_force_argument(parser)
+    add_runtime_arguments(parser, seed="seed of the random half-set split (default 0)",
+                          threads_help="CPU threads (default: all): the two half sets are inserted in parallel, "
+                                       "each worker using threads // 2 torch threads")
 
 
 def _sibling(path: Path, tag: str, suffix: str | None = None) -> Path:
@@ -46,6 +44,8 @@ def _sibling(path: Path, tag: str, suffix: str | None = None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``cryopose reconstruct``; returns the exit status."""
+    import dataclasses
+
     import torch
 
     from .. import __version__
@@ -65,17 +65,19 @@ def run(args: argparse.Namespace) -> int:
     halves = [_sibling(out, "half1"), _sibling(out, "half2"), _sibling(out, "fsc", ".json")]
     refuse_overwrite([out] if args.no_half_maps else [out, *halves], force=args.force,
                      stale=halves if args.no_half_maps else ())
-    threads = int(args.threads) if args.threads else torch.get_num_threads()
-    if threads < 1:
-        raise UserError(f"--threads must be >= 1, got {threads}")
-    workers = 1 if args.no_half_maps else min(2, threads)
-    torch.set_num_threads(max(1, threads // workers))
+    from .common import runtime_from_args
+
+    runtime = runtime_from_args(args, command="reconstruct")
+    threads = runtime.threads or torch.get_num_threads()
+    # on the CPU the two half sets are inserted by two workers; on a GPU one stream does both
+    workers = 1 if args.no_half_maps or runtime.device.type != "cpu" else min(2, threads)
+    dataclasses.replace(runtime, threads=max(1, threads // workers)).apply()
     kw = {"pixel_size_angstrom": args.pixel_size}
     if args.datadir is not None:
         kw["datadir"] = args.datadir
     stack, meta = load_particles(args.particles, **kw)
     result = reconstruct(stack, meta, symmetry=args.symmetry, pad=args.pad, chunk_size=args.chunk_size,
-                         generator=torch.Generator().manual_seed(int(args.seed)),
+                         generator=runtime.generator(), device=runtime.device,
                          half_maps=not args.no_half_maps, use_ctf=not args.no_ctf, threads=workers,
                          progress=False if args.no_progress else None)
     apix = result.pixel_size_angstrom

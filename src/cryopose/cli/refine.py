@@ -27,7 +27,8 @@ _SOURCE_CODES = {"search": 0, "network": 1, "network+local": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``refine`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument, add_shift_estimation_arguments
+    from .common import (add_contrast_arguments, add_datadir_argument, add_runtime_arguments,
+                         add_shift_estimation_arguments)
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
     add_contrast_arguments(parser)
     add_shift_estimation_arguments(parser, "centring, ±2 px in the search, local refinement")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_runtime_arguments(parser, seed=None, progress=False, threads_help="torch CPU threads")
     from ..models.quantize import INT8_CALIBRATION_PARTICLES
     from ..pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG as local_step
 
@@ -89,9 +90,9 @@ def run(args) -> int:
     from ..search.projection_matching import SearchConfig
     from ..search.run import working_grid
     from ..training.supervised import save_checkpoint
-    from .common import configure_torch, prepare_output_dir, tri_state, write_run_config
+    from .common import prepare_output_dir, runtime_from_args, tri_state, write_run_config
 
-    configure_torch(args.threads)
+    runtime_from_args(args, command="refine", gpu=False, training=True).apply()
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,

@@ -59,10 +59,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="low-pass of the rotinv encoder input, fraction of Nyquist (default 0.6; 1 = off)")
     p.add_argument("--obs-std", type=float, default=1.0, help="spatial-VAE likelihood std (default 1)")
     p.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUTDIR/checkpoint.pt")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .common import add_runtime_arguments
+
+    add_runtime_arguments(p, threads_help="torch CPU threads")
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -101,9 +101,9 @@ def _run_train(args) -> int:
     from ..io.atomic import atomic_write_json
     from ..io.particles import load_particles
     from ..training.rotinv import RotInvTrainConfig, train_rotinv, train_spatial_vae
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import prepare_output_dir, runtime_from_args, write_run_config
 
-    configure_torch(args.threads)
+    runtime_from_args(args, command="rotinv train", gpu=False, training=True).apply()
     config = RotInvTrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                lambda_image=args.lambda_image, lambda_wasserstein=args.lambda_wasserstein,
                                lambda_angle=args.lambda_angle, lambda_vector=args.lambda_vector,

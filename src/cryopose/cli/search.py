@@ -23,7 +23,7 @@ HELP = "find poses by exhaustive, CTF- and symmetry-aware projection matching ag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``search`` options to ``parser``."""
-    from .common import add_contrast_arguments, add_datadir_argument, add_force_argument
+    from .common import add_contrast_arguments, add_datadir_argument, add_force_argument, add_runtime_arguments
 
     parser.add_argument("particles", metavar="PARTICLES", help="particles: .star, .cs or .mrcs")
     parser.add_argument("--reference", "-r", required=True, metavar="MAP", help="reference map (.mrc) or atomic model (.pdb/.cif, made into density on the particle grid)")
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
     add_force_argument(parser)
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_runtime_arguments(parser, seed=None, progress=False, threads_help="torch CPU threads")
 
 
 def run(args) -> int:
@@ -58,9 +58,9 @@ def run(args) -> int:
     from ..io.star import write_star
     from ..search.projection_matching import SearchConfig
     from ..search.run import GLOBAL_SCORE_COLUMN, SCORE_COLUMN, search_particles
-    from .common import configure_torch, prepare_output_dir, tri_state, write_run_config
+    from .common import prepare_output_dir, runtime_from_args, tri_state, write_run_config
 
-    configure_torch(args.threads)
+    runtime_from_args(args, command="search", gpu=False).apply()
     out = Path(args.output)
     if out.suffix.lower() != ".star":
         raise UserError(f"-o must name a .star file, got {out}")

@@ -89,8 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box (e.g. 64)")
     parser.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
     add_model_arguments(parser)
+    from .common import add_runtime_arguments
+
+    add_runtime_arguments(parser, seed=None, progress=False, threads_help="torch CPU threads")
 
 
 def _names(meta):
@@ -142,9 +144,10 @@ def run(args) -> int:
     from ..io.star import read_star
     from ..pipelines.refine import prepare_working_data, train_on_dataset
     from ..training.supervised import save_checkpoint
-    from .common import configure_torch, prepare_output_dir, write_run_config
+    from .common import prepare_output_dir, runtime_from_args, write_run_config
 
-    configure_torch(args.threads)
+    runtime = runtime_from_args(args, command="train-supervised", training=True)
+    runtime.apply()
     out = prepare_output_dir(args.output)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     label_meta = read_star(args.poses, require_image_names=False)
@@ -156,7 +159,7 @@ def run(args) -> int:
     res, cv = train_on_dataset(wd.images, labels, wd.reference, model_config=mcfg, train_config=tcfg,
                                cv_w=args.cv_w, cv_iterations=args.cv_iterations,
                                cv_max_particles=args.cv_max_particles,
-                               progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+                               progress=lambda msg: print(f"  {msg}", file=sys.stderr), device=runtime.device)
     w = cv.best_w if cv is not None else tcfg.w
     # the network's input is the working grid itself (mcfg.box_size == wd.box_size)
     save_checkpoint(out / "model.pt", res.model, train_config=tcfg,

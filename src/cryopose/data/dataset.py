@@ -42,6 +42,15 @@ class TensorStack:
     def __getitem__(self, index) -> torch.Tensor:
         return self.images[torch.as_tensor(np.asarray(index), dtype=torch.long)]
 
+    def iter_chunks(self, chunk_size: int):
+        """Yield ``(indices, images)`` in order, ``chunk_size`` at a time (as
+        :meth:`cryopose.io.particles.ParticleStack.iter_chunks`)."""
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        for start in range(0, len(self), int(chunk_size)):
+            idx = np.arange(start, min(start + int(chunk_size), len(self)), dtype=np.int64)
+            yield idx, self.images[start:start + idx.size]
+
 
 @dataclasses.dataclass(frozen=True)
 class ParticleBatch:
@@ -59,6 +68,26 @@ class ParticleBatch:
     images: torch.Tensor
     ctf: torch.Tensor | None
     shifts_px: torch.Tensor | None
+
+    def to(self, device, *, non_blocking: bool = False) -> "ParticleBatch":
+        """The batch with images, CTFs and shifts on ``device`` (``indices`` stay on the CPU)."""
+        dev = torch.device(device)
+
+        def move(t):
+            return None if t is None else t.to(dev, non_blocking=non_blocking)
+
+        if self.images.device == dev:
+            return self
+        return ParticleBatch(indices=self.indices, images=move(self.images), ctf=move(self.ctf),
+                             shifts_px=move(self.shifts_px))
+
+    def pin_memory(self) -> "ParticleBatch":
+        """The batch in page-locked memory (called by a ``DataLoader`` with ``pin_memory=True``)."""
+        def pin(t):
+            return None if t is None else t.pin_memory()
+
+        return ParticleBatch(indices=self.indices, images=pin(self.images), ctf=pin(self.ctf),
+                             shifts_px=pin(self.shifts_px))
 
 
 class ParticleDataset:
@@ -129,6 +158,11 @@ class ParticleDataset:
 
     def __len__(self) -> int:
         return len(self.metadata)
+
+    @property
+    def is_cached(self) -> bool:
+        """The preprocessed images are held in memory (else every batch is read from the source)."""
+        return self._cache is not None
 
     def _raw(self, idx: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(self.stack[idx]).float()

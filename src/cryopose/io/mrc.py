@@ -64,6 +64,7 @@ class _HeaderInfo:
     voxel_size: tuple[float, float, float]  # (x, y, z) Å
     axis_map: tuple[int, int, int]  # (mapc, mapr, maps)
     ispg: int
+    data_offset: int = 1024  # bytes before the first voxel (header + extended header)
 
 
 def _check_file(path: Path) -> int:
@@ -116,7 +117,7 @@ def _read_header(path: Path) -> _HeaderInfo:
     if sorted(axis_map) != [1, 2, 3]:
         axis_map = (1, 2, 3)  # invalid axis map (seen in old files): assume the standard order
     return _HeaderInfo(shape=(nz, ny, nx), dtype=dtype, voxel_size=vox, axis_map=axis_map,
-                       ispg=int(h["ispg"]))
+                       ispg=int(h["ispg"]), data_offset=_HEADER_BYTES + nsymbt)
 
 
 def read_header_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:

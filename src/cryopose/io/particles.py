@@ -42,7 +42,9 @@ class ParticleStack:
 
     Indexing with an int, slice, boolean mask or index array returns a float32
     ``torch.Tensor`` ``(B, n, n)`` (an int gives ``B = 1``). Reads are grouped by file and go
-    through :func:`cryopose.io.mrc.open_stack` memory maps, copying only the requested images.
+    through :func:`cryopose.io.mrc.open_stack` memory maps, copying only the requested images;
+    the copy made by :meth:`streamed` reads at byte offsets instead
+    (:class:`cryopose.io.stream.PositionalReader`: bounded open files, memory flat in ``N``).
 
     Raises:
         InputFileError: On read, naming ``source``, the 1-based row, the stack and the
@@ -68,6 +70,29 @@ class ParticleStack:
         self.pixel_size_angstrom = check_pixel_size(pixel_size_angstrom, source=str(source))
         self.source = str(source)
         self.missing_hint = missing_hint
+        self._reader = None  # a PositionalReader once streamed()
+
+    def streamed(self, max_open_files: int | None = None) -> "ParticleStack":
+        """The same particles read by positional reads through an LRU of open files.
+
+        Memory maps keep every page read mapped (counted in the process's memory); positional
+        reads do not, so a pass over 10^6 particles leaves the memory where it was
+        (:mod:`cryopose.io.stream`). Same images, same errors.
+
+        Args:
+            max_open_files: Open files kept per process (default
+                :data:`cryopose.io.stream.DEFAULT_MAX_OPEN_FILES`).
+        """
+        from .stream import DEFAULT_MAX_OPEN_FILES, PositionalReader
+
+        out = self.subset(slice(None))
+        out._reader = PositionalReader(max_open_files or DEFAULT_MAX_OPEN_FILES)
+        return out
+
+    @property
+    def is_streamed(self) -> bool:
+        """Reads go through positional reads (:meth:`streamed`), not memory maps."""
+        return self._reader is not None
 
     def __len__(self) -> int:
         return int(self._file_ids.shape[0])
@@ -85,9 +110,11 @@ class ParticleStack:
     def subset(self, indices) -> "ParticleStack":
         """A stack of the selected particles (int, slice, mask or index array)."""
         pos = positions(indices, len(self))
-        return ParticleStack([self._files[c] for c in self._file_ids[pos]], self._indices[pos], self.box_size,
-                             self.pixel_size_angstrom, source=self.source, rows=self._rows[pos],
-                             missing_hint=self.missing_hint)
+        out = ParticleStack([self._files[c] for c in self._file_ids[pos]], self._indices[pos], self.box_size,
+                            self.pixel_size_angstrom, source=self.source, rows=self._rows[pos],
+                            missing_hint=self.missing_hint)
+        out._reader = self._reader
+        return out
 
     def _groups(self, pos: np.ndarray):
         """Split positions into groups that share a stack file: yields (file id, positions)."""
@@ -121,6 +148,9 @@ class ParticleStack:
         out = np.empty((pos.shape[0], n, n), dtype=np.float32)
         for fid, part in self._groups(pos):
             p = pos[part]
+            if self._reader is not None:
+                out[part] = self._read_positional(fid, p)
+                continue
             arr = stack_array(self._open(fid, int(self._rows[p[0]])))
             self._check_range(fid, arr.shape[0], arr.shape[1:], p)
             idx = self._indices[p]
@@ -136,6 +166,13 @@ class ParticleStack:
             raise InputFileError(self.source, f"image {int(self._indices[p]) + 1}@{self._files[self._file_ids[p]]} "
                                               "has NaN or infinite pixels", row=int(self._rows[p]))
         return out
+
+    def _read_positional(self, fid: int, p: np.ndarray) -> np.ndarray:
+        """Images at positions ``p`` (one stack file) by positional reads."""
+        path = self._files[fid]
+        info = _in_context(self._reader.header, path, self.source, int(self._rows[p[0]]), self.missing_hint)
+        self._check_range(fid, info.shape[0], info.shape[1:], p)
+        return self._reader.read(path, self._indices[p])
 
     def __getitem__(self, index) -> torch.Tensor:
         return torch.from_numpy(self.read(index))

@@ -95,9 +95,20 @@ class CryoPoseNet(nn.Module):
         """Parameters of the encoder and heads (everything but the volume)."""
         return [p for name, p in self.named_parameters() if not name.startswith("volume.")]
 
-    def encode(self, images: torch.Tensor) -> EncoderOutput:
-        """Poses (and shift corrections) of real-space images ``(B, n, n)``."""
-        feats = self.encoder(images)
+    def encode(self, images: torch.Tensor, *, precision: str = "32") -> EncoderOutput:
+        """Poses (and shift corrections) of real-space images ``(B, n, n)``.
+
+        Args:
+            images: ``(B, n, n)`` float32 images on the model's device.
+            precision: ``--precision`` of the encoder's convolutions and linear layers
+                (:func:`cryopose.runtime.autocast_context`); the pose and shift heads (the
+                rotation parameterisation's normalisations) always run in float32.
+        """
+        from ..runtime import autocast_context
+
+        with autocast_context(images.device, precision):
+            feats = self.encoder(images)
+        feats = feats.float()
         shifts = self.shift_head(feats) if self.shift_head is not None else None
         return EncoderOutput(self.pose_head(feats), shifts)
 

@@ -32,6 +32,7 @@ from ..data.dataset import ParticleDataset
 from ..data.transforms import Normalization
 from ..errors import UserError
 from ..models.cryoposenet import CryoPoseNet
+from ..runtime import Runtime
 from ..search.run import ResampledImages
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.config import AbinitioConfig, config_from_dict
@@ -279,7 +280,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                  datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
                  report: bool = True, reconstruct_threads: int = 1,
                  on_start: Callable[[AbinitioConfig], None] | None = None,
-                 strict_box: bool = False) -> AbinitioResult:
+                 strict_box: bool = False, runtime: Runtime | None = None) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
 
     Args:
@@ -300,6 +301,9 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         on_start: Called with the run's config once the inputs are read and a resume is
             accepted, before any work (the command writes ``config.yaml`` there, so a refused
             resume leaves the earlier run's record alone).
+        runtime: Device, threads, precision and streaming (:class:`cryopose.runtime.Runtime`;
+            default the CPU, float32). Not part of ``config`` nor of the checkpoint's record:
+            a resumed run may use other settings.
 
     Returns:
         :class:`AbinitioResult`.
@@ -336,8 +340,14 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     if on_start is not None:
         on_start(config)
     norm = None if saved is None else Normalization(**saved["normalization"])
-    dataset = ParticleDataset(stack, meta, box_size=box, invert=False, normalization=norm,
-                              per_image=config.per_image_normalization, whiten=config.whiten)
+    runtime = Runtime() if runtime is None else runtime
+    progress = progress and runtime.rank == 0
+    from ..data.streaming import dataset_source
+
+    images, cache_mb = dataset_source(stack, box, runtime)
+    dataset = ParticleDataset(images, meta, box_size=box, invert=False, normalization=norm,
+                              per_image=config.per_image_normalization, whiten=config.whiten,
+                              cache_limit_mb=cache_mb)
     config, prep = prepare_particles(dataset, config, progress=progress,
                                      saved=None if saved is None else saved.get("preprocess"))
     if config.estimate_shifts:
@@ -351,10 +361,12 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
              "preprocess": prep, "dataset": dataset_fingerprint(stack, meta)}
 
     def write_encoder(tr: Trainer) -> None:
-        save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
+        if runtime.rank == 0:  # under torchrun every rank holds the same model; one writes it
+            save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
 
     trainer = Trainer(model, dataset, config.training, checkpoint_path=ckpt_path, checkpoint_extra=extra,
-                      progress=progress, on_epoch_end=write_encoder, symmetry=config.model.symmetry)
+                      progress=progress, on_epoch_end=write_encoder, symmetry=config.model.symmetry,
+                      runtime=runtime)
     if saved is not None:
         trainer.load_state_dict(saved)
     seconds = {}
@@ -366,7 +378,14 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     write_encoder(trainer)
     seconds["train"] = trainer.elapsed
     t1 = time.perf_counter()
-    inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, progress=progress)
+    inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, progress=progress,
+                            runtime=runtime)
+    model.cpu()  # the report renders CPU batches with it
+    if runtime.rank != 0:  # torchrun: rank 0 alone writes the poses, reconstructs, polishes and reports
+        return AbinitioResult(outdir=outdir, poses_star=outdir / "poses.star", map_path=None,
+                              encoder_path=encoder_path, report_path=None, rotmats=inference.rotmats,
+                              shifts_angstrom=None, confidence=inference.confidence,
+                              resolution_fsc0p143_angstrom=None, seconds={"train": trainer.elapsed})
     poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
     seconds["infer"] = time.perf_counter() - t1
     shifts_a = None if inference.shifts_px is None else shifts_pixels_to_angstrom(inference.shifts_px,
@@ -382,7 +401,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
     encoder_rotmats = inference.rotmats
     if config.reconstruct:
         t2 = time.perf_counter()
-        rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads)
+        rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads,
+                           runtime.device)
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             from ..rotations import geodesic_distance_deg
@@ -404,7 +424,8 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                                        return_shifts=True)
                 if shift_step > 0:
                     shifts_a = sh
-                rec = _reconstruct(source, meta, rot, shifts_a, config, outdir, progress, reconstruct_threads)
+                rec = _reconstruct(source, meta, rot, shifts_a, config, outdir, progress, reconstruct_threads,
+                                   runtime.device)
             write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
             mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
             polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
@@ -464,8 +485,10 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                           warnings=tuple(summary["warnings"]))
 
 
-def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int):
-    """Known-pose reconstruction at the original box from ``rotmats``; writes the maps."""
+def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int,
+                 device=None):
+    """Known-pose reconstruction at the original box from ``rotmats`` (grids on ``device``,
+    default the CPU); writes the maps."""
     from ..io.atomic import atomic_write_json
     from ..io.mrc import write_map
     from ..metrics.fsc import report_from_curve
@@ -475,7 +498,7 @@ def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress:
                          shifts_angstrom=shifts_a if shifts_a is not None else meta.shifts_angstrom)
     g = torch.Generator().manual_seed(config.training.seed)
     rec = reconstruct(stack, posed, symmetry=config.model.symmetry, generator=g, progress=progress,
-                      threads=threads)
+                      threads=threads, device=device)
     apix = float(meta.pixel_size_angstrom)
     write_map(outdir / "map.mrc", rec.volume, apix)
     if rec.half_maps is not None:

@@ -16,6 +16,7 @@ import torch
 from ..conventions import shifts_pixels_to_angstrom
 from ..data.dataset import ParticleDataset
 from ..errors import UserError
+from ..runtime import Runtime
 from ..training.checkpoint import CHECKPOINT_FORMAT
 from ..training.trainer import PoseInference, infer_poses
 from .abinitio import ENCODER_FORMAT_KEYS, load_encoder, write_poses
@@ -30,7 +31,8 @@ PREDICT_MODEL_KINDS = ("cryoposenet", "supervised")
 def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path, *,
                   pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                   batch_size: int = 256, int8: bool = False, progress: bool = True,
-                  state: dict | None = None, datadir: str | Path | None = None) -> PoseInference:
+                  state: dict | None = None, datadir: str | Path | None = None,
+                  runtime: Runtime | None = None) -> PoseInference:
     """Amortized inference: poses of (unseen) particles from a trained ``encoder.pt``.
 
     The particles are Fourier-cropped to the encoder's working pixel size (their box times
@@ -48,6 +50,12 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
             are still scored in float against the volume.
         progress: Progress bar.
         state: The encoder file's contents when already loaded (:func:`read_model_file`).
+        runtime: Device, precision and streaming (:class:`cryopose.runtime.Runtime`; default
+            the CPU in float32, in memory when the particles fit): the encoder runs under the
+            runtime's autocast, the candidates are scored in float32 on its device, and the
+            particles are streamed through a ``DataLoader`` when they would not fit
+            (:mod:`cryopose.data.streaming`). Under ``torchrun`` each rank poses its block of
+            the particles and rank 0 writes the one STAR file, in the particles' order.
 
     Returns:
         :class:`PoseInference` (working-pixel shifts).
@@ -58,8 +66,12 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
         RuntimeError: ``int8`` on a PyTorch build without a quantized CPU engine
             (:func:`cryopose.models.quantize.quantize_int8`).
     """
+    from ..data.streaming import dataset_source
     from ..io.particles import load_particles
 
+    runtime = Runtime() if runtime is None else runtime
+    if int8 and (runtime.device.type != "cpu" or runtime.precision != "32"):
+        raise UserError("int8 inference runs on the CPU in 8-bit integers: use it with the CPU and precision 32")
     config, model, info = load_encoder(encoder, state=state)
     output = _check_output(output)
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
@@ -77,8 +89,9 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                         f"{stack.box_size * meta.pixel_size_angstrom:.1f} Å box; the encoder was trained on "
                         f"{info['working_box_size']} px at {p_work:g} Å "
                         f"({info['working_box_size'] * p_work:.1f} Å); the particles must have the same box in Å")
-    dataset = ParticleDataset(stack, meta, box_size=m, invert=bool(config.invert_contrast),
-                              normalization=info["normalization"])
+    images, cache_mb = dataset_source(stack, m, runtime)
+    dataset = ParticleDataset(images, meta, box_size=m, invert=bool(config.invert_contrast),
+                              normalization=info["normalization"], cache_limit_mb=cache_mb)
     if config.estimate_shifts and not meta.has_origins:
         # trained on centred particles (+ shift-head corrections): centre these the same way
         from ..data.preprocess import centre_particles
@@ -87,9 +100,11 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
         dataset.shifts_angstrom = shifts_pixels_to_angstrom(centring.shifts_px.double(), dataset.pixel_size_angstrom)
         meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
     model.encoder = inference_encoder(model.encoder, dataset, int8=int8)
+    model = model.to(runtime.device)
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
-                            progress=progress)
-    write_poses(output, meta, inference, dataset.pixel_size_angstrom)
+                            progress=progress and runtime.rank == 0, runtime=runtime)
+    if runtime.rank == 0:  # under torchrun every rank holds every pose; one writes them
+        write_poses(output, meta, inference, dataset.pixel_size_angstrom)
     return inference
 
 
@@ -194,7 +209,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
                              pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                              batch_size: int = 256, invert_contrast: bool | None = None,
                              test_time_turns: bool = False, int8: bool = False,
-                             state: dict | None = None, datadir: str | Path | None = None) -> torch.Tensor:
+                             state: dict | None = None, datadir: str | Path | None = None,
+                             runtime: Runtime | None = None) -> torch.Tensor:
     """Orientations of particles from a supervised regressor (Lian et al. 2022); writes a STAR.
 
     Each image is Fourier-cropped to the network's input box (same field of view; as
@@ -223,6 +239,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
             ``INT8_CALIBRATION_PARTICLES`` particles
             (:meth:`cryopose.models.supervised.OrientationRegressor.quantized_for_inference`).
         state: The checkpoint's contents when already loaded (:func:`read_model_file`).
+        runtime: The device the network runs on (:class:`cryopose.runtime.Runtime`; default
+            the CPU; ``int8`` needs the CPU).
 
     Returns:
         ``(N, 3, 3)`` float32 predicted RELION rotation matrices, in the particles' order.
@@ -267,6 +285,8 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
     images = ResampledImages(stack, m, invert_contrast=invert)
     if int8:
         net = net.quantized_for_inference(images[np.arange(min(INT8_CALIBRATION_PARTICLES, len(images)))])
+    if not int8:
+        net = net.to((Runtime() if runtime is None else runtime).device)
     rot = predict_rotmats(net, images, batch_size=batch_size,
                           test_time_turns=test_time_turns, symmetry=state.get("symmetry", "C1"))
     write_star(output, meta.replace(rotmats=rot.float()))

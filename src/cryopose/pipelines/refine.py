@@ -91,13 +91,15 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
                      model_config: SupervisedModelConfig, train_config: SupervisedTrainConfig,
                      cv_w: bool = False, cv_w_values=None, cv_iterations: int | None = None,
                      cv_max_particles: int | None = None, cv_folds: int = 5,
-                     progress=None) -> tuple[TrainResult, CVResult | None]:
+                     progress=None, device=None) -> tuple[TrainResult, CVResult | None]:
     """Train the supervised regressor, optionally choosing ``w`` by cross-validation first.
 
     The 4:1 train/test split is drawn once (``train_config.seed``); cross-validation runs on
     (at most ``cv_max_particles`` of) the training split only, with ``cv_iterations`` steps per
     fold (default ``train_config.iterations``), and the final model is trained on the whole
     training split with the chosen ``w`` and evaluated on the untouched test split.
+
+    ``device`` (default the CPU) is where the network trains (:func:`train_supervised`).
 
     Returns:
         ``(train_result, cv_result or None)``.
@@ -115,10 +117,10 @@ def train_on_dataset(images, label_rotmats: torch.Tensor, reference: torch.Tenso
         cv_cfg = dataclasses.replace(train_config, iterations=int(cv_iterations or train_config.iterations))
         cv = cross_validate_w(images, label_rotmats, reference, model_config=model_config, config=cv_cfg,
                               indices=sub, w_values=cv_w_values or DEFAULT_W_GRID, n_folds=cv_folds,
-                              progress=progress)
+                              progress=progress, device=device)
         cfg = dataclasses.replace(train_config, w=cv.best_w)
     res = train_supervised(images, label_rotmats, reference, model_config=model_config, config=cfg,
-                           train_indices=train_idx, test_indices=test_idx,
+                           train_indices=train_idx, test_indices=test_idx, device=device,
                            progress=None if progress is None else (lambda s, r: progress(
                                f"step {s}: loss {r['loss']:.4f} (QD {r['loss_qd']:.4f}, reproj {r['loss_reproj']:.4f})")))
     return res, cv

@@ -583,12 +583,12 @@ def reconstruct(stack, metadata, *, symmetry: str = "C1", pad: int = 2, chunk_si
             ``rlnRandomSubset`` (1/2) from ``metadata.table`` if present, else a random split.
         use_ctf: Apply the CTF from ``metadata.ctf`` (ignored when there is none: ``CTF = 1``).
         options: :class:`FilterOptions` (regulariser, corner mask); default ``FilterOptions()``.
-        device: Device for the grids (default CPU).
+        device: Device for the grids (default CPU); images are read on the CPU and inserted there.
         threads: Python threads inserting the two half sets concurrently (see :class:`Backprojector`).
         progress: Show a tqdm bar (default: for ``N >= 5000`` on a terminal).
 
     Returns:
-        :class:`ReconstructionResult`.
+        :class:`ReconstructionResult`, its maps and FSC on the CPU whatever ``device``.
 
     Raises:
         cryopose.errors.UserError: No poses in the metadata, fewer than 2 particles for half
@@ -622,8 +622,24 @@ def reconstruct(stack, metadata, *, symmetry: str = "C1", pad: int = 2, chunk_si
             bp.insert(images, metadata.rotmats[t], shifts_px=shifts, ctf=ctf, sets=sets[t],
                       pixel_size_angstrom=apix)
             bar.update(len(idx))
-    return finish_reconstruction(bp, apix, half_maps=half_maps, symmetry=symmetry, half_source=source,
-                                 options=options or FilterOptions())
+    result = finish_reconstruction(bp, apix, half_maps=half_maps, symmetry=symmetry, half_source=source,
+                                   options=options or FilterOptions())
+    return _on_cpu(result)
+
+
+def _on_cpu(result):
+    """The result with its tensors (maps, FSC) on the CPU, whatever device the grids were on."""
+    import dataclasses
+
+    def cpu(v):
+        if isinstance(v, torch.Tensor):
+            return v.cpu()
+        if isinstance(v, tuple) and v and all(isinstance(t, torch.Tensor) for t in v):
+            return tuple(t.cpu() for t in v)
+        return v
+
+    return dataclasses.replace(result, **{f.name: cpu(getattr(result, f.name)) for f in dataclasses.fields(result)
+                                          if f.init})
 
 
 @torch.no_grad()

@@ -161,9 +161,9 @@ class TrainingConfig:
             Nyquist (below it the band follows the frequency-marching radius).
         distill_weight: Weight of the squared chordal distance of the encoder's nearest
             hypothesis to the winning pose during the warm-up.
-        seed: Seed of every random choice (initialisation, batch order).
-        num_threads: ``torch.set_num_threads`` during training (``None``: the idle cores, re-read
-            every epoch, see :func:`cryopose.training.trainer.idle_cores`).
+        seed: Seed of every random choice (initialisation, batch order). The thread count,
+            device and precision are not here: they are run-time settings
+            (:class:`cryopose.runtime.Runtime`), so a resumed run may change them.
         log_every: Steps between loss-history entries.
     """
 
@@ -182,7 +182,6 @@ class TrainingConfig:
     search_radius_fraction: float = 0.75
     distill_weight: float = 1.0
     seed: int = 0
-    num_threads: int | None = None
     log_every: int = 10
 
     def __post_init__(self):
@@ -208,8 +207,6 @@ class TrainingConfig:
         _positive("distill_weight", self.distill_weight, allow_zero=True)
         if not isinstance(self.seed, int):
             raise UserError(f"--seed must be an integer, got {self.seed!r}")
-        if self.num_threads is not None:
-            _positive("num_threads", self.num_threads, integer=True)
         _positive("log_every", self.log_every, integer=True)
 
 
@@ -269,9 +266,18 @@ class AbinitioConfig:
         _positive("polish_final_step_deg", self.polish_final_step_deg)
 
 
+#: Keys of older saved training configs that are run-time settings now (dropped on reading).
+_RUNTIME_KEYS = ("num_threads",)
+
+
 def config_from_dict(doc: dict) -> AbinitioConfig:
-    """Rebuild an :class:`AbinitioConfig` from ``dataclasses.asdict`` output (checkpoints)."""
+    """Rebuild an :class:`AbinitioConfig` from ``dataclasses.asdict`` output (checkpoints).
+
+    Run-time settings that files written before :mod:`cryopose.runtime` stored in the training
+    config (``num_threads``) are dropped: they never changed what was computed.
+    """
     doc = dict(doc)
     model = ModelConfig(**doc.pop("model", {}))
-    training = TrainingConfig(**doc.pop("training", {}))
+    training_doc = {k: v for k, v in dict(doc.pop("training", {})).items() if k not in _RUNTIME_KEYS}
+    training = TrainingConfig(**training_doc)
     return AbinitioConfig(model=model, training=training, **doc)

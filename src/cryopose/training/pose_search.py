@@ -69,15 +69,16 @@ class GridSearcher:
         self.chunk = int(chunk)
         self.generator = generator
         self.shift_offsets_px = None if shift_offsets_px is None else torch.as_tensor(shift_offsets_px).float()
-        self._bands: dict[float, object] = {}
+        self._bands: dict[tuple[float, str], object] = {}
         self.last_shift_offsets: torch.Tensor | None = None
 
-    def _band(self, radius: float):
+    def _band(self, radius: float, device=None):
         r = max(2.0, min(float(radius), self.max_radius))
         r = round(r * 2) / 2  # half-cycle steps: few distinct bands to cache
-        if r not in self._bands:
-            self._bands[r] = make_band(self.box_size, r)
-        return self._bands[r]
+        key = (r, str(torch.device(device or "cpu")))
+        if key not in self._bands:
+            self._bands[key] = make_band(self.box_size, r, device=device)
+        return self._bands[key]
 
     @torch.no_grad()
     def __call__(self, volume_ft: VolumeFT, images_ft: torch.Tensor, ctf: torch.Tensor | None,
@@ -96,25 +97,27 @@ class GridSearcher:
             ``(B, 3, 3)`` RELION rotation matrices (float32). With ``shift_offsets_px``, the
             winning offset of each image is left in :attr:`last_shift_offsets` (``(B, 2)``).
         """
-        band = self._band(radius)
+        dev = images_ft.device
+        band = self._band(radius, dev)
         b = images_ft.shape[0]
-        flat = band.flat_index.to(images_ft.device)
+        flat = band.flat_index
         y = images_ft.reshape(b, -1)[:, flat]
-        c = torch.ones(b, len(band)) if ctf is None else ctf.reshape(b, -1)[:, flat].to(torch.float32)
+        c = torch.ones(b, len(band), device=dev) if ctf is None else ctf.reshape(b, -1)[:, flat].to(torch.float32)
         a = y.conj() * c
         if shifts_px is not None:
             a = a * origin_phases_band(shifts_px.to(torch.float32), band)
-        offsets = self.shift_offsets_px
+        offsets = None if self.shift_offsets_px is None else self.shift_offsets_px.to(dev)
         n_s = 1 if offsets is None else offsets.shape[0]
         if offsets is not None:  # (B, S, K): every image at every offset of its origin
             a = (a[:, None] * origin_phases_band(offsets, band)[None]).reshape(b * n_s, -1)
         a_mat = torch.cat([a.real, -a.imag], dim=1)  # Re(a · p) = a_r p_r − a_i p_i
         c2 = c * c
+        # the random turn of the grid is drawn on the CPU (same draws on every device)
         q = random_rotations(1, generator=self.generator, dtype=torch.float32)[0]
-        grid = self.grid @ q
-        best_score = torch.full((b,), float("inf"))
-        best_rot = torch.empty(b, 3, 3)
-        best_off = torch.zeros(b, 2)
+        grid = (self.grid @ q).to(dev)
+        best_score = torch.full((b,), float("inf"), device=dev)
+        best_rot = torch.empty(b, 3, 3, device=dev)
+        best_off = torch.zeros(b, 2, device=dev)
         scale = 1.0 / self.box_size
         for start in range(0, grid.shape[0], self.chunk):
             rots = grid[start:start + self.chunk]

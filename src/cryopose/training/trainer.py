@@ -30,7 +30,6 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -39,14 +38,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..data.dataset import ParticleDataset
-from ..data.transforms import rotate_half_turn
+from ..data.dataset import ParticleBatch, ParticleDataset
+from ..data.streaming import iter_batches
 from ..fourier import centered_fft2
-from ..models.cryoposenet import CryoPoseNet, rotate_half_turn_poses
-from ..rotations import geodesic_distance_deg
+from ..models.cryoposenet import CryoPoseNet
+from ..distributed import average_gradients, weighted_sum
+from ..errors import UserError
+from ..runtime import Runtime
 from .checkpoint import save_checkpoint
 from .config import TrainingConfig
-from .losses import best_candidate_loss, candidate_posteriors, fourier_residuals, frequency_band_mask
+from .losses import best_candidate_loss, fourier_residuals, frequency_band_mask
+from .inference import PoseInference, band_residuals, candidate_poses, infer_poses  # re-exported
 from .pose_search import GridSearcher, distillation_loss
 
 __all__ = ["Trainer", "PoseInference", "candidate_poses", "infer_poses", "march_radius", "lr_factor", "idle_cores",
@@ -108,7 +110,7 @@ def idle_cores(own_load: float = 1.0) -> int:
     ``own_load`` this process's share of it (its threads while it has been computing).
     Intra-op threads that share a busy core with other processes spin at OpenMP barriers; on a
     loaded 2-core machine a 2-thread training step was measured 12× slower than a 1-thread
-    one, so the trainer uses only the idle cores unless ``num_threads`` is set.
+    one, so the trainer uses only the idle cores unless the runtime's ``threads`` is set.
     """
     import os
 
@@ -129,31 +131,12 @@ def march_radius(step: int, total_steps: int, box_size: int, config: TrainingCon
     return r0 + (nyq - r0) * frac
 
 
-def candidate_poses(model: CryoPoseNet, images: torch.Tensor, *, symmetric: bool):
-    """Candidate poses ``(B, C, 3, 3)`` and shift corrections of a batch.
-
-    ``C = H`` hypotheses, or ``2H`` with the symmetrised loss: the poses of ``Y`` then those of
-    ``R_π Y`` turned back (``diag(−1, −1, 1) @ R``). Shift corrections ``(B, C, 2)`` (working
-    pixels; those of ``R_π Y`` negated) or ``None``.
-    """
-    out = model.encode(images)
-    rot, sh = out.rotmats, out.shifts_px
-    h = rot.shape[1]
-    shifts = None if sh is None else sh[:, None].expand(-1, h, 2)
-    if symmetric:
-        out2 = model.encode(rotate_half_turn(images))
-        rot = torch.cat([rot, rotate_half_turn_poses(out2.rotmats)], dim=1)
-        if sh is not None:
-            shifts = torch.cat([shifts, -out2.shifts_px[:, None].expand(-1, h, 2)], dim=1)
-    return rot, shifts
-
-
 def _predict(model: CryoPoseNet, vft, batch, rot: torch.Tensor, shifts: torch.Tensor | None) -> torch.Tensor:
     """Predicted transforms ``(B, C, n, n)`` of every candidate (shift corrections per candidate)."""
     if shifts is None:
         return model.render(vft, rot, ctf=batch.ctf, shifts_px=batch.shifts_px)
     b, c = rot.shape[:2]
-    base = batch.shifts_px if batch.shifts_px is not None else torch.zeros(b, 2)
+    base = batch.shifts_px if batch.shifts_px is not None else torch.zeros(b, 2, device=rot.device)
     total = (base[:, None] + shifts).reshape(b * c, 2)
     ctf = None if batch.ctf is None else batch.ctf.repeat_interleave(c, dim=0)
     pred = model.render(vft, rot.reshape(b * c, 1, 3, 3), ctf=ctf, shifts_px=total)
@@ -172,12 +155,30 @@ class Trainer:
         progress: Show a tqdm progress bar with the running loss.
         on_epoch_end: Called as ``f(trainer)`` after each epoch's checkpoint.
         symmetry: Point group imposed on the volume (for the search warm-up's targets).
+        runtime: Device, threads and precision (:class:`cryopose.runtime.Runtime`; default: the
+            CPU, the idle cores, float32). The model is moved to ``runtime.device``; the batch
+            order and search generators stay on the CPU (the same draws on every device). None
+            of it is stored in the checkpoint's config, so a run resumes with other settings.
+            Under ``torchrun`` (``runtime.world_size > 1``) every rank trains on its share of
+            each batch (the same permutation on every rank) with the gradients averaged
+            (:func:`cryopose.distributed.average_gradients`), so all ranks hold the same model;
+            rank 0 alone writes the checkpoint. Batch norms are synchronised across GPUs
+            (``SyncBatchNorm``); on CPUs (Gloo) each rank normalises with its own share's
+            statistics, so a batch-norm encoder trains slightly differently than in one process.
     """
 
     def __init__(self, model: CryoPoseNet, dataset: ParticleDataset, config: TrainingConfig, *,
                  checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
                  progress: bool = True, on_epoch_end: Callable[["Trainer"], None] | None = None,
-                 symmetry: str = "C1"):
+                 symmetry: str = "C1", runtime: Runtime | None = None):
+        self.runtime = Runtime() if runtime is None else runtime
+        self.runtime.check_training_precision("abinitio")
+        self.device = self.runtime.device
+        if self.runtime.world_size > 1 and config.batch_size < self.runtime.world_size:
+            raise UserError(f"--batch-size {config.batch_size}: smaller than the {self.runtime.world_size} processes")
+        if self.runtime.world_size > 1 and self.device.type == "cuda":  # batch statistics over all GPUs
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
         self.model, self.dataset, self.config = model, dataset, config
         self.symmetry = symmetry
         self.search_generator = torch.Generator().manual_seed(config.seed + 7919)
@@ -246,8 +247,8 @@ class Trainer:
         self.elapsed = float(state.get("elapsed", 0.0))
 
     def save(self) -> Path | None:
-        """Write the checkpoint atomically (no-op without ``checkpoint_path``)."""
-        if self.checkpoint_path is None:
+        """Write the checkpoint atomically (no-op without ``checkpoint_path`` and on ranks > 0)."""
+        if self.checkpoint_path is None or self.runtime.rank != 0:
             return None
         return save_checkpoint(self.checkpoint_path, self.state_dict())
 
@@ -257,17 +258,38 @@ class Trainer:
         return self.epoch >= self.config.epochs
 
     # ---------------------------------------------------------------- training
-    def train_step(self, indices: torch.Tensor) -> tuple[float, float]:
-        """One optimisation step on the given particles; returns ``(loss, radius)``."""
+    def _rank_chunks(self, bs: int) -> tuple[list[np.ndarray], list[float]]:
+        """This rank's part of each remaining batch of the epoch and its share of the batch."""
+        rank, world = self.runtime.rank, self.runtime.world_size
+        chunks, shares = [], []
+        for p in range(self.position, self.steps_per_epoch):
+            full = self.permutation[p * bs:(p + 1) * bs].numpy()
+            part = np.array_split(full, world)[rank]
+            chunks.append(part)
+            shares.append(part.size / full.size)
+        return chunks, shares
+
+    def train_step(self, indices, share: float = 1.0) -> tuple[float, float]:
+        """One optimisation step on the given particles; returns ``(loss, radius)``.
+
+        Args:
+            indices: Particle positions, or the :class:`~cryopose.data.dataset.ParticleBatch`
+                already read (moved to the trainer's device here).
+            share: Under ``torchrun``, this rank's fraction of the global batch: the gradients
+                and the loss are averaged over the ranks with these weights
+                (:func:`cryopose.distributed.average_gradients`).
+        """
         n = self.dataset.box_size
-        batch = self.dataset.batch(indices.numpy())
+        batch = indices if isinstance(indices, ParticleBatch) else self.dataset.batch(np.asarray(indices))
+        batch = batch.to(self.device)
         radius = march_radius(self.step, self.total_steps, n, self.config)
-        mask = frequency_band_mask(n, radius)
+        mask = frequency_band_mask(n, radius, device=self.device)
         target = centered_fft2(batch.images) / n
         scale = lr_factor(self.step, self.total_steps, self.config)
         for group, base in zip(self.optimizer.param_groups, (self.config.lr, self.config.volume_lr)):
             group["lr"] = base * scale
-        rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss)
+        rot, shifts = candidate_poses(self.model, batch.images, symmetric=self.config.symmetric_loss,
+                                      precision=self.runtime.precision)
         vft = self.model.volume.prepare()
         searching = self.searcher is not None and self.step < self.config.search_fraction * self.total_steps
         if searching and self.config.search_mode == "replace":
@@ -283,7 +305,7 @@ class Trainer:
                     cand_shifts = torch.cat([shifts, off[:, None]], dim=1)
             loss, best = self._best_candidate_loss(vft, batch, cands, cand_shifts, target, mask)
             if searching:
-                winner = cands[torch.arange(cands.shape[0]), best]
+                winner = cands[torch.arange(cands.shape[0], device=cands.device), best]
                 loss = loss + self.config.distill_weight * distillation_loss(rot, winner, symmetry=self.symmetry)
                 if shifts is not None and self.searcher.last_shift_offsets is not None:
                     # where the search's pose won, the shift head is taught its origin offset too
@@ -294,8 +316,9 @@ class Trainer:
                     loss = loss + self.config.distill_weight * (won * err).mean() / bound ** 2
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.model.parameters(), share, self.runtime.world_size)
         self.optimizer.step()
-        return float(loss.detach()), radius
+        return weighted_sum(float(loss.detach()), share, self.runtime.world_size), radius
 
     def _best_candidate_loss(self, vft, batch, cands, cand_shifts, target, mask):
         """The best-candidate loss and each image's best candidate (``(B,)``).
@@ -348,13 +371,14 @@ class Trainer:
         self.model.train()
         try:
             while not self.finished:
-                torch.set_num_threads(self.config.num_threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
+                torch.set_num_threads(self.runtime.threads or idle_cores(torch.get_num_threads() if self.step else 1.0))
                 if self.permutation is None:  # a new epoch's order (kept when resuming inside an epoch)
                     self.permutation = torch.randperm(len(self.dataset), generator=self.generator)
                 running: list[float] = []
-                while self.position < self.steps_per_epoch:
-                    idx = self.permutation[self.position * bs:(self.position + 1) * bs]
-                    loss, radius = self.train_step(idx)
+                chunks, shares = self._rank_chunks(bs)
+                for batch, share in zip(iter_batches(self.dataset, chunks, self.runtime), shares):
+                    # (one process: the one-argument call that callers may wrap)
+                    loss, radius = self.train_step(batch) if share == 1.0 else self.train_step(batch, share)
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"the loss became {loss} at step {self.step}; "
                                                  "lower --lr or the volume learning rate")
@@ -382,120 +406,3 @@ class Trainer:
         finally:
             bar.close()
             torch.set_num_threads(threads)
-
-
-@dataclasses.dataclass(frozen=True)
-class PoseInference:
-    """Poses inferred for a data set.
-
-    Attributes:
-        rotmats: ``(N, 3, 3)`` best candidate pose per particle (RELION matrices).
-        shifts_px: ``(N, 2)`` total origins in working pixels (metadata + correction), or
-            ``None`` when neither the metadata nor the model gives shifts.
-        confidence: ``(N,)`` posterior probability (white-noise likelihood, uniform prior over
-            the candidates) of the chosen pose, counting candidates within ``merge_deg`` of it
-            as the same pose.
-        residual: ``(N,)`` mean squared Fourier residual of the chosen pose.
-        noise_variance: The per-coefficient noise variance used for the posteriors.
-    """
-
-    rotmats: torch.Tensor
-    shifts_px: torch.Tensor | None
-    confidence: torch.Tensor
-    residual: torch.Tensor
-    noise_variance: float
-
-
-def band_residuals(volume_ft, batch, rotmats: torch.Tensor, shift_corrections: torch.Tensor | None,
-                   band) -> torch.Tensor:
-    """Mean squared Fourier residual of every candidate pose, on the half-plane band.
-
-    The same quantity as :func:`fourier_residuals` of :meth:`CryoPoseNet.render` over
-    ``1 <= |k| < n/2`` (a real image's transform is Hermitian, so the mean over one half-plane
-    equals the mean over the plane), read only at the band's frequencies
-    (:func:`cryopose.search.band.slice_band`): about 2.5× cheaper than rendering whole slices.
-
-    Args:
-        volume_ft: The prepared volume.
-        batch: :class:`cryopose.data.dataset.ParticleBatch` (images, CTF, origins in working px).
-        rotmats: ``(B, C, 3, 3)`` candidate poses.
-        shift_corrections: ``(B, C, 2)`` shift-head corrections (working px) or ``None``.
-        band: :func:`cryopose.search.band.make_band` of the working box.
-
-    Returns:
-        ``(B, C)`` residuals.
-    """
-    from ..search.band import origin_phases_band, slice_band
-
-    b = rotmats.shape[0]
-    n = band.box_size
-    flat = band.flat_index
-    p = slice_band(volume_ft, rotmats, band) / n  # (B, C, K)
-    if batch.ctf is not None:
-        p = p * batch.ctf.reshape(b, -1)[:, flat].to(p.real.dtype)[:, None]
-    total = None if batch.shifts_px is None else batch.shifts_px[:, None]
-    if shift_corrections is not None:
-        total = shift_corrections if total is None else total + shift_corrections
-    if total is not None:
-        p = p * origin_phases_band(total.to(p.real.dtype), band)
-    y = (centered_fft2(batch.images) / n).reshape(b, -1)[:, flat]
-    d = p - y[:, None]
-    return (d.real.square() + d.imag.square()).mean(dim=-1)
-
-
-@torch.no_grad()
-def infer_poses(model: CryoPoseNet, dataset: ParticleDataset, *, symmetric: bool, batch_size: int = 256,
-                merge_deg: float = 10.0, progress: bool = False) -> PoseInference:
-    """Amortized inference: encode every particle, keep its best candidate against the volume.
-
-    Candidates are the model's hypotheses (and their 180°-turned counterparts with
-    ``symmetric``); each is scored by its full-band Fourier residual against the image
-    (:func:`band_residuals`). The confidence's likelihood counts the ``K`` independent
-    coefficients of the half-plane band.
-
-    Args:
-        model: Trained model.
-        dataset: Particles (training or unseen).
-        symmetric: Also score poses of the images turned by 180° (as trained).
-        batch_size: Images per forward pass.
-        merge_deg: Candidates closer than this to the best count as the same pose in the
-            confidence.
-        progress: Show a progress bar.
-
-    Returns:
-        :class:`PoseInference`.
-    """
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    n = dataset.box_size
-    from ..search.band import make_band
-
-    band = make_band(n)
-    vft = model.volume.prepare()
-    rots, shifts, residuals, near = [], [], [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="poses", disable=not progress):
-        batch = dataset.batch(np.arange(start, min(start + batch_size, len(dataset))))
-        rot, sh = candidate_poses(model, batch.images, symmetric=symmetric)
-        res = band_residuals(vft, batch, rot, sh, band)
-        best = res.argmin(dim=1)
-        ar = torch.arange(rot.shape[0])
-        best_rot = rot[ar, best]
-        rots.append(best_rot)
-        residuals.append(res)
-        near.append(geodesic_distance_deg(rot, best_rot[:, None]) < merge_deg)
-        total = batch.shifts_px
-        if sh is not None:
-            corr = sh[ar, best]
-            total = corr if total is None else total + corr
-        if total is not None:
-            shifts.append(total)
-    model.train(was_training)
-    res = torch.cat(residuals)
-    best_res = res.min(dim=1).values
-    sigma2 = float(best_res.median().clamp_min(1e-12))
-    post = candidate_posteriors(res, float(len(band)), sigma2)
-    confidence = (post * torch.cat(near).to(post.dtype)).sum(dim=1)
-    return PoseInference(rotmats=torch.cat(rots), shifts_px=torch.cat(shifts) if shifts else None,
-                         confidence=confidence, residual=best_res, noise_variance=sigma2)
