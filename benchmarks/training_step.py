@@ -74,7 +74,7 @@ def main() -> None:
     print("| working box | phase | winner s/step | all s/step | all / winner |")
     print("|---|---|---|---|---|")
     for box in args.boxes:
-        cfg = resolve_config(AbinitioConfig(box_size=box, training=TrainingConfig(num_threads=args.threads)), meta)
+        cfg = resolve_config(AbinitioConfig(box_size=box, training=TrainingConfig()), meta, stack.box_size)
         ds = ParticleDataset(stack, meta, box_size=box, whiten=True)
         model = build_model(cfg, box_size=ds.box_size, pixel_size_angstrom=ds.pixel_size_angstrom)
         model.volume.scale.fill_(estimate_volume_scale(ds))

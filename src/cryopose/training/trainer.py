@@ -335,7 +335,7 @@ class Trainer:
         with torch.no_grad():
             residuals = fourier_residuals(_predict(self.model, vft, batch, cands, cand_shifts), target, mask)
         best = residuals.argmin(dim=1)
-        rows = torch.arange(cands.shape[0])
+        rows = torch.arange(cands.shape[0], device=cands.device)
         win_shifts = None if cand_shifts is None else cand_shifts[rows, best][:, None]
         pred = _predict(self.model, vft, batch, cands[rows, best][:, None], win_shifts)
         return fourier_residuals(pred, target, mask)[:, 0].mean(), best
