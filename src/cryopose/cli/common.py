@@ -106,36 +106,22 @@ def add_force_argument(parser) -> None:
                         help="replace existing output files (default: refuse, never overwrite silently)")
 
 
-def refuse_overwrite(paths, *, force: bool, stale=()) -> None:
-    """Check output files before any work: none may exist unless ``force``.
+def refuse_overwrite(paths, *, force: bool, stale=(), expected_bytes: int | None = None) -> None:
+    """Check output files before any work (:func:`cryopose.io.outputs.check_outputs`): none may
+    exist unless ``force``, none may be a folder, their folder must be writable, and the disk
+    must have room for ``expected_bytes`` when given.
 
     With ``force``, the ``stale`` files (outputs of an earlier run that this run will not write,
     e.g. half maps when ``--no-half-maps``) are removed, so no output of another run is left
     beside the new one.
 
-    Args:
-        paths: Files the command will write.
-        force: The command's ``--force``.
-        stale: Files to remove (with ``force``) or to refuse on (without), when present.
-
     Raises:
-        cryopose.errors.UserError: An output exists (naming it) without ``force``, or a path
-            names a folder.
+        cryopose.errors.OutputError: An output exists (naming it) without ``force``, a path
+            names a folder, the folder is not writable, or the disk lacks room.
     """
-    from ..errors import UserError
+    from ..io.outputs import check_outputs
 
-    for p in map(Path, [*paths, *stale]):
-        if p.is_dir():
-            raise UserError(f"{p}: is a folder; give a file name")
-    existing = [str(p) for p in map(Path, [*paths, *stale]) if p.exists()]
-    if existing and not force:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise UserError(f"{existing[0]}{more} exists; pass --force to replace it (cryopose does not overwrite outputs "
-                        "silently)")
-    if force:
-        for p in map(Path, stale):
-            if p.exists():
-                p.unlink()
+    check_outputs(paths, force=force, stale=stale, expected_bytes=expected_bytes)
 
 
 def tri_state(args, name: str) -> bool | None:
@@ -171,19 +157,25 @@ def configure_torch(threads: int | None) -> None:
     torch.set_flush_denormal(True)
 
 
-def prepare_output_dir(path, *, allow_existing: bool = True) -> Path:
-    """Create an output folder (parents too) and return it as a ``Path``.
+def prepare_output_dir(path, *, allow_existing: bool = True, names=(), force: bool = False) -> Path:
+    """Check an output folder before any work and create it (parents too); return it as a ``Path``
+    (:func:`cryopose.io.outputs.check_output_folder`).
+
+    Args:
+        path: The folder.
+        allow_existing: Accept a folder that holds files already.
+        names: Files the command writes in it: refused when present unless ``force``.
+        force: The command's ``--force``.
 
     Raises:
-        cryopose.errors.UserError: If ``path`` exists and is a file, or exists while
+        cryopose.errors.UserError: If ``path`` exists and is a file, cannot be created or
+            written, holds one of ``names`` without ``force``, or is not empty while
             ``allow_existing`` is false.
     """
     from ..errors import UserError
+    from ..io.outputs import check_output_folder
 
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"output folder {p} exists and is a file")
-    if p.exists() and not allow_existing and any(p.iterdir()):
+    if p.is_dir() and not allow_existing and any(p.iterdir()):
         raise UserError(f"output folder {p} is not empty (use --resume or another -o)")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return check_output_folder(p, names=names, force=force)

@@ -48,12 +48,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``cryopose reconstruct``; returns the exit status."""
     import torch
 
-    from .. import __version__
     from ..errors import UserError
-    from ..io.atomic import atomic_write_json
-    from ..io.mrc import write_map
     from ..io.particles import load_particles
-    from ..reconstruction import reconstruct
+    from ..io.outputs import all_or_nothing, check_free_space
 
     out = Path(args.output)
     if out.suffix.lower() not in (".mrc", ".map"):
@@ -74,6 +71,21 @@ def run(args: argparse.Namespace) -> int:
     if args.datadir is not None:
         kw["datadir"] = args.datadir
     stack, meta = load_particles(args.particles, **kw)
+    outputs = [out] if args.no_half_maps else [out, *halves]
+    check_free_space(out, (len(outputs)) * (1024 + 4 * int(stack.box_size) ** 3))
+    with all_or_nothing(outputs):
+        return _reconstruct_and_write(args, stack, meta, out, workers)
+
+
+def _reconstruct_and_write(args, stack, meta, out: Path, workers: int) -> int:
+    """Reconstruct, write the map (and half maps and FSC), print the summary."""
+    import torch
+
+    from .. import __version__
+    from ..io.atomic import atomic_write_json
+    from ..io.mrc import write_map
+    from ..reconstruction import reconstruct
+
     result = reconstruct(stack, meta, symmetry=args.symmetry, pad=args.pad, chunk_size=args.chunk_size,
                          generator=torch.Generator().manual_seed(int(args.seed)),
                          half_maps=not args.no_half_maps, use_ctf=not args.no_ctf, threads=workers,

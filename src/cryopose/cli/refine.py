@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of particles labelled by search (default 0.2)")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
     add_datadir_argument(parser)
+    from .common import add_force_argument
+
+    add_force_argument(parser)
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
@@ -92,7 +95,8 @@ def run(args) -> int:
     from .common import configure_torch, prepare_output_dir, tri_state, write_run_config
 
     configure_torch(args.threads)
-    out = prepare_output_dir(args.output)
+    out = prepare_output_dir(args.output, names=("particles.star", "map.mrc", "model.pt", "report.json"),
+                             force=args.force)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)

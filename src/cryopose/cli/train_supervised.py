@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
     add_datadir_argument(parser)
+    from .common import add_force_argument
+
+    add_force_argument(parser)
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å (header override)")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box (e.g. 64)")
@@ -145,7 +148,7 @@ def run(args) -> int:
     from .common import configure_torch, prepare_output_dir, write_run_config
 
     configure_torch(args.threads)
-    out = prepare_output_dir(args.output)
+    out = prepare_output_dir(args.output, names=("model.pt", "train_report.json"), force=args.force)
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     label_meta = read_star(args.poses, require_image_names=False)
     labels = _labels(meta, label_meta, args.poses)
