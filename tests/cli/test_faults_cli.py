@@ -1,0 +1,78 @@
+"""Faults through the command line: a full disk, a read-only file system, a folder where a file
+is expected end in one line naming the user's path, exit status 2, and nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+import cryopose.io.outputs as outputs
+from cryopose.cli.main import main
+
+
+def _sim(shared_data, out, n=600, *extra):
+    return ["simulate", "-i", str(shared_data / "pdb" / "4ake_mdanalysis.pdb"), "--box-size", "32", "-n", str(n),
+            "-o", str(out), "--snr", "1", "--seed", "2", "--no-progress", "--threads", "1", *extra]
+
+
+def _one_line(capsys, *words):
+    captured = capsys.readouterr()
+    err = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert "Traceback" not in captured.err
+    return err[0]
+
+
+def test_simulate_on_a_2mb_tmpfs_refuses_before_work(tmpfs, shared_data, capsys):
+    disk = tmpfs("2m")
+    assert main(_sim(shared_data, disk / "p")) == 2  # 600 × 32² float32 = 2.5 MB
+    line = _one_line(capsys, str(disk / "p.mrcs"), "needs about", "free in")
+    assert line.startswith("cryopose simulate: error:")
+    assert list(disk.iterdir()) == []
+
+
+def test_simulate_when_the_disk_fills_during_the_write(tmpfs, shared_data, capsys, monkeypatch):
+    disk = tmpfs("2m")
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 1 << 40)  # the check believes there is room
+    assert main(_sim(shared_data, disk / "p")) == 2
+    _one_line(capsys, str(disk / "p.mrcs"), "no space left on the device")
+    assert list(disk.iterdir()) == []  # no temp file keeps the disk full, no STAR without its stack
+
+
+def test_simulate_on_a_read_only_file_system(tmpfs, shared_data, capsys):
+    disk = tmpfs("2m", read_only=True)
+    assert main(_sim(shared_data, disk / "p", 10)) == 2
+    _one_line(capsys, "p.star", "read-only")
+    assert list(disk.iterdir()) == []
+
+
+def test_output_paths_blocked_by_folders_and_files(tmp_path, shared_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.star").mkdir()
+    assert main(_sim(shared_data, tmp_path / "p", 10)) == 2
+    _one_line(capsys, "p.star", "is a folder")
+    (tmp_path / "afile").write_text("x")
+    assert main(_sim(shared_data, tmp_path / "afile" / "p", 10)) == 2
+    _one_line(capsys, "is a file, not a folder")
+    assert main(_sim(shared_data, tmp_path / "ok", 10)) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", "ok.star", "-o", "afile/m.mrc", "--threads", "1", "--no-progress"]) == 2
+    _one_line(capsys, "afile")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ok.mrcs", "ok.star", "ok_config.yaml", "p.star"]
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "fsc"])
+def test_map_outputs_on_a_full_disk(tmpfs, tmp_path, shared_data, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    assert main(_sim(shared_data, tmp_path / "s", 40)) == 0
+    assert main(["reconstruct", "s.star", "-o", "m.mrc", "--threads", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    disk = tmpfs("64k")
+    (disk / "filler").write_bytes(b"\0" * (60 << 10))
+    monkeypatch.setattr(outputs, "free_bytes", lambda folder: 1 << 40)
+    if command == "reconstruct":
+        args = ["reconstruct", "s.star", "-o", str(disk / "m.mrc"), "--threads", "1", "--no-progress"]
+    else:
+        args = ["fsc", "m_half1.mrc", "m_half2.mrc", "--plot", str(disk / "fsc.png")]
+    assert main(args) == 2
+    _one_line(capsys, str(disk), "no space left on the device")
+    assert [p.name for p in disk.iterdir()] == ["filler"]
