@@ -160,3 +160,15 @@ def test_metadata_validation_and_subset():
         m.replace(rotmats=torch.zeros(4, 3))
     with pytest.raises(PixelSizeError):
         m.replace(pixel_size_angstrom=0.0)
+
+
+def test_duplicate_image_names_are_refused_naming_the_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stack(tmp_path / "d.mrcs", np.random.default_rng(0).normal(size=(4, 8, 8)), 1.0)
+    ok = _write_star(tmp_path / "ok.star", ["1@d.mrcs", "2@d.mrcs", "3@d.mrcs", "4@d.mrcs"])
+    assert len(load_particles(ok)[1]) == 4
+    dup = _write_star(tmp_path / "dup.star", ["1@d.mrcs", "2@d.mrcs", "3@d.mrcs", "2@./d.mrcs", "2@d.mrcs"])
+    with pytest.raises(InputFileError, match=r"dup\.star: rows 2, 4, 5 name the same image '2@d\.mrcs' "
+                                             r"\(2 repeated rows in all\)"):
+        load_particles(dup)
+    assert len(read_star(dup)) == 5  # reading the metadata alone (no images) accepts them

@@ -214,7 +214,8 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         InputFileError: Unknown suffix, unreadable file, missing stacks, bad indices, a
             ``ctf_star`` whose row count differs from the stack's image count, a STAR image
             name whose stack lies outside the STAR file's folder, the current folder and
-            ``datadir`` (real paths, symlinks followed).
+            ``datadir`` (real paths, symlinks followed), one image named by two rows
+            (:func:`refuse_duplicate_images`).
         PixelSizeError: Missing or disagreeing pixel sizes.
     """
     path = Path(path)
@@ -238,6 +239,7 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         raise InputFileError(path, f"unknown particle file type {suffix!r}; expected .star, .cs, .mrcs or .mrc")
     if meta.image_paths is None:
         raise InputFileError(path, "the file names no particle images")
+    refuse_duplicate_images(path, meta)
     box = meta.box_size
     if box is None:
         first = meta.image_paths[0]
@@ -250,6 +252,30 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
                           source=str(path), rows=meta.table.index.to_numpy() + 1, missing_hint=hint)
     stack.check()
     return stack, meta
+
+
+def refuse_duplicate_images(path, meta: ParticleMetadata) -> None:
+    """Refuse particles that name one image twice (the same image index of the same stack, after
+    resolving the paths): the particle would count twice in a reconstruction, its FSC and a
+    training, and two poses for one image make no sense. (Reading the metadata alone, as
+    :func:`cryopose.io.star.read_star` does, accepts them.)
+
+    Raises:
+        InputFileError: Naming the file, the first repeated image and its rows (1-based, as
+            in the table), and how many rows repeat an earlier one.
+    """
+    key = pd.Series([f"{i}@{p}" for i, p in zip(np.asarray(meta.image_indices).tolist(), meta.image_paths)])
+    dup = key.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    at = np.flatnonzero((key == key[dup].iloc[0]).to_numpy())
+    rows = (meta.table.index.to_numpy()[at] + 1).tolist() if meta.table is not None else (at + 1).tolist()
+    name = (meta.table["rlnImageName"].iloc[at[0]] if meta.table is not None and "rlnImageName" in meta.table
+            else key.iloc[at[0]])
+    n = int(key.duplicated().sum())
+    raise InputFileError(path, f"rows {', '.join(map(str, rows[:5]))} name the same image {name!r} ({n} repeated "
+                               f"row{'s' if n > 1 else ''} in all); each particle image must appear once (remove the "
+                               "repeated rows, e.g. of a concatenated or symmetry-expanded file)")
 
 
 def _bare_stack_metadata(path: Path, pixel_size_angstrom, ctf_star, star) -> ParticleMetadata:
