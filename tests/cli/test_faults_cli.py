@@ -76,3 +76,17 @@ def test_map_outputs_on_a_full_disk(tmpfs, tmp_path, shared_data, capsys, monkey
     assert main(args) == 2
     _one_line(capsys, str(disk), "no space left on the device")
     assert [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_refine_refuses_a_reference_on_another_scale_unless_forced(tmp_path, shared_data, capsys, monkeypatch):
+    from cryopose.io.mrc import write_map
+    from cryopose.simulate import load_volume
+
+    monkeypatch.chdir(tmp_path)
+    assert main(_sim(shared_data, tmp_path / "s", 40)) == 0
+    vol = load_volume(shared_data / "pdb" / "4ake_mdanalysis.pdb", box_size=32)
+    write_map(tmp_path / "wrong.mrc", vol.volume, vol.pixel_size_angstrom * 1.05)  # header 5 % off
+    capsys.readouterr()
+    assert main(["refine", "s.star", "--reference", "wrong.mrc", "-o", "r", "--threads", "1"]) == 2
+    _one_line(capsys, "wrong.mrc", "differs from the particles' pixel size", "by 5%", "--force")
+    assert not (tmp_path / "r" / "particles.star").exists()

@@ -99,11 +99,13 @@ def add_shift_estimation_arguments(parser, what: str) -> None:
                        help="keep the input's origins (zero when it has none)")
 
 
-def add_force_argument(parser) -> None:
+def add_force_argument(parser, also: str | None = None) -> None:
     """Add ``--force``: replace existing outputs (refused otherwise, as RELION's job folders and
-    cryoDRGN's ``-o`` guard do)."""
+    cryoDRGN's ``-o`` guard do); ``also`` names what else it allows (e.g. a reference map whose
+    voxel size disagrees with the particles')."""
     parser.add_argument("--force", action="store_true",
-                        help="replace existing output files (default: refuse, never overwrite silently)")
+                        help="replace existing output files (default: refuse, never overwrite silently)"
+                             + (f"; also {also}" if also else ""))
 
 
 def refuse_overwrite(paths, *, force: bool, stale=(), expected_bytes: int | None = None) -> None:
@@ -122,6 +124,30 @@ def refuse_overwrite(paths, *, force: bool, stale=(), expected_bytes: int | None
     from ..io.outputs import check_outputs
 
     check_outputs(paths, force=force, stale=stale, expected_bytes=expected_bytes)
+
+
+def check_reference_scale(command: str, reference_path, reference, particle_box: int, particle_pixel_angstrom: float,
+                          *, force: bool) -> None:
+    """Refuse a reference map whose voxel size disagrees with the particles' pixel size by more than
+    1 % (and that is no binned copy of their box; :func:`cryopose.search.run.reference_scale_problem`),
+    unless ``force``: then the problem is printed on stderr as a warning and the run goes on.
+
+    Raises:
+        cryopose.errors.UserError: The scales disagree and ``force`` is false (naming the map,
+            both sizes, and ``--map-pixel-size`` / ``--force``).
+    """
+    import sys
+
+    from ..errors import UserError
+    from ..search.run import reference_scale_problem
+
+    problem = reference_scale_problem(reference, particle_box, particle_pixel_angstrom)
+    if problem is None:
+        return
+    if not force:
+        raise UserError(f"{reference_path}: {problem} Set the map's voxel size with --map-pixel-size A, or pass "
+                        "--force to use the map as it is")
+    print(f"cryopose {command}: warning: {reference_path}: {problem} (used as it is: --force)", file=sys.stderr)
 
 
 def tri_state(args, name: str) -> bool | None:

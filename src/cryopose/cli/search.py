@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box first")
     add_contrast_arguments(parser)
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
-    add_force_argument(parser)
+    add_force_argument(parser, also="use a reference map whose voxel size differs from the particles' pixel "
+                               "size by more than 1 %% (and is no binned copy of their box), with a warning")
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
 
@@ -76,6 +77,10 @@ def run(args) -> int:
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
+    from .common import check_reference_scale
+
+    check_reference_scale("search", args.reference, ref, int(meta.box_size or stack.box_size), meta.pixel_size_angstrom,
+                          force=args.force)
     prepare_output_dir(out.parent if str(out.parent) else ".")
     meta_out, result, info = search_particles(stack, meta, ref, config=config, box_size=args.box_size,
                                               invert_contrast=tri_state(args, "invert_contrast"),
