@@ -90,3 +90,41 @@ def test_refine_refuses_a_reference_on_another_scale_unless_forced(tmp_path, sha
     assert main(["refine", "s.star", "--reference", "wrong.mrc", "-o", "r", "--threads", "1"]) == 2
     _one_line(capsys, "wrong.mrc", "differs from the particles' pixel size", "by 5%", "--force")
     assert not (tmp_path / "r" / "particles.star").exists()
+
+
+def test_every_command_that_reads_particles_has_optics_group():
+    from cryopose.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    readers = ["abinitio", "search", "refine", "predict", "reconstruct", "train-supervised"]
+    for name in readers:
+        assert "--optics-group" in sub.choices[name].format_help(), name
+    for name in ("latent", "rotinv"):
+        helps = [p.format_help() for p in sub.choices[name]._subparsers._group_actions[0].choices.values()]
+        assert any("--optics-group" in h for h in helps), name
+
+
+def test_reconstruct_with_an_optics_group_of_a_mixed_file(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    from cryopose.io.mrc import write_stack
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(3)
+    write_stack(tmp_path / "a.mrcs", rng.normal(size=(6, 16, 16)), 2.0)
+    write_stack(tmp_path / "b.mrcs", rng.normal(size=(4, 16, 16)), 1.0)
+    rows = "".join(f"{i}@a.mrcs 1 {10 * i} {5 * i} {3 * i}\n" for i in range(1, 7))
+    rows += "".join(f"{i}@b.mrcs 2 {10 * i} {5 * i} {3 * i}\n" for i in range(1, 5))
+    (tmp_path / "mixed.star").write_text(
+        "data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnOpticsGroupName\n_rlnImagePixelSize\n_rlnImageSize\n"
+        "1 coarse 2.0 16\n2 fine 1.0 16\n\ndata_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\n"
+        "_rlnAngleRot\n_rlnAngleTilt\n_rlnAnglePsi\n" + rows)
+    base = ["reconstruct", "mixed.star", "-o", "m.mrc", "--no-half-maps", "--threads", "1", "--no-progress"]
+    assert main(base) == 2
+    _one_line(capsys, "mixed.star", "--optics-group")
+    assert main([*base, "--optics-group", "coarse"]) == 0
+    assert "reconstructed 6 particles" in capsys.readouterr().out
+    import mrcfile
+
+    with mrcfile.open(tmp_path / "m.mrc") as m:
+        assert float(m.voxel_size.x) == 2.0

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                          extra={"particles": str(args.particles), "resume": bool(args.resume)})
 
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
-                          ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
+                          ctf_star=args.ctf, datadir=args.datadir, optics_group=args.optics_group,
+                          resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report, on_start=write_config,
                           strict_box=args.box_size is not None)
     res = result.resolution_fsc0p143_angstrom

@@ -70,14 +70,26 @@ DATADIR_HELP = ("folder of the particle stacks, besides the STAR file's folder a
 
 
 def add_datadir_argument(parser) -> None:
-    """Add ``--datadir DIR`` (``args.datadir``, default ``None``) to a command that reads particles.
+    """Add ``--datadir DIR`` (``args.datadir``, default ``None``) and ``--optics-group GROUP``
+    (``args.optics_group``) to a command that reads particles.
 
-    Passed on as ``load_particles(..., datadir=args.datadir)``: for a STAR file, one more
-    folder stacks may be read from and relative ``N@stack`` names are tried against (after
-    the current folder and the STAR file's folder); for a ``.cs`` file, the folder
-    cryoSPARC's ``blob/path`` is relative to.
+    Passed on by :func:`particle_options` as ``load_particles(..., datadir=, optics_group=)``:
+    ``datadir``, for a STAR file, is one more folder stacks may be read from and relative
+    ``N@stack`` names are tried against (after the current folder and the STAR file's folder);
+    for a ``.cs`` file, the folder cryoSPARC's ``blob/path`` is relative to. ``optics_group``
+    keeps the particles of one optics group (its ``rlnOpticsGroup`` number or
+    ``rlnOpticsGroupName``), for files whose groups differ in pixel or box size.
     """
     parser.add_argument("--datadir", metavar="DIR", help=DATADIR_HELP)
+    parser.add_argument("--optics-group", metavar="GROUP",
+                        help="use only the particles of this optics group: its rlnOpticsGroup number or "
+                             "rlnOpticsGroupName (for files whose optics groups differ in pixel or box size; "
+                             "a .cs file numbers them ctf/exp_group_id + 1)")
+
+
+def particle_options(args) -> dict:
+    """``load_particles`` keywords from the options of :func:`add_datadir_argument`."""
+    return {"datadir": getattr(args, "datadir", None), "optics_group": getattr(args, "optics_group", None)}
 
 
 def add_contrast_arguments(parser) -> None:

@@ -67,10 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be >= 1, got {threads}")
     workers = 1 if args.no_half_maps else min(2, threads)
     torch.set_num_threads(max(1, threads // workers))
-    kw = {"pixel_size_angstrom": args.pixel_size}
-    if args.datadir is not None:
-        kw["datadir"] = args.datadir
-    stack, meta = load_particles(args.particles, **kw)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     outputs = [out] if args.no_half_maps else [out, *halves]
     check_free_space(out, (len(outputs)) * (1024 + 4 * int(stack.box_size) ** 3))
     with all_or_nothing(outputs):

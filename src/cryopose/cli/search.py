@@ -74,7 +74,9 @@ def run(args) -> int:
     stem = out.with_suffix("")
     outputs = [out, stem.with_name(stem.name + "_search.json"), stem.with_name(stem.name + "_config.yaml")]
     refuse_overwrite(outputs, force=args.force)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     from .common import check_reference_scale

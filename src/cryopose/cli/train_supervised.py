@@ -150,8 +150,11 @@ def run(args) -> int:
 
     configure_torch(args.threads)
     out = prepare_output_dir(args.output, names=("model.pt", "train_report.json"), force=args.force)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
-    label_meta = read_star(args.poses, require_image_names=False)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    label_meta = read_star(args.poses, require_image_names=False,  # the same optics group as the particles
+                           optics_groups=None if args.optics_group is None else [args.optics_group])
     labels = _labels(meta, label_meta, args.poses)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)

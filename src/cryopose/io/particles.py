@@ -188,7 +188,8 @@ def _in_context(func, path: str, source: str, row: int, hint: str):
 
 def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
                    ctf_star: str | os.PathLike | None = None,
-                   datadir: str | os.PathLike | None = None) -> tuple[ParticleStack, ParticleMetadata]:
+                   datadir: str | os.PathLike | None = None,
+                   optics_group: int | str | None = None) -> tuple[ParticleStack, ParticleMetadata]:
     """Load a particle data set: lazy images plus metadata.
 
     Dispatches on the suffix: ``.star`` (:func:`cryopose.io.star.read_star`), ``.cs``
@@ -206,6 +207,9 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
             from, and relative ``N@stack`` names are tried against it after the current folder
             and the STAR file's folder (:func:`cryopose.io.star.read_star`). For ``.cs``: the
             folder cryoSPARC's ``blob/path`` is relative to, tried first.
+        optics_group: The CLI's ``--optics-group``: keep only the particles of this optics group,
+            an ``rlnOpticsGroup`` number or ``rlnOpticsGroupName`` (STAR), or a group number
+            (``.cs``: ``ctf/exp_group_id`` + 1). Not for a bare stack.
 
     Returns:
         ``(stack, metadata)`` with ``len(stack) == len(metadata)``.
@@ -224,7 +228,8 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
     if suffix == ".star":
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a STAR file carries its own CTF")
-        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir,
+                              optics_groups=None if optics_group is None else [optics_group])
         hint = ("image names are resolved relative to the current folder (as RELION does), then the STAR "
                 "file's folder" + (", then --datadir" if datadir is not None else "; pass --datadir DIR to "
                                    "look in another folder"))
@@ -232,8 +237,12 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a .cs file carries its own CTF")
         meta = cryosparc.read_cs(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        if optics_group is not None:
+            meta = _cs_optics_group(path, meta, optics_group)
         hint = cryosparc.missing_stack_hint(path, datadir)
     elif suffix in (".mrcs", ".mrc"):
+        if optics_group is not None:
+            raise InputFileError(path, "--optics-group needs a STAR or .cs file; a bare stack has no optics groups")
         meta = _bare_stack_metadata(path, pixel_size_angstrom, ctf_star, star)
     else:
         raise InputFileError(path, f"unknown particle file type {suffix!r}; expected .star, .cs, .mrcs or .mrc")
@@ -252,6 +261,18 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
                           source=str(path), rows=meta.table.index.to_numpy() + 1, missing_hint=hint)
     stack.check()
     return stack, meta
+
+
+def _cs_optics_group(path: Path, meta: ParticleMetadata, group) -> ParticleMetadata:
+    """The particles of one optics group of a ``.cs`` file (RELION numbering: exp_group_id + 1)."""
+    have = sorted(set(np.asarray(meta.optics_group).tolist())) if meta.optics_group is not None else [1]
+    text = str(group).strip()
+    if not text.isdigit() or int(text) not in have:
+        raise InputFileError(path, f"no optics group {text!r} (groups: {', '.join(map(str, have))}; a .cs file "
+                                   "numbers them ctf/exp_group_id + 1)")
+    if meta.optics_group is None:
+        return meta
+    return meta.subset(np.flatnonzero(np.asarray(meta.optics_group) == int(text)))
 
 
 def refuse_duplicate_images(path, meta: ParticleMetadata) -> None:

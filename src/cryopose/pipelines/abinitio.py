@@ -263,8 +263,8 @@ def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None 
 
 def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioConfig,
                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                 datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
-                 report: bool = True, reconstruct_threads: int = 1,
+                 datadir: str | Path | None = None, optics_group: int | str | None = None,
+                 resume: bool = False, progress: bool = True, report: bool = True, reconstruct_threads: int = 1,
                  on_start: Callable[[AbinitioConfig], None] | None = None,
                  strict_box: bool = False) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
@@ -277,6 +277,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         ctf_star: CTF STAR for a bare ``.mrcs``.
         datadir: Another folder the particle stacks may be read from (``--datadir``; see
             :func:`cryopose.io.particles.load_particles`).
+        optics_group: Use only this optics group's particles (``--optics-group``: number or name).
         resume: Continue the run whose ``checkpoint.pt`` is in ``outdir`` (same options; only
             the number of epochs may change).
         progress: Progress bars.
@@ -310,7 +311,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         raise UserError(f"--resume: no checkpoint.pt in {outdir}")
     saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir)
+                                 datadir=datadir, optics_group=optics_group)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     box = config.box_size if config.box_size is not None else stack.box_size
