@@ -9,6 +9,7 @@ otherwise from a random split seeded by --seed. With --no-half-maps only MAP.mrc
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 COMMAND = "reconstruct"
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     halves = [_sibling(out, "half1"), _sibling(out, "half2"), _sibling(out, "fsc", ".json")]
     refuse_overwrite([out] if args.no_half_maps else [out, *halves], force=args.force,
                      stale=halves if args.no_half_maps else ())
-    threads = int(args.threads) if args.threads else torch.get_num_threads()
+    threads = int(args.threads) if args.threads is not None else torch.get_num_threads()
     if threads < 1:
         raise UserError(f"--threads must be >= 1, got {threads}")
     workers = 1 if args.no_half_maps else min(2, threads)
@@ -70,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from .common import particle_options
 
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    if meta.ctf is None and not args.no_ctf:
+        print(f"cryopose reconstruct: warning: {args.particles} has no CTF parameters; reconstructing without CTF "
+              "correction", file=sys.stderr)
     outputs = [out] if args.no_half_maps else [out, *halves]
     check_free_space(out, (len(outputs)) * (1024 + 4 * int(stack.box_size) ** 3))
     with all_or_nothing(outputs):

@@ -101,6 +101,9 @@ def run(args) -> int:
     from .common import particle_options
 
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    if meta.ctf is None:
+        print(f"cryopose refine: warning: {args.particles} has no CTF parameters; working without CTF",
+              file=sys.stderr)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     from .common import check_reference_scale

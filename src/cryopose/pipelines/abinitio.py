@@ -240,12 +240,25 @@ def dataset_fingerprint(stack, metadata) -> dict:
             "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}
 
 
+def _differences(then: dict, now: dict, prefix: str = "") -> list[str]:
+    """``name: old then, new now`` for every (nested) config field that differs, e.g.
+    ``training.batch_size: 8 then, 4 now``; the epoch count is not compared."""
+    out = []
+    for k, v in now.items():
+        old = then.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out += _differences(old, v, f"{prefix}{k}.")
+        elif old != v and k != "epochs":
+            out.append(f"{prefix}{k}: {old} then, {v} now")
+    return out
+
+
 def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None = None) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
     if config.invert_contrast is None:  # detected in the first run: keep what it found
         config = dataclasses.replace(config, invert_contrast=saved_cfg.invert_contrast)
     if dataclasses.replace(saved_cfg, training=dataclasses.replace(saved_cfg.training, epochs=config.training.epochs)) != config:
-        diff = [k for k, v in dataclasses.asdict(config).items() if dataclasses.asdict(saved_cfg).get(k) != v]
+        diff = _differences(dataclasses.asdict(saved_cfg), dataclasses.asdict(config))
         raise UserError("--resume: the options differ from the interrupted run's (" + ", ".join(diff) +
                         "); only --epochs may change. Rerun with the original options or another -o")
     done = int(saved.get("epoch", 0))
