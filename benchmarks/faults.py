@@ -329,6 +329,8 @@ def _judge(case: Case, res, work: Path, before: dict, roots) -> tuple[str, dict]
         checks["stale"] = False
     if (work / MARKER).exists():
         return "FAIL: the crafted pickle ran", checks
+    if ".tmp" in err:
+        return "FAIL: the message names a temporary file", checks
     missing = [w for w in case.say if w not in err]
     if case.expect == "error":
         errors = [ln for ln in lines if ": error: " in ln]
@@ -342,6 +344,14 @@ def _judge(case: Case, res, work: Path, before: dict, roots) -> tuple[str, dict]
     if missing:
         return f"FAIL: message lacks {missing}: {(lines or ['-'])[-1][:160]}", checks
     return outcome, checks
+
+
+def _said(stderr: str, work: Path, width: int = 150) -> str:
+    """The last stderr line, work folder as WORK, cut to ``width``, safe in a table cell."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    text = (lines[-1] if lines else "-").replace(str(work), "WORK").replace(str(REPO.parent), "..")
+    text = text if len(text) <= width else text[:width - 3] + "..."
+    return text.replace("|", "\\|").replace("`", "'")
 
 
 def _shown(args) -> str:
@@ -360,14 +370,15 @@ def run(work: Path, only: str | None) -> int:
     reason = next((w for w in why_not.values() if w), None)
     roots = [work]
     rows, failed, skipped = [], 0, 0
-    print("| # | case | command (`cryopose ...`) | exit | outcome | no traceback | no temp file | "
+    print("| # | case | command (`cryopose ...`) | exit | outcome | what it said (last stderr line) | no traceback | "
+          "no temp file | "
           "no stale or half output | no silent overwrite | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for i, case in enumerate(c for c in cases() if not only or only in c.name):
         if case.needs == "tmpfs" and reason:
             skipped += 1
             print(f"| {i + 1} | {case.name} | `{_shown(case.args)}` | - | skipped: cannot mount tmpfs ({reason}) "
-                  "| | | | | |")
+                  "| | | | | | |")
             continue
         if case.setup:
             case.setup(work)
@@ -382,9 +393,9 @@ def run(work: Path, only: str | None) -> int:
         ok = not outcome.startswith("FAIL") and all(checks.values())
         failed += not ok
         marks = " | ".join("✓" if checks[k] else "✗" for k in ("traceback", "temps", "stale", "overwrite"))
-        line = outcome.replace("|", "/")
-        print(f"| {i + 1} | {case.name} | `{_shown(case.args)}` | {res.returncode} | {line} | {marks} | {seconds:.1f} |",
-              flush=True)
+        said = _said(res.stderr, work)
+        print(f"| {i + 1} | {case.name} | `{_shown(case.args)}` | {res.returncode} | {outcome.replace('|', '/')} | "
+              f"{said} | {marks} | {seconds:.1f} |", flush=True)
         rows.append(ok)
     for name in mounts:
         subprocess.run(["umount", "-l", str(work / name)], capture_output=True)

@@ -128,3 +128,15 @@ def test_reconstruct_with_an_optics_group_of_a_mixed_file(tmp_path, capsys, monk
 
     with mrcfile.open(tmp_path / "m.mrc") as m:
         assert float(m.voxel_size.x) == 2.0
+
+
+def test_reconstruct_refuses_zero_threads_and_states_a_missing_ctf(tmp_path, shared_data, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*_sim(shared_data, tmp_path / "s", 12), "--no-ctf"]) == 0
+    capsys.readouterr()
+    base = ["reconstruct", "s.star", "-o", "m.mrc", "--no-half-maps", "--no-progress"]
+    assert main([*base, "--threads", "0"]) == 2  # 0 used to mean "all threads"
+    _one_line(capsys, "--threads must be >= 1, got 0")
+    assert not (tmp_path / "m.mrc").exists()
+    assert main([*base, "--threads", "1"]) == 0
+    assert "s.star has no CTF parameters; reconstructing without CTF correction" in capsys.readouterr().err

@@ -236,3 +236,12 @@ def test_band_residuals_equal_rendered_residuals_with_ctf_and_shifts():
     with torch.no_grad():
         wrong = band_residuals(vft, flipped, rot, corr, make_band(N_BOX))
     assert float((wrong - full).abs().max()) > 0.05
+
+
+def test_resume_refusal_names_each_differing_option():
+    from cryopose.pipelines.abinitio import _differences
+
+    then = {"box_size": 64, "training": {"epochs": 8, "batch_size": 8, "lr": 1e-3}, "model": {"n_hypotheses": 3}}
+    now = {"box_size": 64, "training": {"epochs": 6, "batch_size": 4, "lr": 1e-3}, "model": {"n_hypotheses": 1}}
+    assert _differences(then, now) == ["training.batch_size: 8 then, 4 now", "model.n_hypotheses: 3 then, 1 now"]
+    assert _differences(then, then) == []
