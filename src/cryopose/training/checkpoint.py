@@ -154,6 +154,14 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise InputFileError(path, f"no such {what}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as err:
+        raise InputFileError(path, f"cannot read the {what} ({err.strerror})") from None
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        raise InputFileError(path, f"not a PyTorch file (damaged, or another format); expected a {what} written "
+                                   "by cryopose")
+    try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
