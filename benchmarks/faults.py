@@ -347,9 +347,11 @@ def _judge(case: Case, res, work: Path, before: dict, roots) -> tuple[str, dict]
 
 
 def _said(stderr: str, work: Path, width: int = 150) -> str:
-    """The last stderr line, work folder as WORK, cut to ``width``, safe in a table cell."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    text = (lines[-1] if lines else "-").replace(str(work), "WORK").replace(str(REPO.parent), "..")
+    """The last ``error:``/``warning:`` line of stderr (else its last line; progress bars are
+    skipped), work folder as WORK, cut to ``width``, safe in a table cell."""
+    lines = [ln.strip() for ln in stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    said = [ln for ln in lines if " error: " in ln or " warning: " in ln] or [ln for ln in lines if "%|" not in ln]
+    text = (said[-1] if said else "-").replace(str(work), "WORK").replace(str(REPO.parent), "..")
     text = text if len(text) <= width else text[:width - 3] + "..."
     return text.replace("|", "\\|").replace("`", "'")
 
@@ -370,7 +372,7 @@ def run(work: Path, only: str | None) -> int:
     reason = next((w for w in why_not.values() if w), None)
     roots = [work]
     rows, failed, skipped = [], 0, 0
-    print("| # | case | command (`cryopose ...`) | exit | outcome | what it said (last stderr line) | no traceback | "
+    print("| # | case | command (`cryopose ...`) | exit | outcome | what it said (stderr) | no traceback | "
           "no temp file | "
           "no stale or half output | no silent overwrite | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

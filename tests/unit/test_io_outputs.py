@@ -54,7 +54,7 @@ def test_check_output_folder_names_and_creation(tmp_path):
 
 def test_check_free_space_refuses_more_than_the_disk_holds(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
-    with pytest.raises(OutputError, match=r"out\.mrcs: cannot write: needs about .* free in"):
+    with pytest.raises(OutputError, match=r"out\.mrcs: cannot write: needs about .*, and .* has .* free"):
         check_free_space(tmp_path / "out.mrcs", free * 2)
     check_free_space(tmp_path / "out.mrcs", 1000)
     check_free_space(tmp_path / "out.mrcs", None)

@@ -115,12 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
     configure_torch(None)  # the trainer chooses its threads (TrainConfig.num_threads)
     config = config_from_args(args)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        from ..errors import UserError
+    from .common import prepare_output_dir
 
-        raise UserError(f"-o {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.output)  # a writable folder (created), before any work
     if not args.resume and (out / "checkpoint.pt").exists():
         from ..errors import UserError
 

@@ -119,8 +119,8 @@ def _check_space(folder: Path, expected_bytes: int | None, what) -> None:
         return
     free = free_bytes(folder)
     if free is not None and free < int(expected_bytes) + MARGIN_BYTES:
-        raise OutputError(what, f"cannot write: needs about {_size_text(int(expected_bytes) + MARGIN_BYTES)} but "
-                                f"only {_size_text(free)} is free in {_existing_ancestor(Path(folder))}",
+        raise OutputError(what, f"cannot write: needs about {_size_text(int(expected_bytes) + MARGIN_BYTES)}, and "
+                                f"{_existing_ancestor(Path(folder))} has {_size_text(free)} free",
                           errno=_errno.ENOSPC)
 
 
