@@ -133,7 +133,8 @@ def _fixtures(work: Path) -> None:
     _star_edit(s, work / "passwd.star", rows=_set("rlnImageName")(lambda k, v: "1@../../../../etc/passwd"))
     _star_edit(s, work / "noctf.star", drop=("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
                                             "rlnCtfBfactor"))
-    mixed = s.read_text().replace("1 opticsGroup1 300 2.7 0.1 ", "2 fine 300 2.7 0.1 1.0 16 2\n1 opticsGroup1 300 2.7 0.1 ", 1)
+    group1 = "1 opticsGroup1 300 2.7 0.1 "
+    mixed = s.read_text().replace(group1, "2 fine 300 2.7 0.1 1.0 16 2\n" + group1, 1)
     (work / "mixed.star").write_text(mixed)
     _star_edit(work / "mixed.star", work / "mixed.star",
                rows=_set("rlnOpticsGroup")(lambda k, v: "2" if k % 2 else v))

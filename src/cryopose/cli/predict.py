@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                         "records its own contrast setting")
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                         ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
-                        progress=not args.no_progress, state=state, datadir=args.datadir, optics_group=args.optics_group)
+                        progress=not args.no_progress, state=state, datadir=args.datadir,
+                        optics_group=args.optics_group)
     print(f"predicted poses of {len(inf.confidence)} particles (median confidence "
           f"{float(inf.confidence.median()):.2f}); wrote {args.output}")
     return 0

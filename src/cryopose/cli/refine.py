@@ -108,8 +108,8 @@ def run(args) -> int:
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     from .common import check_reference_scale
 
-    check_reference_scale("refine", args.reference, ref, int(meta.box_size or stack.box_size), meta.pixel_size_angstrom,
-                          force=args.force)
+    check_reference_scale("refine", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,
                           args.box_size)
     mcfg, tcfg = model_configs(args, args.network_box or box, args.symmetry)

@@ -84,8 +84,8 @@ def run(args) -> int:
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     from .common import check_reference_scale
 
-    check_reference_scale("search", args.reference, ref, int(meta.box_size or stack.box_size), meta.pixel_size_angstrom,
-                          force=args.force)
+    check_reference_scale("search", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     prepare_output_dir(out.parent if str(out.parent) else ".")
     meta_out, result, info = search_particles(stack, meta, ref, config=config, box_size=args.box_size,
                                               invert_contrast=tri_state(args, "invert_contrast"),

@@ -160,8 +160,8 @@ def run(args) -> int:
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     from .common import check_reference_scale
 
-    check_reference_scale("train-supervised", args.reference, ref, int(meta.box_size or stack.box_size), meta.pixel_size_angstrom,
-                          force=args.force)
+    check_reference_scale("train-supervised", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     wd = prepare_working_data(stack, meta, ref, box_size=args.box_size, invert_contrast=args.invert_contrast)
     mcfg, tcfg = model_configs(args, wd.box_size, args.symmetry)
     res, cv = train_on_dataset(wd.images, labels, wd.reference, model_config=mcfg, train_config=tcfg,

@@ -27,7 +27,8 @@ from pathlib import Path
 from ..errors import OutputError
 from .atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text, remove_stale_temps
 
-__all__ = ["check_outputs", "check_output_folder", "check_free_space", "all_or_nothing", "output_error", "os_error_reason", "free_bytes",
+__all__ = ["check_outputs", "check_output_folder", "check_free_space", "all_or_nothing",
+           "output_error", "os_error_reason", "free_bytes",
            "atomic_path", "atomic_write", "atomic_write_text", "atomic_write_json", "remove_stale_temps"]
 
 #: Free space kept beyond the expected size of the outputs (bytes): configs, STAR files, slack.

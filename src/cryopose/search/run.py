@@ -30,7 +30,8 @@ from ..io.particles import ParticleMetadata
 from ..simulate.volumes import resample_volume
 from .projection_matching import SearchConfig, SearchResult, search_poses
 
-__all__ = ["ResampledImages", "working_grid", "load_reference", "reference_scale_problem", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
+__all__ = ["ResampledImages", "working_grid", "load_reference", "reference_scale_problem",
+           "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
 
 #: STAR column of the per-particle search score (NCC at the final pose).
 SCORE_COLUMN = "rlnCryoposeSearchScore"
