@@ -140,3 +140,15 @@ def test_reconstruct_refuses_zero_threads_and_states_a_missing_ctf(tmp_path, sha
     assert not (tmp_path / "m.mrc").exists()
     assert main([*base, "--threads", "1"]) == 0
     assert "s.star has no CTF parameters; reconstructing without CTF correction" in capsys.readouterr().err
+
+
+def test_an_os_error_anywhere_is_one_line_naming_the_file(capsys, monkeypatch):
+    import errno
+
+    import cryopose.cli.fsc as fsc_cli
+
+    def denied(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/maps/a.mrc")
+    monkeypatch.setattr(fsc_cli, "run", denied)
+    assert main(["fsc", "a.mrc", "b.mrc"]) == 2
+    assert _one_line(capsys, "cryopose fsc: error: /data/maps/a.mrc: permission denied")
