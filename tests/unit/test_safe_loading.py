@@ -255,5 +255,5 @@ def test_random_bytes_are_not_a_pytorch_file(tmp_path):
 
     bad = tmp_path / "garbage.pt"
     bad.write_bytes(b"\x13" + os.urandom(999))
-    with pytest.raises(InputFileError, match=r"garbage\.pt: not a PyTorch file \(damaged, or another format\)"):
+    with pytest.raises(InputFileError, match=r"garbage\.pt: not a readable model file: not a PyTorch file \(damaged"):
         read_torch_file(bad, "model file")

@@ -159,8 +159,7 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except OSError as err:
         raise InputFileError(path, f"cannot read the {what} ({err.strerror})") from None
     if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
-        raise InputFileError(path, f"not a PyTorch file (damaged, or another format); expected a {what} written "
-                                   "by cryopose")
+        raise InputFileError(path, f"not a readable {what}: not a PyTorch file (damaged, or another format)")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
             warnings.simplefilter("ignore")
