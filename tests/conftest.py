@@ -4,6 +4,9 @@
 (``CRYOPOSE_SHARED_DATA`` overrides the location). A missing folder is an error, never a
 skip: the tests that use it check real values and must not pass by not running.
 
+``tmpfs``: mounts a small tmpfs (full-disk and read-only cases); skips only where mounting is
+impossible, saying why.
+
 ``relion``: resolves a RELION 3.1 program on PATH (``apt-get install -y relion``) and fails
 the test with the install line when it is missing, never skips.
 """
@@ -53,3 +56,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A function ``tmpfs(size="2m", read_only=False) -> Path``: a fresh tmpfs of that size mounted
+    in the test's folder (unmounted afterwards), for full-disk and read-only cases. Skips, with
+    the reason, only where tmpfs cannot be mounted (not root, or no mount permission in a
+    container); on this project's machines the tests run as root and the mount works."""
+    mounted = []
+
+    def make(size: str = "2m", read_only: bool = False) -> Path:
+        import subprocess
+
+        where = tmp_path / f"tmpfs{len(mounted)}"
+        where.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root and mount permission): "
+                        f"{(res.stderr or res.stdout).strip()}")
+        mounted.append(where)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        return where
+
+    yield make
+    import subprocess
+
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .conventions import PixelSizeError
 
-__all__ = ["UserError", "InputFileError", "PixelSizeError"]
+__all__ = ["UserError", "InputFileError", "OutputError", "PixelSizeError"]
 
 
 class UserError(Exception):
@@ -23,3 +23,14 @@ class InputFileError(UserError, ValueError):
         super().__init__(f"{where}: {message}")
         self.path = str(path)
         self.row = row
+
+
+class OutputError(UserError):
+    """An output that cannot be written (full disk, read-only file system, a folder in the way,
+    an existing file without ``--force``). The message names the user's path, never a
+    temporary file; ``errno`` is the operating system's error number when one caused it."""
+
+    def __init__(self, path, message: str, *, errno: int | None = None):
+        super().__init__(f"{path}: {message}")
+        self.path = str(path)
+        self.errno = errno

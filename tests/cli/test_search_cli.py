@@ -108,11 +108,12 @@ def test_real_empiar10076_true_map_beats_shuffled_maps(tmp_path, shared_data):
 ])
 def test_every_real_fixture_passes_through_search(tmp_path, shared_data, fixture):
     folder, name, extra = fixture
+    # a map of another particle, on another scale: --force (reading every format is what is tested)
     ref = shared_data / "maps" / "relion_tutorial_betagal_100px_3.54A.mrc"
     out = tmp_path / "poses.star"
     rc = main(["search", str(shared_data / "particles" / folder / name), "--reference", str(ref), "-o", str(out),
                "--box-size", "32", "--step", "30", "--final-step", "15", "--shift-range", "20", "--threads", "1",
-               *extra])
+               "--force", *extra])
     assert rc == 0
     meta = read_star(out, datadir=shared_data)  # absolute names of the shared stacks
     assert meta.rotmats is not None and np.isfinite(meta.rotmats.numpy()).all()
@@ -152,13 +153,20 @@ def test_real_empiar10076_contrast_is_detected(tmp_path, shared_data):
     assert centre_particles(ds, iterations=1).contrast_sign == -1
 
 
-def test_search_warns_on_screen_when_the_map_pixel_size_is_wrong(tmp_path, shared_data, capsys):
-    """A reference whose voxel size is off (1 Å instead of 13.1 Å) covers another field of view:
-    the warning reaches stderr, not only the JSON."""
+def test_search_refuses_a_map_pixel_size_that_disagrees_unless_forced(tmp_path, shared_data, capsys):
+    """A reference whose voxel size is off (1 Å instead of 13.1 Å) covers another field of view and
+    is no binned copy of the particles' box: refused in one line naming --map-pixel-size and
+    --force; with --force the warnings reach stderr, not only the JSON. The real 13.1 Å map of
+    the 1.31 Å particles (binned 10×, same field of view) is accepted
+    (test_real_empiar10076_contrast_is_detected)."""
     star = shared_data / "particles" / "empiar10076_7ptcl" / "empiar_10076_7.star"
-    rc = main(["search", str(star), "--reference", str(shared_data / "maps" / "10076_classD_32.mrc"),
-               "--map-pixel-size", "1.0", "--box-size", "32", "--step", "30", "--final-step", "15",
-               "-o", str(tmp_path / "p.star"), "--threads", "1"])
-    assert rc == 0
+    args = ["search", str(star), "--reference", str(shared_data / "maps" / "10076_classD_32.mrc"),
+            "--map-pixel-size", "1.0", "--box-size", "32", "--step", "30", "--final-step", "15",
+            "-o", str(tmp_path / "p.star"), "--threads", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "voxel size (1 Å) differs from the particles' pixel size (1.31 Å)" in err[0]
+    assert "--map-pixel-size" in err[0] and "--force" in err[0] and not (tmp_path / "p.star").exists()
+    assert main([*args, "--force"]) == 0
     err = capsys.readouterr().err
     assert "warning" in err and "field of view" in err and "--map-pixel-size" in err

@@ -160,3 +160,45 @@ def test_metadata_validation_and_subset():
         m.replace(rotmats=torch.zeros(4, 3))
     with pytest.raises(PixelSizeError):
         m.replace(pixel_size_angstrom=0.0)
+
+
+def test_duplicate_image_names_are_refused_naming_the_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_stack(tmp_path / "d.mrcs", np.random.default_rng(0).normal(size=(4, 8, 8)), 1.0)
+    ok = _write_star(tmp_path / "ok.star", ["1@d.mrcs", "2@d.mrcs", "3@d.mrcs", "4@d.mrcs"])
+    assert len(load_particles(ok)[1]) == 4
+    dup = _write_star(tmp_path / "dup.star", ["1@d.mrcs", "2@d.mrcs", "3@d.mrcs", "2@./d.mrcs", "2@d.mrcs"])
+    with pytest.raises(InputFileError, match=r"dup\.star: rows 2, 4, 5 name the same image '2@d\.mrcs' "
+                                             r"\(2 repeated rows in all\)"):
+        load_particles(dup)
+    assert len(read_star(dup)) == 5  # reading the metadata alone (no images) accepts them
+
+
+def _two_optics_groups(tmp_path):
+    """Particles 1–3 in group 1 (2 Å, 8 px), 4–5 in group 2 ('fine', 1 Å, 8 px): mixed pixel sizes."""
+    rng = np.random.default_rng(1)
+    write_stack(tmp_path / "g1.mrcs", rng.normal(size=(3, 8, 8)), 2.0)
+    write_stack(tmp_path / "g2.mrcs", rng.normal(size=(2, 8, 8)), 1.0)
+    text = ("data_optics\n\nloop_\n_rlnOpticsGroup\n_rlnOpticsGroupName\n_rlnImagePixelSize\n_rlnImageSize\n"
+            "1 coarse 2.0 8\n2 fine 1.0 8\n\ndata_particles\n\nloop_\n_rlnImageName\n_rlnOpticsGroup\n"
+            "1@g1.mrcs 1\n1@g2.mrcs 2\n2@g1.mrcs 1\n2@g2.mrcs 2\n3@g1.mrcs 1\n")
+    (tmp_path / "mixed.star").write_text(text)
+    return tmp_path / "mixed.star"
+
+
+def test_optics_group_selects_one_group_by_number_or_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    star = _two_optics_groups(tmp_path)
+    with pytest.raises(InputFileError, match=r"optics groups have different pixel.*--optics-group N or NAME"):
+        load_particles(star)
+    stack, meta = load_particles(star, optics_group="fine")
+    assert len(meta) == 2 and meta.pixel_size_angstrom == 1.0 and (meta.optics_group == 2).all()
+    assert meta.table["rlnImageName"].tolist() == ["1@g2.mrcs", "2@g2.mrcs"] and stack[:].shape == (2, 8, 8)
+    _, meta1 = load_particles(star, optics_group=1)
+    assert len(meta1) == 3 and meta1.pixel_size_angstrom == 2.0
+    assert len(load_particles(star, optics_group="1")[1]) == 3
+    with pytest.raises(InputFileError, match=r"no optics group 'other' in data_optics \(groups: 1 \(coarse\), "
+                                             r"2 \(fine\)\)"):
+        load_particles(star, optics_group="other")
+    with pytest.raises(InputFileError, match="bare stack has no optics groups"):
+        load_particles(tmp_path / "g1.mrcs", optics_group=1)

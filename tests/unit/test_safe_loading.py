@@ -246,3 +246,14 @@ def test_an_older_trusted_file_converts_with_the_documented_line(tmp_path):
     with torch.no_grad():
         expected = net.to_rotmat(net(images))
     torch.testing.assert_close(load_pose_model(path)(images)[0], expected)
+
+
+def test_random_bytes_are_not_a_pytorch_file(tmp_path):
+    import os
+
+    from cryopose.training.checkpoint import read_torch_file
+
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"\x13" + os.urandom(999))
+    with pytest.raises(InputFileError, match=r"garbage\.pt: not a readable model file: not a PyTorch file \(damaged"):
+        read_torch_file(bad, "model file")

@@ -179,3 +179,19 @@ def test_bad_inputs_raise(akvol):
         SearchConfig(step_deg=-1)
     with pytest.raises(UserError):
         search_poses(torch.zeros(2, BOX, BOX), vol, px, ctf=CTFParams.create(defocus_u_angstrom=np.ones(3) * 1e4))
+
+
+def test_reference_scale_problem_accepts_same_scale_and_binned_maps_only():
+    from cryopose.io.mrc import MapData
+    from cryopose.search.run import reference_scale_problem
+
+    def ref(box, px):
+        return MapData(volume=np.zeros((box, box, box), np.float32), pixel_size_angstrom=px,
+                       voxel_size_angstrom=(px, px, px))
+
+    assert reference_scale_problem(ref(64, 2.0), 64, 2.0) is None
+    assert reference_scale_problem(ref(96, 2.0 * 1.009), 64, 2.0) is None  # within 1 %, larger box
+    assert reference_scale_problem(ref(32, 4.0), 64, 2.0) is None  # binned 2×: same field of view
+    problem = reference_scale_problem(ref(64, 1.0), 64, 2.0)  # header says 1 Å
+    assert "voxel size (1 Å)" in problem and "pixel size (2 Å)" in problem and "50%" in problem
+    assert reference_scale_problem(ref(64, 2.03), 64, 2.0) is not None  # 1.5 % off

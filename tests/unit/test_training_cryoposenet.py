@@ -290,3 +290,12 @@ def test_automatic_working_box_and_epochs():
     explicit = AbinitioConfig(box_size=16, training=TrainingConfig(epochs=2))
     cfg = resolve_config(explicit, meta, stack.box_size)
     assert cfg.box_size == 16 and cfg.training.epochs == 2
+
+
+def test_resume_refusal_names_each_differing_option():
+    from cryopose.pipelines.abinitio import _differences
+
+    then = {"box_size": 64, "training": {"epochs": 8, "batch_size": 8, "lr": 1e-3}, "model": {"n_hypotheses": 3}}
+    now = {"box_size": 64, "training": {"epochs": 6, "batch_size": 4, "lr": 1e-3}, "model": {"n_hypotheses": 1}}
+    assert _differences(then, now) == ["training.batch_size: 8 then, 4 now", "model.n_hypotheses: 3 then, 1 now"]
+    assert _differences(then, then) == []

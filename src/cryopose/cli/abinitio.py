@@ -123,12 +123,9 @@ def run(args: argparse.Namespace) -> int:
     # threads: the trainer's (the runtime's, else the idle cores); here only the subnormal floats
     dataclasses.replace(runtime, threads=None).apply()
     config = config_from_args(args)
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        from ..errors import UserError
+    from .common import prepare_output_dir
 
-        raise UserError(f"-o {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(args.output)  # a writable folder (created), before any work
     if not args.resume and (out / "checkpoint.pt").exists():
         from ..errors import UserError
 
@@ -141,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
                                 "runtime": runtime.describe()})
 
     result = run_abinitio(args.particles, out, config=config, pixel_size_angstrom=args.pixel_size,
-                          ctf_star=args.ctf, datadir=args.datadir, resume=args.resume, progress=not args.no_progress,
+                          ctf_star=args.ctf, datadir=args.datadir, optics_group=args.optics_group,
+                          resume=args.resume, progress=not args.no_progress,
                           report=not args.no_report, on_start=write_config,
                           strict_box=args.box_size is not None, runtime=runtime)
     if runtime.rank != 0:

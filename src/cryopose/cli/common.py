@@ -71,14 +71,26 @@ DATADIR_HELP = ("folder of the particle stacks, besides the STAR file's folder a
 
 
 def add_datadir_argument(parser) -> None:
-    """Add ``--datadir DIR`` (``args.datadir``, default ``None``) to a command that reads particles.
+    """Add ``--datadir DIR`` (``args.datadir``, default ``None``) and ``--optics-group GROUP``
+    (``args.optics_group``) to a command that reads particles.
 
-    Passed on as ``load_particles(..., datadir=args.datadir)``: for a STAR file, one more
-    folder stacks may be read from and relative ``N@stack`` names are tried against (after
-    the current folder and the STAR file's folder); for a ``.cs`` file, the folder
-    cryoSPARC's ``blob/path`` is relative to.
+    Passed on by :func:`particle_options` as ``load_particles(..., datadir=, optics_group=)``:
+    ``datadir``, for a STAR file, is one more folder stacks may be read from and relative
+    ``N@stack`` names are tried against (after the current folder and the STAR file's folder);
+    for a ``.cs`` file, the folder cryoSPARC's ``blob/path`` is relative to. ``optics_group``
+    keeps the particles of one optics group (its ``rlnOpticsGroup`` number or
+    ``rlnOpticsGroupName``), for files whose groups differ in pixel or box size.
     """
     parser.add_argument("--datadir", metavar="DIR", help=DATADIR_HELP)
+    parser.add_argument("--optics-group", metavar="GROUP",
+                        help="use only the particles of this optics group: its rlnOpticsGroup number or "
+                             "rlnOpticsGroupName (for files whose optics groups differ in pixel or box size; "
+                             "a .cs file numbers them ctf/exp_group_id + 1)")
+
+
+def particle_options(args) -> dict:
+    """``load_particles`` keywords from the options of :func:`add_datadir_argument`."""
+    return {"datadir": getattr(args, "datadir", None), "optics_group": getattr(args, "optics_group", None)}
 
 
 def add_contrast_arguments(parser) -> None:
@@ -100,43 +112,55 @@ def add_shift_estimation_arguments(parser, what: str) -> None:
                        help="keep the input's origins (zero when it has none)")
 
 
-def add_force_argument(parser) -> None:
+def add_force_argument(parser, also: str | None = None) -> None:
     """Add ``--force``: replace existing outputs (refused otherwise, as RELION's job folders and
-    cryoDRGN's ``-o`` guard do)."""
+    cryoDRGN's ``-o`` guard do); ``also`` names what else it allows (e.g. a reference map whose
+    voxel size disagrees with the particles')."""
     parser.add_argument("--force", action="store_true",
-                        help="replace existing output files (default: refuse, never overwrite silently)")
+                        help="replace existing output files (default: refuse, never overwrite silently)"
+                             + (f"; also {also}" if also else ""))
 
 
-def refuse_overwrite(paths, *, force: bool, stale=()) -> None:
-    """Check output files before any work: none may exist unless ``force``.
+def refuse_overwrite(paths, *, force: bool, stale=(), expected_bytes: int | None = None) -> None:
+    """Check output files before any work (:func:`cryopose.io.outputs.check_outputs`): none may
+    exist unless ``force``, none may be a folder, their folder must be writable, and the disk
+    must have room for ``expected_bytes`` when given.
 
     With ``force``, the ``stale`` files (outputs of an earlier run that this run will not write,
     e.g. half maps when ``--no-half-maps``) are removed, so no output of another run is left
     beside the new one.
 
-    Args:
-        paths: Files the command will write.
-        force: The command's ``--force``.
-        stale: Files to remove (with ``force``) or to refuse on (without), when present.
+    Raises:
+        cryopose.errors.OutputError: An output exists (naming it) without ``force``, a path
+            names a folder, the folder is not writable, or the disk lacks room.
+    """
+    from ..io.outputs import check_outputs
+
+    check_outputs(paths, force=force, stale=stale, expected_bytes=expected_bytes)
+
+
+def check_reference_scale(command: str, reference_path, reference, particle_box: int, particle_pixel_angstrom: float,
+                          *, force: bool) -> None:
+    """Refuse a reference map whose voxel size disagrees with the particles' pixel size by more than
+    1 % (and that is no binned copy of their box; :func:`cryopose.search.run.reference_scale_problem`),
+    unless ``force``: then the problem is printed on stderr as a warning and the run goes on.
 
     Raises:
-        cryopose.errors.UserError: An output exists (naming it) without ``force``, or a path
-            names a folder.
+        cryopose.errors.UserError: The scales disagree and ``force`` is false (naming the map,
+            both sizes, and ``--map-pixel-size`` / ``--force``).
     """
-    from ..errors import UserError
+    import sys
 
-    for p in map(Path, [*paths, *stale]):
-        if p.is_dir():
-            raise UserError(f"{p}: is a folder; give a file name")
-    existing = [str(p) for p in map(Path, [*paths, *stale]) if p.exists()]
-    if existing and not force:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise UserError(f"{existing[0]}{more} exists; pass --force to replace it (cryopose does not overwrite outputs "
-                        "silently)")
-    if force:
-        for p in map(Path, stale):
-            if p.exists():
-                p.unlink()
+    from ..errors import UserError
+    from ..search.run import reference_scale_problem
+
+    problem = reference_scale_problem(reference, particle_box, particle_pixel_angstrom)
+    if problem is None:
+        return
+    if not force:
+        raise UserError(f"{reference_path}: {problem} Set the map's voxel size with --map-pixel-size A, or pass "
+                        "--force to use the map as it is")
+    print(f"cryopose {command}: warning: {reference_path}: {problem} (used as it is: --force)", file=sys.stderr)
 
 
 def tri_state(args, name: str) -> bool | None:
@@ -258,19 +282,25 @@ def runtime_from_args(args, *, command: str, gpu: bool = True, training: bool = 
     return rt
 
 
-def prepare_output_dir(path, *, allow_existing: bool = True) -> Path:
-    """Create an output folder (parents too) and return it as a ``Path``.
+def prepare_output_dir(path, *, allow_existing: bool = True, names=(), force: bool = False) -> Path:
+    """Check an output folder before any work and create it (parents too); return it as a ``Path``
+    (:func:`cryopose.io.outputs.check_output_folder`).
+
+    Args:
+        path: The folder.
+        allow_existing: Accept a folder that holds files already.
+        names: Files the command writes in it: refused when present unless ``force``.
+        force: The command's ``--force``.
 
     Raises:
-        cryopose.errors.UserError: If ``path`` exists and is a file, or exists while
+        cryopose.errors.UserError: If ``path`` exists and is a file, cannot be created or
+            written, holds one of ``names`` without ``force``, or is not empty while
             ``allow_existing`` is false.
     """
     from ..errors import UserError
+    from ..io.outputs import check_output_folder
 
     p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"output folder {p} exists and is a file")
-    if p.exists() and not allow_existing and any(p.iterdir()):
+    if p.is_dir() and not allow_existing and any(p.iterdir()):
         raise UserError(f"output folder {p} is not empty (use --resume or another -o)")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return check_output_folder(p, names=names, force=force)

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", metavar="M", help="real-space mask (.mrc) applied to both maps")
     parser.add_argument("--plot", metavar="FSC.png", help="write a plot of the curve")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    parser.add_argument("--force", action="store_true", help="replace an existing --plot file")
     parser.add_argument("--pixel-size", type=float, metavar="A",
                         help="pixel size in Å for both maps, overriding their headers")
 
@@ -37,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.atomic import json_ready
     from ..metrics.fsc import fsc_report, plot_fsc
 
+    if args.plot:
+        from ..io.outputs import check_outputs
+
+        check_outputs([args.plot], force=args.force)
     m1 = read_map(args.map1, pixel_size_angstrom=args.pixel_size, require_cubic=True)
     m2 = read_map(args.map2, pixel_size_angstrom=args.pixel_size, require_cubic=True)
     if m1.volume.shape != m2.volume.shape:

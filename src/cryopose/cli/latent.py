@@ -136,7 +136,9 @@ def _run_train(args) -> int:
     runtime_from_args(args, command="latent train", gpu=False, training=True).apply()
     config = _train_config(args)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     log = (lambda msg: print(f"  {msg}", file=sys.stderr))
     trials = None
     if args.hpo_trials > 0:
@@ -258,7 +260,9 @@ def _run_analyze(args) -> int:
     if not ckpt.is_file():
         raise UserError(f"{ckpt} not found: run `cryopose latent train ... -o {outdir}` first")
     particles = _particles_of(outdir, args.particles)
-    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    from .common import particle_options
+
+    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     known = {}
     if args.defocus_values:
         known = {"defocus_values_um": tuple(args.defocus_values)}

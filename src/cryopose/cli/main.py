@@ -1,7 +1,8 @@
 """Entry point of the ``cryopose`` command (``cryopose <command> [options]``).
 
 Commands are discovered from the modules of :mod:`cryopose.cli` that define ``COMMAND``.
-Errors that a user can fix (bad files, bad parameters) are printed as one line
+Errors that a user can fix (bad files, bad parameters, outputs that cannot be written: any
+``OSError``) are printed as one line
 ``cryopose <command>: error: ...`` and exit with status 2; ``--debug`` shows the traceback.
 """
 
@@ -65,6 +66,14 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"cryopose {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # one not caught where it happened: a line naming the file, not a traceback
+        if args.debug:
+            raise
+        from ..io.outputs import os_error_reason
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cryopose {args.command}: error: {where}{os_error_reason(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cryopose {args.command}: interrupted", file=sys.stderr)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                                        ctf_star=args.ctf, batch_size=args.batch_size,
                                        invert_contrast=True if args.invert_contrast else None,
                                        test_time_turns=args.test_time_turns, int8=args.int8, state=state,
-                                       datadir=args.datadir, runtime=runtime)
+                                       datadir=args.datadir, runtime=runtime, optics_group=args.optics_group)
         print(f"predicted orientations of {rot.shape[0]} particles (supervised regressor); wrote {args.output}")
         return 0
     if args.test_time_turns:
@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
                         "records its own contrast setting")
     inf = predict_poses(args.model, args.particles, args.output, pixel_size_angstrom=args.pixel_size,
                         ctf_star=args.ctf, batch_size=args.batch_size, int8=args.int8,
-                        progress=not args.no_progress, state=state, datadir=args.datadir, runtime=runtime)
+                        progress=not args.no_progress, state=state, datadir=args.datadir, runtime=runtime,
+                        optics_group=args.optics_group)
     if runtime.rank == 0:
         shards = "" if runtime.world_size == 1 else f" in {runtime.world_size} processes"
         print(f"predicted poses of {len(inf.confidence)} particles{shards} (median confidence "

@@ -9,6 +9,7 @@ otherwise from a random split seeded by --seed. With --no-half-maps only MAP.mrc
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 COMMAND = "reconstruct"
@@ -48,12 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .. import __version__
     from ..errors import UserError
-    from ..io.atomic import atomic_write_json
-    from ..io.mrc import write_map
     from ..io.particles import load_particles
-    from ..reconstruction import reconstruct
+    from ..io.outputs import all_or_nothing, check_free_space
 
     out = Path(args.output)
     if out.suffix.lower() not in (".mrc", ".map"):
@@ -65,17 +63,30 @@ def run(args: argparse.Namespace) -> int:
     halves = [_sibling(out, "half1"), _sibling(out, "half2"), _sibling(out, "fsc", ".json")]
     refuse_overwrite([out] if args.no_half_maps else [out, *halves], force=args.force,
                      stale=halves if args.no_half_maps else ())
-    from .common import runtime_from_args
+    from .common import particle_options, runtime_from_args
 
     runtime = runtime_from_args(args, command="reconstruct")
     threads = runtime.threads or torch.get_num_threads()
     # on the CPU the two half sets are inserted by two workers; on a GPU one stream does both
     workers = 1 if args.no_half_maps or runtime.device.type != "cpu" else min(2, threads)
     dataclasses.replace(runtime, threads=max(1, threads // workers)).apply()
-    kw = {"pixel_size_angstrom": args.pixel_size}
-    if args.datadir is not None:
-        kw["datadir"] = args.datadir
-    stack, meta = load_particles(args.particles, **kw)
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    if meta.ctf is None and not args.no_ctf:
+        print(f"cryopose reconstruct: warning: {args.particles} has no CTF parameters; reconstructing without CTF "
+              "correction", file=sys.stderr)
+    outputs = [out] if args.no_half_maps else [out, *halves]
+    check_free_space(out, (len(outputs)) * (1024 + 4 * int(stack.box_size) ** 3))
+    with all_or_nothing(outputs):
+        return _reconstruct_and_write(args, stack, meta, out, workers, runtime)
+
+
+def _reconstruct_and_write(args, stack, meta, out: Path, workers: int, runtime) -> int:
+    """Reconstruct, write the map (and half maps and FSC), print the summary."""
+    from .. import __version__
+    from ..io.atomic import atomic_write_json
+    from ..io.mrc import write_map
+    from ..reconstruction import reconstruct
+
     result = reconstruct(stack, meta, symmetry=args.symmetry, pad=args.pad, chunk_size=args.chunk_size,
                          generator=runtime.generator(), device=runtime.device,
                          half_maps=not args.no_half_maps, use_ctf=not args.no_ctf, threads=workers,

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fraction of particles labelled by search (default 0.2)")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
     add_datadir_argument(parser)
+    from .common import add_force_argument
+
+    add_force_argument(parser, also="use a reference map whose voxel size differs from the particles' pixel "
+                               "size by more than 1 %% (and is no binned copy of their box), with a warning")
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
@@ -93,10 +97,20 @@ def run(args) -> int:
     from .common import prepare_output_dir, runtime_from_args, tri_state, write_run_config
 
     runtime_from_args(args, command="refine", gpu=False, training=True).apply()
-    out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    out = prepare_output_dir(args.output, names=("particles.star", "map.mrc", "model.pt", "report.json"),
+                             force=args.force)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    if meta.ctf is None:
+        print(f"cryopose refine: warning: {args.particles} has no CTF parameters; working without CTF",
+              file=sys.stderr)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
+    from .common import check_reference_scale
+
+    check_reference_scale("refine", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,
                           args.box_size)
     mcfg, tcfg = model_configs(args, args.network_box or box, args.symmetry)

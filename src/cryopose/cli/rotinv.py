@@ -111,7 +111,9 @@ def _run_train(args) -> int:
                                input_lowpass=None if args.input_lowpass >= 1 else args.input_lowpass,
                                invert_contrast=args.invert_contrast, obs_std=args.obs_std, seed=args.seed)
     out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     source, box = _source(args, stack)
     try:
         if args.model == "rotinv":
@@ -159,7 +161,9 @@ def _run_predict(args) -> int:
     particles = args.particles or doc.get("particles")
     if not particles:
         raise UserError(f"{cfg_path} does not name the particles: pass --particles")
-    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    from .common import particle_options
+
+    stack, meta = load_particles(particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     box = int(ck["box_size"])
 
     class _Args:

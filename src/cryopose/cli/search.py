@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box first")
     add_contrast_arguments(parser)
     parser.add_argument("--no-ctf", action="store_true", help="ignore the particles' CTF")
-    add_force_argument(parser)
+    add_force_argument(parser, also="use a reference map whose voxel size differs from the particles' pixel "
+                               "size by more than 1 %% (and is no binned copy of their box), with a warning")
     parser.add_argument("--chunk-size", type=int, default=128, help="particles scored at once (default 128)")
     add_runtime_arguments(parser, seed=None, progress=False, threads_help="torch CPU threads")
 
@@ -71,25 +72,34 @@ def run(args) -> int:
     from .common import refuse_overwrite
 
     stem = out.with_suffix("")
-    refuse_overwrite([out, stem.with_name(stem.name + "_search.json"), stem.with_name(stem.name + "_config.yaml")],
-                     force=args.force)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
+    outputs = [out, stem.with_name(stem.name + "_search.json"), stem.with_name(stem.name + "_config.yaml")]
+    refuse_overwrite(outputs, force=args.force)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    if meta.ctf is None and not args.no_ctf:
+        print(f"cryopose search: warning: {args.particles} has no CTF parameters; working without CTF",
+              file=sys.stderr)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
+    from .common import check_reference_scale
+
+    check_reference_scale("search", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     prepare_output_dir(out.parent if str(out.parent) else ".")
     meta_out, result, info = search_particles(stack, meta, ref, config=config, box_size=args.box_size,
                                               invert_contrast=tri_state(args, "invert_contrast"),
                                               use_ctf=not args.no_ctf)
-    write_star(out, meta_out, extra_columns={SCORE_COLUMN: result.scores.numpy(),
-                                             GLOBAL_SCORE_COLUMN: result.global_scores.numpy()})
-    stem = out.with_suffix("")
     info.update({"particles": str(args.particles), "reference": str(args.reference), "output": str(out)})
-    from ..io.atomic import atomic_write_json
+    from ..io.outputs import all_or_nothing, atomic_write_json
 
-    atomic_write_json(stem.with_name(stem.name + "_search.json"), info)
-    write_run_config(stem.with_name(stem.name + "_config.yaml"), command_line=getattr(args, "command_line", ""),
-                     config=config, extra={"particles": str(args.particles), "reference": str(args.reference),
-                                           "box_size": args.box_size, "invert_contrast": info["invert_contrast"]})
+    with all_or_nothing(outputs):
+        write_star(out, meta_out, extra_columns={SCORE_COLUMN: result.scores.numpy(),
+                                                 GLOBAL_SCORE_COLUMN: result.global_scores.numpy()})
+        atomic_write_json(outputs[1], info)
+        write_run_config(outputs[2], command_line=getattr(args, "command_line", ""),
+                         config=config, extra={"particles": str(args.particles), "reference": str(args.reference),
+                                               "box_size": args.box_size, "invert_contrast": info["invert_contrast"]})
     s = result.seconds
     print(f"cryopose search: {len(meta)} particles on a {info['working_box']} px grid at "
           f"{info['working_pixel_angstrom']:.4g} Å, {info['grid']['global_rotations']} global rotations "

@@ -142,6 +142,7 @@ def _config(args, *, snr):
 def run(args) -> int:
     """Run ``cryopose simulate``: load the structure, simulate, write files and config."""
     from ..simulate import load_volume, simulate_particles, snr_from_db
+    from ..io.outputs import all_or_nothing, check_free_space
     from .common import configure_torch, prepare_output_dir, refuse_overwrite, write_run_config
 
     if args.snr is not None and args.snr_db is not None:
@@ -159,6 +160,11 @@ def run(args) -> int:
     if (args.input is None) == (args.volume is None):
         raise UserError("give the structure once: as INPUT or as --volume")
     args.volume = args.volume or args.input
+    out = Path(args.output)
+    if out.suffix.lower() in (".star", ".mrcs"):
+        out = out.with_suffix("")
+    outputs = [out.with_suffix(".star"), out.with_suffix(".mrcs"), out.with_name(out.name + "_config.yaml")]
+    refuse_overwrite(outputs, force=args.force)  # before any work
     vol = load_volume(args.volume, box_size=args.box_size, pixel_size_angstrom=args.pixel_size,
                       input_pixel_size_angstrom=args.map_pixel_size, blur_angstrom2=args.model_blur,
                       chains=args.chains)
@@ -167,19 +173,17 @@ def run(args) -> int:
     if args.junk_structure is not None and "other" in config.junk_types:
         junk_vol = load_volume(args.junk_structure, box_size=box, pixel_size_angstrom=vol.pixel_size_angstrom,
                                blur_angstrom2=args.model_blur).volume
-    out = Path(args.output)
-    if out.suffix.lower() in (".star", ".mrcs"):
-        out = out.with_suffix("")
+    # the stack (float32 after a 1024-byte header) and about 400 bytes of STAR per particle
+    check_free_space(outputs[1], 1024 + args.n_particles * (4 * box * box + 400))
     prepare_output_dir(out.parent if str(out.parent) else ".")
-    refuse_overwrite([out.with_suffix(".star"), out.with_suffix(".mrcs"), out.with_name(out.name + "_config.yaml")],
-                     force=args.force)
-    result = simulate_particles(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
-                                n_particles=args.n_particles, config=config, generator=args.seed,
-                                output=out, junk_volume=junk_vol)
-    write_run_config(out.with_name(out.name + "_config.yaml"), command_line=getattr(args, "command_line", ""),
-                     config=config,
-                     extra={"volume": str(args.volume), "box_size": box, "pixel_size_angstrom": vol.pixel_size_angstrom,
-                            "n_particles": args.n_particles, "seed": args.seed, "result": result})
+    with all_or_nothing(outputs):
+        result = simulate_particles(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
+                                    n_particles=args.n_particles, config=config, generator=args.seed,
+                                    output=out, junk_volume=junk_vol)
+        write_run_config(outputs[2], command_line=getattr(args, "command_line", ""), config=config,
+                         extra={"volume": str(args.volume), "box_size": box,
+                                "pixel_size_angstrom": vol.pixel_size_angstrom, "n_particles": args.n_particles,
+                                "seed": args.seed, "result": result})
     snr_text = ("no noise" if result.noise_sigma == 0 else
                 f"noise sigma {result.noise_sigma:.6g}, SNR requested {result.snr_requested:.4g}, "
                 f"achieved {result.snr_achieved:.4g}")

@@ -85,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     parser.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å")
     add_datadir_argument(parser)
+    from .common import add_force_argument
+
+    add_force_argument(parser, also="use a reference map whose voxel size differs from the particles' pixel "
+                               "size by more than 1 %% (and is no binned copy of their box), with a warning")
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å (header override)")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
     parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box (e.g. 64)")
@@ -148,12 +152,19 @@ def run(args) -> int:
 
     runtime = runtime_from_args(args, command="train-supervised", training=True)
     runtime.apply()
-    out = prepare_output_dir(args.output)
-    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, datadir=args.datadir)
-    label_meta = read_star(args.poses, require_image_names=False)
+    out = prepare_output_dir(args.output, names=("model.pt", "train_report.json"), force=args.force)
+    from .common import particle_options
+
+    stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
+    label_meta = read_star(args.poses, require_image_names=False,  # the same optics group as the particles
+                           optics_groups=None if args.optics_group is None else [args.optics_group])
     labels = _labels(meta, label_meta, args.poses)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
+    from .common import check_reference_scale
+
+    check_reference_scale("train-supervised", args.reference, ref, int(meta.box_size or stack.box_size),
+                          meta.pixel_size_angstrom, force=args.force)
     wd = prepare_working_data(stack, meta, ref, box_size=args.box_size, invert_contrast=args.invert_contrast)
     mcfg, tcfg = model_configs(args, wd.box_size, args.symmetry)
     res, cv = train_on_dataset(wd.images, labels, wd.reference, model_config=mcfg, train_config=tcfg,

@@ -1,4 +1,5 @@
-"""File formats: MRC maps and stacks, RELION STAR, cryoSPARC ``.cs``, atomic writes.
+"""File formats: MRC maps and stacks, RELION STAR, cryoSPARC ``.cs``; the output layer (checks,
+atomic writes; :mod:`cryopose.io.outputs`).
 
 ``io/`` is the only package that knows file-format column names and converts their
 conventions; everything it returns is in :mod:`cryopose.conventions` (rotation matrices,

@@ -4,6 +4,13 @@ A reader never sees a half-written file: the target path either keeps its old co
 holds the complete new content, because ``os.replace`` within one folder is atomic on POSIX
 and Windows. The temporary file is created with mode ``0o666`` so the usual umask applies
 (unlike :func:`tempfile.mkstemp`, which creates ``0o600`` files).
+
+An operating-system error while writing (full disk, read-only file system, a folder in the
+way) removes the temporary file and is raised as one
+:class:`~cryopose.errors.OutputError` naming the target, never the temporary file
+(:func:`cryopose.io.outputs.os_error_reason`). Temporary files left by a killed process
+(``.NAME.PID.HEX.tmp`` whose process is gone) are removed the next time ``NAME`` is written.
+The checks before any work and the ``--force`` rule are in :mod:`cryopose.io.outputs`.
 """
 
 from __future__ import annotations
@@ -16,11 +23,51 @@ import secrets
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "json_ready", "atomic_write_json"]
+__all__ = ["atomic_path", "atomic_write", "atomic_write_text", "json_ready", "atomic_write_json",
+           "remove_stale_temps"]
 
 
 def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``target`` left by killed processes; return them.
+
+    A temporary file ``.NAME.PID.HEX.tmp`` beside ``target`` whose process ``PID`` no longer
+    runs is a leftover of a write that was interrupted by ``SIGKILL`` or a power cut (an
+    exception removes its own). Files of running processes are kept.
+    """
+    target = Path(target)
+    removed = []
+    try:
+        candidates = list(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for p in candidates:
+        pid = p.name[len(target.name) + 2:].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with the glob wildcards ``* ? [`` escaped (:func:`glob.escape`)."""
+    import glob
+
+    return glob.escape(name)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -60,16 +107,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Yields:
         The temporary path to write to (it does not exist yet).
+
+    Raises:
+        cryopose.errors.OutputError: An ``OSError`` while writing, syncing or renaming (full
+            disk, read-only file system, no such folder, ``path`` is a folder), naming ``path``.
     """
     target = Path(path)
+    remove_stale_temps(target)
     tmp = _temp_name(target)
     try:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError):
+            from .outputs import output_error
+
+            raise output_error(target, exc) from exc
         raise
     _fsync_dir(target.parent)
 

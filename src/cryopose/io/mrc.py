@@ -12,12 +12,13 @@ float32. Reading is strict about what matters and tolerant about what real files
 * Header voxel sizes are often wrong (see ``shared/data/README.md``): an explicit pixel size
   always wins, and a zero header with no explicit value raises :class:`PixelSizeError`.
 
-Writes are atomic (:mod:`cryopose.io.atomic`): float32, origin 0, voxel size set.
+Writes are atomic (:mod:`cryopose.io.atomic`), stacks without a memory map: float32, origin 0.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import threading
@@ -268,10 +269,13 @@ def write_stack(path: str | os.PathLike, images, pixel_size_angstrom: float) -> 
 class StackWriter:
     """Write a large MRCS stack in chunks without holding it in memory.
 
-    The file is preallocated with ``mrcfile.new_mmap`` under a temporary name beside
-    ``path``; :meth:`write` copies chunks into the memory map; :meth:`close` checks every image
-    was written, sets the header statistics, fsyncs and renames the file to ``path``. Used as
-    a context manager, an exception inside the block discards the temporary file.
+    The file is written with ordinary writes (never through a memory map, which dies of
+    ``SIGBUS`` when the disk fills up) under a temporary name beside ``path``
+    (:func:`cryopose.io.atomic.atomic_path`): :meth:`write` writes each chunk at its place
+    after the 1024-byte header; :meth:`close` checks every image was written, writes the
+    header with its statistics, fsyncs and renames the file to ``path``. Any error (a full
+    disk is an ``OSError``, raised as :class:`~cryopose.errors.OutputError` naming ``path``)
+    removes the temporary file; used as a context manager, an exception inside the block does too.
 
     Args:
         path: Output ``.mrcs`` path.
@@ -282,6 +286,7 @@ class StackWriter:
     Raises:
         ValueError: ``n_images`` or ``box_size`` not positive.
         PixelSizeError: ``pixel_size_angstrom`` not positive.
+        cryopose.errors.OutputError: The file cannot be created or written.
     """
 
     def __init__(self, path: str | os.PathLike, n_images: int, box_size: int, pixel_size_angstrom: float):
@@ -292,17 +297,24 @@ class StackWriter:
         self.path = Path(path)
         self.n_images, self.box_size = int(n_images), int(box_size)
         self.pixel_size_angstrom = _check_write_pixel(pixel_size_angstrom)
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
         self._written = np.zeros(self.n_images, dtype=bool)
         self._stats = [np.inf, -np.inf, 0.0, 0.0]  # min, max, sum, sum of squares
+        self._header = _stack_header(self.n_images, self.box_size, self.pixel_size_angstrom)
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._file = None
+        self._guarded(lambda: setattr(self, "_file", open(self._tmp, "xb")))
+        self._guarded(lambda: self._file.write(self._header.tobytes()))
+
+    def _guarded(self, action):
+        """Run a file operation; on any error discard the temp file and re-raise (as OutputError)."""
         try:
-            self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n_images, self.box_size, self.box_size),
-                                         mrc_mode=2, overwrite=False)
-            self._mrc.set_image_stack()
-            self._mrc.voxel_size = self.pixel_size_angstrom
-            self._mrc.header.origin = (0.0, 0.0, 0.0)
+            return action()
         except BaseException as err:
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
             self._atomic.__exit__(type(err), err, err.__traceback__)
             raise
 
@@ -311,8 +323,9 @@ class StackWriter:
 
         Raises:
             ValueError: Wrong shape, non-finite values, range outside the stack, or closed.
+            cryopose.errors.OutputError: The write failed (a full disk); the file is discarded.
         """
-        if self._mrc is None:
+        if self._file is None:
             raise ValueError(f"StackWriter for {self.path} is closed")
         arr = _as_float32(images, "images", 3)
         b = arr.shape[0]
@@ -320,7 +333,12 @@ class StackWriter:
             raise ValueError(f"images have shape {arr.shape[1:]}, expected ({self.box_size}, {self.box_size})")
         if start < 0 or start + b > self.n_images:
             raise ValueError(f"images {start}..{start + b - 1} outside the stack of {self.n_images}")
-        self._mrc.data[start:start + b] = arr
+        offset = 1024 + start * self.box_size ** 2 * 4
+
+        def put():  # native float32, as the header says (machine stamp)
+            self._file.seek(offset)
+            self._file.write(arr.tobytes())
+        self._guarded(put)
         self._written[start:start + b] = True
         if b:
             a64 = arr.astype(np.float64)
@@ -334,8 +352,9 @@ class StackWriter:
 
         Raises:
             ValueError: Some images were never written (the temporary file is discarded).
+            cryopose.errors.OutputError: Writing, syncing or renaming failed (file discarded).
         """
-        if self._mrc is None:
+        if self._file is None:
             return
         missing = np.flatnonzero(~self._written)
         if missing.size:
@@ -344,19 +363,27 @@ class StackWriter:
                              f"never written (first: {int(missing[0])}); file discarded")
         count = self.n_images * self.box_size ** 2
         mean = self._stats[2] / count
-        h = self._mrc.header
+        h = self._header
         h.dmin, h.dmax, h.dmean = self._stats[0], self._stats[1], mean
         h.rms = float(np.sqrt(max(self._stats[3] / count - mean ** 2, 0.0)))
-        self._mrc.close()
-        self._mrc = None
+
+        def finish():
+            self._file.seek(0)
+            self._file.write(h.tobytes())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        self._guarded(finish)
+        self._file = None
         self._atomic.__exit__(None, None, None)
 
     def abort(self) -> None:
         """Discard the temporary file; ``path`` is left untouched."""
-        if self._mrc is None:
+        if self._file is None:
             return
-        self._mrc.close()
-        self._mrc = None
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self._file = None
         err = RuntimeError("aborted")
         try:
             self._atomic.__exit__(RuntimeError, err, None)
@@ -371,6 +398,21 @@ class StackWriter:
             self.close()
         else:
             self.abort()
+
+
+def _stack_header(n_images: int, box_size: int, pixel_size_angstrom: float):
+    """MRC2014 header record of an ``(N, n, n)`` float32 stack (space group 0, origin 0)."""
+    from mrcfile.mrcinterpreter import MrcInterpreter
+    m = MrcInterpreter()
+    m._create_default_attributes()
+    # a zero-stride view stands for the data: it sets shape and mode, uses no memory
+    m._data = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(n_images, box_size, box_size),
+                                              strides=(0, 0, 0))
+    m.update_header_from_data()
+    m.set_image_stack()
+    m.voxel_size = pixel_size_angstrom
+    m.header.origin = (0.0, 0.0, 0.0)
+    return m.header
 
 
 class _MmapCache:

@@ -225,7 +225,8 @@ def _in_context(func, path: str, source: str, row: int, hint: str):
 
 def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None,
                    ctf_star: str | os.PathLike | None = None,
-                   datadir: str | os.PathLike | None = None) -> tuple[ParticleStack, ParticleMetadata]:
+                   datadir: str | os.PathLike | None = None,
+                   optics_group: int | str | None = None) -> tuple[ParticleStack, ParticleMetadata]:
     """Load a particle data set: lazy images plus metadata.
 
     Dispatches on the suffix: ``.star`` (:func:`cryopose.io.star.read_star`), ``.cs``
@@ -243,6 +244,9 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
             from, and relative ``N@stack`` names are tried against it after the current folder
             and the STAR file's folder (:func:`cryopose.io.star.read_star`). For ``.cs``: the
             folder cryoSPARC's ``blob/path`` is relative to, tried first.
+        optics_group: The CLI's ``--optics-group``: keep only the particles of this optics group,
+            an ``rlnOpticsGroup`` number or ``rlnOpticsGroupName`` (STAR), or a group number
+            (``.cs``: ``ctf/exp_group_id`` + 1). Not for a bare stack.
 
     Returns:
         ``(stack, metadata)`` with ``len(stack) == len(metadata)``.
@@ -251,7 +255,8 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         InputFileError: Unknown suffix, unreadable file, missing stacks, bad indices, a
             ``ctf_star`` whose row count differs from the stack's image count, a STAR image
             name whose stack lies outside the STAR file's folder, the current folder and
-            ``datadir`` (real paths, symlinks followed).
+            ``datadir`` (real paths, symlinks followed), one image named by two rows
+            (:func:`refuse_duplicate_images`).
         PixelSizeError: Missing or disagreeing pixel sizes.
     """
     path = Path(path)
@@ -260,7 +265,8 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
     if suffix == ".star":
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a STAR file carries its own CTF")
-        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        meta = star.read_star(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir,
+                              optics_groups=None if optics_group is None else [optics_group])
         hint = ("image names are resolved relative to the current folder (as RELION does), then the STAR "
                 "file's folder" + (", then --datadir" if datadir is not None else "; pass --datadir DIR to "
                                    "look in another folder"))
@@ -268,13 +274,18 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
         if ctf_star is not None:
             raise InputFileError(path, "ctf_star is only for a bare .mrcs stack; a .cs file carries its own CTF")
         meta = cryosparc.read_cs(path, pixel_size_angstrom=pixel_size_angstrom, datadir=datadir)
+        if optics_group is not None:
+            meta = _cs_optics_group(path, meta, optics_group)
         hint = cryosparc.missing_stack_hint(path, datadir)
     elif suffix in (".mrcs", ".mrc"):
+        if optics_group is not None:
+            raise InputFileError(path, "--optics-group needs a STAR or .cs file; a bare stack has no optics groups")
         meta = _bare_stack_metadata(path, pixel_size_angstrom, ctf_star, star)
     else:
         raise InputFileError(path, f"unknown particle file type {suffix!r}; expected .star, .cs, .mrcs or .mrc")
     if meta.image_paths is None:
         raise InputFileError(path, "the file names no particle images")
+    refuse_duplicate_images(path, meta)
     box = meta.box_size
     if box is None:
         first = meta.image_paths[0]
@@ -287,6 +298,42 @@ def load_particles(path: str | os.PathLike, *, pixel_size_angstrom: float | None
                           source=str(path), rows=meta.table.index.to_numpy() + 1, missing_hint=hint)
     stack.check()
     return stack, meta
+
+
+def _cs_optics_group(path: Path, meta: ParticleMetadata, group) -> ParticleMetadata:
+    """The particles of one optics group of a ``.cs`` file (RELION numbering: exp_group_id + 1)."""
+    have = sorted(set(np.asarray(meta.optics_group).tolist())) if meta.optics_group is not None else [1]
+    text = str(group).strip()
+    if not text.isdigit() or int(text) not in have:
+        raise InputFileError(path, f"no optics group {text!r} (groups: {', '.join(map(str, have))}; a .cs file "
+                                   "numbers them ctf/exp_group_id + 1)")
+    if meta.optics_group is None:
+        return meta
+    return meta.subset(np.flatnonzero(np.asarray(meta.optics_group) == int(text)))
+
+
+def refuse_duplicate_images(path, meta: ParticleMetadata) -> None:
+    """Refuse particles that name one image twice (the same image index of the same stack, after
+    resolving the paths): the particle would count twice in a reconstruction, its FSC and a
+    training, and two poses for one image make no sense. (Reading the metadata alone, as
+    :func:`cryopose.io.star.read_star` does, accepts them.)
+
+    Raises:
+        InputFileError: Naming the file, the first repeated image and its rows (1-based, as
+            in the table), and how many rows repeat an earlier one.
+    """
+    key = pd.Series([f"{i}@{p}" for i, p in zip(np.asarray(meta.image_indices).tolist(), meta.image_paths)])
+    dup = key.duplicated(keep=False).to_numpy()
+    if not dup.any():
+        return
+    at = np.flatnonzero((key == key[dup].iloc[0]).to_numpy())
+    rows = (meta.table.index.to_numpy()[at] + 1).tolist() if meta.table is not None else (at + 1).tolist()
+    name = (meta.table["rlnImageName"].iloc[at[0]] if meta.table is not None and "rlnImageName" in meta.table
+            else key.iloc[at[0]])
+    n = int(key.duplicated().sum())
+    raise InputFileError(path, f"rows {', '.join(map(str, rows[:5]))} name the same image {name!r} ({n} repeated "
+                               f"row{'s' if n > 1 else ''} in all); each particle image must appear once (remove the "
+                               "repeated rows, e.g. of a concatenated or symmetry-expanded file)")
 
 
 def _bare_stack_metadata(path: Path, pixel_size_angstrom, ctf_star, star) -> ParticleMetadata:

@@ -232,9 +232,27 @@ def _mixed_optics_error(path: Path, groups: np.ndarray, optics: pd.DataFrame) ->
             box = r.get("rlnImageSize", "?")
             parts.append(f"group {g} ({r.get('rlnOpticsGroupName', '')}): {float(px):g} Å, {box} px")
     return InputFileError(path, "optics groups have different pixel or box sizes (" + "; ".join(parts) + "); "
-                                "cryopose needs one pixel size and box size per data set: select groups "
-                                "that share them (read_star(..., optics_groups=[...])) or re-extract the "
-                                "particles at a common pixel and box size")
+                                "cryopose needs one pixel size and box size per data set: select one group "
+                                "with --optics-group N or NAME (in Python: optics_groups=[...]) or re-extract "
+                                "the particles at a common pixel and box size")
+
+
+def _optics_ids(path: Path, optics: pd.DataFrame, ids: np.ndarray, wanted) -> np.ndarray:
+    """RELION optics group numbers of ``wanted``: numbers (int or digit strings) or
+    ``rlnOpticsGroupName`` values; one not in ``data_optics`` is an error listing the groups."""
+    names = optics["rlnOpticsGroupName"].astype(str).tolist() if "rlnOpticsGroupName" in optics.columns else []
+    out = []
+    for g in wanted:
+        text = str(g).strip()
+        if text in names:
+            out.append(int(ids[names.index(text)]))
+        elif text.lstrip("-").isdigit() and int(text) in ids:
+            out.append(int(text))
+        else:
+            have = ", ".join(f"{i}" + (f" ({n})" if names else "") for i, n in zip(ids, names or [""] * len(ids)))
+            raise InputFileError(path, f"no optics group {text!r} in data_optics (groups: {have}); give its "
+                                       "rlnOpticsGroup number or rlnOpticsGroupName")
+    return np.asarray(out, dtype=np.int64)
 
 
 def _image_roots(star_dir: Path, datadir) -> list[tuple[str, str]]:
@@ -321,8 +339,9 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
         path: The ``.star`` file.
         pixel_size_angstrom: Explicit pixel size in Å. Required when the file has none; must
             agree (rtol 1e-3) with the file's when it has one.
-        optics_groups: Optional RELION optics group numbers to keep (3.1+); the others'
-            particles are dropped. Use it for files whose groups differ in pixel size.
+        optics_groups: Optional RELION optics groups to keep (3.1+), each an ``rlnOpticsGroup``
+            number or an ``rlnOpticsGroupName``; the others' particles are dropped. Use it for
+            files whose groups differ in pixel size (the CLI's ``--optics-group``).
         require_image_names: Demand ``rlnImageName``. ``False`` reads a CTF-only or pose-only
             STAR file (then the CTF columns are required instead), as ``load_particles(ctf_star=...)``
             and ``cryopose evaluate-poses`` do: image names, if any, are resolved but not held
@@ -379,7 +398,7 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
             raise InputFileError(path, f"rlnOpticsGroup {groups[unknown[0]]} is not in data_optics",
                                  row=int(unknown[0]) + 1)
         if optics_groups is not None:
-            keep = np.isin(groups, np.asarray(list(optics_groups), dtype=np.int64))
+            keep = np.isin(groups, _optics_ids(path, optics, ids, optics_groups))
             if not keep.any():
                 raise InputFileError(path, f"no particles in optics groups {list(optics_groups)}")
             df, groups = df[keep], groups[keep]
@@ -387,7 +406,7 @@ def read_star(path: str | os.PathLike, *, pixel_size_angstrom: float | None = No
             ids = _numeric(path, optics, "rlnOpticsGroup", "data_optics").astype(np.int64)
         take = pd.Index(ids).get_indexer(groups)  # optics row of every particle
     elif optics_groups is not None:
-        raise InputFileError(path, "optics_groups given but the file has no data_optics block")
+        raise InputFileError(path, "--optics-group given but the file has no data_optics block (one optics group)")
 
     def per_particle(col: str) -> np.ndarray | None:
         if col in cols:

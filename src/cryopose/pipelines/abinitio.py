@@ -254,12 +254,25 @@ def dataset_fingerprint(stack, metadata) -> dict:
             "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}
 
 
+def _differences(then: dict, now: dict, prefix: str = "") -> list[str]:
+    """``name: old then, new now`` for every (nested) config field that differs, e.g.
+    ``training.batch_size: 8 then, 4 now``; the epoch count is not compared."""
+    out = []
+    for k, v in now.items():
+        old = then.get(k)
+        if isinstance(v, dict) and isinstance(old, dict):
+            out += _differences(old, v, f"{prefix}{k}.")
+        elif old != v and k != "epochs":
+            out.append(f"{prefix}{k}: {old} then, {v} now")
+    return out
+
+
 def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None = None) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
     if config.invert_contrast is None:  # detected in the first run: keep what it found
         config = dataclasses.replace(config, invert_contrast=saved_cfg.invert_contrast)
     if dataclasses.replace(saved_cfg, training=dataclasses.replace(saved_cfg.training, epochs=config.training.epochs)) != config:
-        diff = [k for k, v in dataclasses.asdict(config).items() if dataclasses.asdict(saved_cfg).get(k) != v]
+        diff = _differences(dataclasses.asdict(saved_cfg), dataclasses.asdict(config))
         raise UserError("--resume: the options differ from the interrupted run's (" + ", ".join(diff) +
                         "); only --epochs may change. Rerun with the original options or another -o")
     done = int(saved.get("epoch", 0))
@@ -277,8 +290,8 @@ def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None 
 
 def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioConfig,
                  pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
-                 datadir: str | Path | None = None, resume: bool = False, progress: bool = True,
-                 report: bool = True, reconstruct_threads: int = 1,
+                 datadir: str | Path | None = None, optics_group: int | str | None = None,
+                 resume: bool = False, progress: bool = True, report: bool = True, reconstruct_threads: int = 1,
                  on_start: Callable[[AbinitioConfig], None] | None = None,
                  strict_box: bool = False, runtime: Runtime | None = None) -> AbinitioResult:
     """Ab initio pose estimation and reconstruction with CryoPoseNet (Nashed et al. 2021).
@@ -291,6 +304,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         ctf_star: CTF STAR for a bare ``.mrcs``.
         datadir: Another folder the particle stacks may be read from (``--datadir``; see
             :func:`cryopose.io.particles.load_particles`).
+        optics_group: Use only this optics group's particles (``--optics-group``: number or name).
         resume: Continue the run whose ``checkpoint.pt`` is in ``outdir`` (same options; only
             the number of epochs may change).
         progress: Progress bars.
@@ -327,7 +341,7 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
         raise UserError(f"--resume: no checkpoint.pt in {outdir}")
     saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir)
+                                 datadir=datadir, optics_group=optics_group)
     if meta.ctf is None:
         print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
     if strict_box and config.box_size is not None and int(config.box_size) > int(stack.box_size):

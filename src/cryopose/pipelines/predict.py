@@ -32,7 +32,7 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
                   pixel_size_angstrom: float | None = None, ctf_star: str | Path | None = None,
                   batch_size: int = 256, int8: bool = False, progress: bool = True,
                   state: dict | None = None, datadir: str | Path | None = None,
-                  runtime: Runtime | None = None) -> PoseInference:
+                  runtime: Runtime | None = None, optics_group: int | str | None = None) -> PoseInference:
     """Amortized inference: poses of (unseen) particles from a trained ``encoder.pt``.
 
     The particles are Fourier-cropped to the encoder's working pixel size (their box times
@@ -44,7 +44,7 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
         encoder: ``encoder.pt`` from ``cryopose abinitio``.
         particles: ``.star``, ``.cs`` or ``.mrcs`` (+ ``ctf_star``).
         output: Output STAR path.
-        pixel_size_angstrom, ctf_star, datadir: As :func:`run_abinitio`.
+        pixel_size_angstrom, ctf_star, datadir, optics_group: As :func:`run_abinitio`.
         batch_size: Images per forward pass.
         int8: Run the encoder in 8-bit integers (:func:`inference_encoder`); the candidates
             are still scored in float against the volume.
@@ -75,7 +75,7 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
     config, model, info = load_encoder(encoder, state=state)
     output = _check_output(output)
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir)
+                                 datadir=datadir, optics_group=optics_group)
     if meta.ctf is None:
         import sys
 
@@ -210,7 +210,7 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
                              batch_size: int = 256, invert_contrast: bool | None = None,
                              test_time_turns: bool = False, int8: bool = False,
                              state: dict | None = None, datadir: str | Path | None = None,
-                             runtime: Runtime | None = None) -> torch.Tensor:
+                             runtime: Runtime | None = None, optics_group: int | str | None = None) -> torch.Tensor:
     """Orientations of particles from a supervised regressor (Lian et al. 2022); writes a STAR.
 
     Each image is Fourier-cropped to the network's input box (same field of view; as
@@ -225,7 +225,7 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         model: ``model.pt`` with ``model_kind: "supervised"`` (named in errors).
         particles: ``.star``, ``.cs`` or ``.mrcs`` (+ ``ctf_star``).
         output: Output STAR path (its folder must exist).
-        pixel_size_angstrom, ctf_star, datadir: As :func:`cryopose.io.particles.load_particles`.
+        pixel_size_angstrom, ctf_star, datadir, optics_group: As :func:`cryopose.io.particles.load_particles`.
         batch_size: Images per forward pass.
         invert_contrast: Negate the images first. ``None`` (default): as the checkpoint
             records (``extra["invert_contrast"]``, written by ``train-supervised`` and
@@ -273,7 +273,7 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
     invert = _supervised_invert_contrast(model, state, invert_contrast)
     output = _check_output(output)
     stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir)
+                                 datadir=datadir, optics_group=optics_group)
     n, m, p_net = int(stack.box_size), net.config.box_size, state.get("pixel_size_angstrom")
     apix = float(meta.pixel_size_angstrom)
     if p_net is not None and abs(n * apix - m * p_net) > 1e-3 * m * p_net:

@@ -30,7 +30,8 @@ from ..io.particles import ParticleMetadata
 from ..simulate.volumes import resample_volume
 from .projection_matching import SearchConfig, SearchResult, search_poses
 
-__all__ = ["ResampledImages", "working_grid", "load_reference", "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
+__all__ = ["ResampledImages", "working_grid", "load_reference", "reference_scale_problem",
+           "search_particles", "SCORE_COLUMN", "GLOBAL_SCORE_COLUMN"]
 
 #: STAR column of the per-particle search score (NCC at the final pose).
 SCORE_COLUMN = "rlnCryoposeSearchScore"
@@ -128,6 +129,34 @@ def load_reference(path, *, map_pixel_size_angstrom: float | None = None, partic
     if str(path).lower().endswith(MODEL_SUFFIXES):
         return load_volume(path, box_size=int(particle_box), pixel_size_angstrom=float(particle_pixel_angstrom))
     return read_map(path, pixel_size_angstrom=map_pixel_size_angstrom, require_cubic=True)
+
+
+def reference_scale_problem(reference: MapData, particle_box: int, particle_pixel_angstrom: float,
+                            *, rel_tol: float = 0.01) -> str | None:
+    """Why a reference map and the particles do not seem to be on one scale, or ``None``.
+
+    The map's voxel size must agree with the particles' pixel size within ``rel_tol`` (1 %),
+    unless the map is a resampled copy of the particles' box (a binned map: its field of view,
+    box × voxel size, agrees within ``rel_tol``), which the search handles by design. Anything
+    else is most often a wrong map header (EMDB maps, binned exports): the search would match
+    the particles against a map of the wrong size and return wrong poses with exit status 0.
+
+    Args:
+        reference: The map and its voxel size (header or ``--map-pixel-size``).
+        particle_box: The particles' box in pixels.
+        particle_pixel_angstrom: The particles' pixel size in Å.
+        rel_tol: Relative tolerance of both comparisons.
+
+    Returns:
+        One sentence (voxel sizes, their difference in %, fields of view) or ``None``.
+    """
+    a_r, a_p = float(reference.pixel_size_angstrom), float(particle_pixel_angstrom)
+    fov_r, fov_p = np.asarray(reference.volume).shape[-1] * a_r, int(particle_box) * a_p
+    if math.isclose(a_r, a_p, rel_tol=rel_tol) or math.isclose(fov_r, fov_p, rel_tol=rel_tol):
+        return None
+    return (f"the map's voxel size ({a_r:g} Å) differs from the particles' pixel size ({a_p:g} Å) by "
+            f"{100 * abs(a_r - a_p) / a_p:.0f}%, and its field of view ({fov_r:.1f} Å) from theirs "
+            f"({fov_p:.1f} Å), so it is not a binned copy either: a wrong map header?")
 
 
 def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, config: SearchConfig,

@@ -10,7 +10,7 @@ tensors and NumPy scalars as Python numbers (:func:`to_plain`); the loaders rebu
 Every file is read by :func:`read_torch_file` with ``torch.load(weights_only=True)``, which
 cannot run code: a file that needs more (a pickled class, a function, a NumPy object) is
 refused with one line naming it (:class:`~cryopose.errors.InputFileError`). Writes go to a
-temporary file beside the target, then a rename (:func:`cryopose.io.atomic.atomic_path`), so an
+temporary file beside the target, then a rename (:func:`cryopose.io.atomic.atomic_write`), so an
 interrupted write never leaves a truncated checkpoint.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import os
 import pickle
 import re
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import InputFileError
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT",
            "FORMATS", "to_plain", "save_checkpoint", "load_checkpoint", "read_torch_file", "checkpoint_format"]
@@ -113,14 +114,18 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, format: s
     Raises:
         TypeError: ``state`` holds something :func:`to_plain` does not convert.
         ValueError: Unknown ``format``.
+        cryopose.errors.OutputError: The file cannot be written (full disk, read-only file
+            system), naming ``path``; no temporary file is left.
     """
     if format not in FORMATS:
         raise ValueError(f"unknown checkpoint format {format!r}; one of {sorted(FORMATS)}")
     path = Path(path)
     payload = to_plain(dict(state))
     payload["format"] = format
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # torch.save to a file turns a full disk into a RuntimeError; this gives an OSError
+    torch.save(payload, buffer)
+    with atomic_write(path) as f:
+        f.write(buffer.getbuffer())
     return path
 
 
@@ -148,6 +153,13 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, f"no such {what}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError as err:
+        raise InputFileError(path, f"cannot read the {what} ({err.strerror})") from None
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+        raise InputFileError(path, f"not a readable {what}: not a PyTorch file (damaged, or another format)")
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
             warnings.simplefilter("ignore")
