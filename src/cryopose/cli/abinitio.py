@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 COMMAND = "abinitio"
 HELP = "ab initio poses and map with CryoPoseNet (amortized pose encoder + voxel map)"

@@ -30,6 +30,7 @@ parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
