@@ -14,7 +14,7 @@ Loss of one minibatch of ``B`` images scaled to [0, 1] (:class:`ImageScaling`):
   log(1 − D(Dec(z_p)))``; with ``λ_GAN = 0`` the discriminator is not used (plain VAE);
 * ``L_cone = mean (μ₁² + μ₂² − μ₃²)²`` on the latent means (the paper's cone prior);
 * ``L_equi`` (an addition, ``λ_equivariance > 0``): the rotation-equivariance prior of
-  :func:`vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
+  :func:`cryopose.training.latent_losses.vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
   Without it (``λ_equivariance = 0``, the paper's model) the in-plane orbits are closed curves
   but rarely circles about the PCA axis in CPU-sized training runs (``benchmarks/inplane.py``).
 
@@ -53,11 +53,11 @@ from ..errors import UserError
 from ..fourier import fourier_downsample_images
 from ..models.vaegan import VAEGAN, VAEGANConfig
 from .latent_config import ImageScaling, LatentTrainConfig, LatentTrainResult
+from .latent_losses import _discriminator_loss, vaegan_losses
 
 __all__ = [
     "fit_scaling",
     "prepare_batch",
-    "vaegan_losses",
     "train_vaegan",
     "LatentCodes",
     "encode_latents",
@@ -122,93 +122,6 @@ def prepare_batch(source, idx: np.ndarray, config: LatentTrainConfig, scaling: I
     in-plane rotation (:func:`cryopose.data.transforms.rotate_images`) pads with.
     """
     return _mask(scaling.apply(_preprocess(_read(source, idx), config)), config)
-
-
-def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
-
-
-def _cone(mu: torch.Tensor) -> torch.Tensor:
-    return (mu[:, 0] ** 2 + mu[:, 1] ** 2 - mu[:, 2] ** 2).pow(2).mean()
-
-
-def vaegan_losses(model: VAEGAN, x: torch.Tensor, config: LatentTrainConfig, *, generator: torch.Generator | None = None,
-                  lambda_reg: float | None = None) -> dict[str, torch.Tensor]:
-    """Encoder/decoder losses of one batch (see the module docstring).
-
-    Args:
-        model: The VAE-GAN (train or eval mode: eval uses ``z = μ``).
-        x: ``(B, m, m)`` images in [0, 1].
-        config: Loss weights.
-        generator: Source of the latent noise and prior samples.
-        lambda_reg: Override of ``config.lambda_reg`` (KL warm-up).
-
-    Returns:
-        Dict with ``total``, ``rec``, ``kl``, ``cone``, ``gan`` (0 when ``λ_GAN = 0``) and the
-        detached ``recon`` (sigmoid images) and ``prior`` (decoded prior samples or ``None``).
-    """
-    lam_reg = config.lambda_reg if lambda_reg is None else lambda_reg
-    logits, mu, logvar, _ = model(x, generator)
-    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-    kl = _kl(mu, logvar)
-    cone = _cone(mu)
-    total = rec + lam_reg * kl + config.lambda_cone * cone
-    gan = torch.zeros((), dtype=x.dtype)
-    prior = None
-    equi = torch.zeros((), dtype=x.dtype)
-    if config.lambda_equivariance > 0 and model.training:
-        equi = _equivariance(model, x, mu, generator, order=int(config.equivariance_order),
-                             split=config.equivariance_normalization == "split")
-        total = total + config.lambda_equivariance * equi
-    if config.lambda_gan > 0 and model.training:
-        zp = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-        prior = torch.sigmoid(model.decoder(zp))
-        recon = torch.sigmoid(logits)
-        disc = model.discriminator
-        for p in disc.parameters():
-            p.requires_grad_(False)
-        gan = F.softplus(-disc(recon)).mean() + F.softplus(-disc(prior)).mean()
-        for p in disc.parameters():
-            p.requires_grad_(True)
-        total = total + config.lambda_gan * gan
-        prior = prior.detach()
-    return {"total": total, "rec": rec, "kl": kl, "cone": cone, "gan": gan, "equi": equi,
-            "recon": torch.sigmoid(logits.detach()), "prior": prior}
-
-
-def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: torch.Generator | None, *,
-                  order: int = 1, split: bool = False) -> torch.Tensor:
-    """Rotation-equivariance prior (an addition to the paper).
-
-    Each image is turned by a random ``θ`` (:func:`cryopose.data.transforms.rotate_images`,
-    which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with
-    ``(μ₁, μ₂)`` turned by ``−k θ`` and ``μ₃…`` unchanged, so that the polar angle of ``(μ₁, μ₂)``
-    moves with ``k ψ`` and the in-plane orbit is a circle about the ``μ₃`` axis (``k = order``,
-    1 unless the view is ``k``-fold symmetric). ``split=False``: the squared error divided by
-    ``mean |μ|²`` (so that shrinking the whole latent does not satisfy it); ``split=True``: the
-    errors of ``(μ₁, μ₂)`` and of ``(μ₃, …)`` each divided by their own mean square, so that
-    shrinking ``(μ₁, μ₂)`` alone does not pay either.
-    """
-    from .rotinv import random_angles, rotate_images
-
-    theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
-    mu_rot, _ = model.encoder(rotate_images(x, theta))
-    c, s = torch.cos(order * theta), torch.sin(order * theta)
-    # turn (μ1, μ2) by −kθ: (c μ1 + s μ2, −s μ1 + c μ2)
-    target = mu.clone()
-    target[:, 0] = c * mu[:, 0] + s * mu[:, 1]
-    target[:, 1] = -s * mu[:, 0] + c * mu[:, 1]
-    d = (mu_rot - target).pow(2)
-    sq = mu.detach().pow(2)
-    if not split:
-        return d.sum(1).mean() / (sq.sum(1).mean() + 1e-6)
-    err = d[:, :2].sum(1).mean() / (sq[:, :2].sum(1).mean() + 1e-6)
-    return err + d[:, 2:].sum(1).mean() / (sq[:, 2:].sum(1).mean() + 1e-6)
-
-
-def _discriminator_loss(model: VAEGAN, x: torch.Tensor, recon: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    d = model.discriminator
-    return F.softplus(-d(x)).mean() + F.softplus(d(recon)).mean() + F.softplus(d(prior)).mean()
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
