@@ -211,6 +211,63 @@ def load_latent_checkpoint(path) -> tuple[VAEGAN, ImageScaling, LatentTrainConfi
     return model, ImageScaling(**ck["scaling"]), config, ck
 
 
+def _resume(checkpoint_path, model: VAEGAN, opt_g, opt_d, gen: torch.Generator, *, config: LatentTrainConfig,
+            box: int, n: int) -> tuple[ImageScaling, list[dict], int]:
+    """Load a run's checkpoint into ``model``, the optimisers and ``gen``; return its scaling,
+    history and epoch. ``UserError`` when it was trained on other data or with other options
+    (only ``epochs`` may change)."""
+    _, scaling, old_config, ck = load_latent_checkpoint(checkpoint_path)
+    if ck["box_size"] != box or len(ck["train_indices"]) + len(ck["validation_indices"]) != n:
+        raise UserError(f"{checkpoint_path}: checkpoint was trained on other data; use another output folder")
+    if dataclasses.replace(old_config, epochs=config.epochs) != config:
+        raise UserError(f"{checkpoint_path}: checkpoint was trained with other options; only --epochs may change")
+    model.load_state_dict(ck["model"])
+    opt_g.load_state_dict(ck["opt_g"])
+    if opt_d is not None and ck["opt_d"] is not None:
+        opt_d.load_state_dict(ck["opt_d"])
+    gen.set_state(ck["generator_state"])
+    return scaling, list(ck["history"]), int(ck["epoch"])
+
+
+def _start_epoch(epoch: int, config: LatentTrainConfig, opt_g, opt_d) -> float:
+    """Set the cosine-annealed learning rate of epoch ``epoch`` (0-based) on both optimisers
+    and return that epoch's KL weight (``λ_reg``, ramped over ``kl_warmup_epochs``)."""
+    frac = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
+        1 + math.cos(math.pi * epoch / config.epochs))
+    for opt in (opt_g, opt_d):
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = config.learning_rate * frac
+    lam_reg = config.lambda_reg
+    if config.kl_warmup_epochs > 0:
+        lam_reg *= min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+    return lam_reg
+
+
+def _train_epoch(model: VAEGAN, opt_g, opt_d, source, order: np.ndarray, *, config: LatentTrainConfig,
+                 scaling: ImageScaling, generator: torch.Generator, lambda_reg: float, steps: int, bar) -> dict:
+    """``steps`` steps over the images ``order`` (batches of ``config.batch_size``): encoder and
+    decoder, then the discriminator when there is one. Returns the summed loss terms."""
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "cone": 0.0, "gan": 0.0, "equi": 0.0, "disc": 0.0}
+    for s in range(steps):
+        x = prepare_batch(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size]), config, scaling)
+        out = vaegan_losses(model, x, config, generator=generator, lambda_reg=lambda_reg)
+        opt_g.zero_grad(set_to_none=True)
+        out["total"].backward()
+        opt_g.step()
+        if opt_d is not None:
+            dl = _discriminator_loss(model, x, out["recon"], out["prior"])
+            opt_d.zero_grad(set_to_none=True)
+            dl.backward()
+            opt_d.step()
+            sums["disc"] += float(dl.detach())
+        sums["loss"] += float(out["total"].detach())
+        for k in ("rec", "kl", "cone", "gan", "equi"):
+            sums[k] += float(out[k].detach())
+        bar.update(1)
+    return sums
+
+
 def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, resume: bool = False,
                  progress: bool = True, log: Callable[[str], None] | None = None,
                  trial_callback: Callable[[int, dict], None] | None = None) -> LatentTrainResult:
@@ -253,18 +310,7 @@ def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, res
     start_epoch = 0
     scaling = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        _, scaling, old_config, ck = load_latent_checkpoint(checkpoint_path)
-        if ck["box_size"] != box or len(ck["train_indices"]) + len(ck["validation_indices"]) != n:
-            raise UserError(f"{checkpoint_path}: checkpoint was trained on other data; use another output folder")
-        if dataclasses.replace(old_config, epochs=config.epochs) != config:
-            raise UserError(f"{checkpoint_path}: checkpoint was trained with other options; only --epochs may change")
-        model.load_state_dict(ck["model"])
-        opt_g.load_state_dict(ck["opt_g"])
-        if opt_d is not None and ck["opt_d"] is not None:
-            opt_d.load_state_dict(ck["opt_d"])
-        gen.set_state(ck["generator_state"])
-        history = list(ck["history"])
-        start_epoch = int(ck["epoch"])
+        scaling, history, start_epoch = _resume(checkpoint_path, model, opt_g, opt_d, gen, config=config, box=box, n=n)
     if scaling is None:
         scaling = fit_scaling(source, config, indices=train_idx)
     steps = len(train_idx) // config.batch_size
@@ -277,32 +323,9 @@ def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, res
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
         order = train_idx[rng.permutation(len(train_idx))]
-        frac = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
-            1 + math.cos(math.pi * epoch / config.epochs))
-        for opt in (opt_g, opt_d):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = config.learning_rate * frac
-        lam_reg = config.lambda_reg
-        if config.kl_warmup_epochs > 0:
-            lam_reg *= min(1.0, (epoch + 1) / config.kl_warmup_epochs)
-        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "cone": 0.0, "gan": 0.0, "equi": 0.0, "disc": 0.0}
-        for s in range(steps):
-            x = prepare_batch(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size]), config, scaling)
-            out = vaegan_losses(model, x, config, generator=gen, lambda_reg=lam_reg)
-            opt_g.zero_grad(set_to_none=True)
-            out["total"].backward()
-            opt_g.step()
-            if opt_d is not None:
-                dl = _discriminator_loss(model, x, out["recon"], out["prior"])
-                opt_d.zero_grad(set_to_none=True)
-                dl.backward()
-                opt_d.step()
-                sums["disc"] += float(dl.detach())
-            sums["loss"] += float(out["total"].detach())
-            for k in ("rec", "kl", "cone", "gan", "equi"):
-                sums[k] += float(out[k].detach())
-            bar.update(1)
+        lam_reg = _start_epoch(epoch, config, opt_g, opt_d)
+        sums = _train_epoch(model, opt_g, opt_d, source, order, config=config, scaling=scaling, generator=gen,
+                            lambda_reg=lam_reg, steps=steps, bar=bar)
         row = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}, "lambda_reg": lam_reg}
         row.update(_validate(model, source, val_idx, config, scaling))
         row["seconds"] = time.perf_counter() - t0
