@@ -319,7 +319,7 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
     Raises:
         ValueError: Inconsistent lengths or ``radius_direction="auto"`` without ``contrast``.
     """
-    from .outliers import outlier_features, outlier_scores, roc_auc
+    from .outliers import outlier_features, outlier_scores
 
     z = np.asarray(mu, dtype=np.float64)
     n = z.shape[0]
@@ -351,8 +351,22 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
     result = LatentAnalysis(pca=pca, components=comps, center=center, radius=radius, polar_angle_deg=phi, psi_deg=psi,
                             defocus_um=defocus, confidence=confidence, outlier_scores=scores, fit_mask=fit_mask,
                             radius_increasing=increasing)
-    metrics: dict = {"explained_variance_ratio": pca.explained_variance_ratio.tolist(),
-                     "radius_increases_with_defocus": bool(increasing)}
+    result.metrics = {"explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+                      "radius_increases_with_defocus": bool(increasing)}
+    _score_against_truth(result, config, true_psi_deg=true_psi_deg, true_defocus_um=true_defocus_um,
+                         outlier_labels=outlier_labels)
+    return result
+
+
+def _score_against_truth(result: LatentAnalysis, config: OrbitAnalysisConfig, *, true_psi_deg, true_defocus_um,
+                         outlier_labels) -> None:
+    """Add the metrics against known values to ``result.metrics`` (and the angle alignment to
+    ``result.alignment``): outlier ROC AUCs, defocus RMSE and the eq. 6 angle errors, measured
+    on the true particles only when ``outlier_labels`` are given (see :func:`analyze_latents`)."""
+    from .outliers import roc_auc
+
+    n = result.psi_deg.shape[0]
+    metrics = result.metrics
     good = np.ones(n, dtype=bool)
     if outlier_labels is not None:
         labels = np.asarray(outlier_labels).astype(np.int64).reshape(-1)
@@ -361,17 +375,17 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
         good = labels == 0
         metrics["n_outliers"] = int((labels == 1).sum())
         if 0 < labels.sum() < n:
-            metrics["outlier_auc"] = {m: roc_auc(s, labels) for m, s in scores.items()}
+            metrics["outlier_auc"] = {m: roc_auc(s, labels) for m, s in result.outlier_scores.items()}
     if true_defocus_um is not None:
         tdf = np.asarray(true_defocus_um, dtype=np.float64).reshape(-1)
-        if defocus is not None:
-            metrics["defocus_rmse_um"] = weighted_rmse((defocus - tdf)[good])
+        if result.defocus_um is not None:
+            metrics["defocus_rmse_um"] = weighted_rmse((result.defocus_um - tdf)[good])
     if true_psi_deg is not None:
         tpsi = np.asarray(true_psi_deg, dtype=np.float64).reshape(-1)
         w = confidence_weights(true_defocus_um)[good] if true_defocus_um is not None else None
         if w is not None and not np.all(w > 0):
             w = None  # defocus of 0: the paper's weights are undefined
-        al = align_angles(tpsi[good], psi[good], weights=w, symmetry_order=config.symmetry_order)
+        al = align_angles(tpsi[good], result.psi_deg[good], weights=w, symmetry_order=config.symmetry_order)
         plain = weighted_rmse(al.errors_deg)
         errs = np.full(n, np.nan)
         errs[good] = al.errors_deg
@@ -380,8 +394,6 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
                         "angle_rmse_deg": plain, "angle_sign": al.sign, "angle_shift_deg": al.shift_deg,
                         "angle_period_deg": al.period_deg,
                         "angle_median_abs_error_deg": float(np.median(np.abs(al.errors_deg)))})
-    result.metrics = metrics
-    return result
 
 
 def reference_values(metadata) -> dict:
