@@ -91,7 +91,7 @@ def _preprocess(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
 def _mask(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
     if config.mask_radius_fraction is None:
         return x
-    from .rotinv import circular_mask
+    from .inplane import circular_mask
 
     return x * circular_mask(x.shape[-1], radius_fraction=config.mask_radius_fraction, dtype=x.dtype)
 

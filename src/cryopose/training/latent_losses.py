@@ -81,7 +81,8 @@ def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: t
     errors of ``(μ₁, μ₂)`` and of ``(μ₃, …)`` each divided by their own mean square, so that
     shrinking ``(μ₁, μ₂)`` alone does not pay either.
     """
-    from .rotinv import random_angles, rotate_images
+    from ..data.transforms import rotate_images
+    from .inplane import random_angles
 
     theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
     mu_rot, _ = model.encoder(rotate_images(x, theta))
