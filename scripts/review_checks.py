@@ -86,17 +86,24 @@ def _module_level_imports(tree: ast.Module):
             stack += node.body
 
 
+def _all_imports(tree: ast.Module):
+    """Every import statement that can run: module level and inside functions and classes, but
+    not under ``if TYPE_CHECKING:`` (those never run)."""
+    skip = {id(s) for n in ast.walk(tree) if isinstance(n, ast.If) and _is_type_checking(n.test)
+            for s in n.body}
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+
+
 def import_graph(files: list[Path], root: Path, *, deferred: bool = False) -> dict[str, set[str]]:
     """Module → the package's modules it imports at module level (``deferred``: also inside
-    functions, classes and ``if TYPE_CHECKING:``)."""
+    functions and classes; never under ``if TYPE_CHECKING:``)."""
     modules = {module_name(p, root): p for p in files}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         is_pkg = path.name == "__init__.py"
         package = name if is_pkg else name.rpartition(".")[0]
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        nodes = ([n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))] if deferred
-                 else _module_level_imports(tree))
+        nodes = _all_imports(tree) if deferred else _module_level_imports(tree)
         for node in nodes:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
