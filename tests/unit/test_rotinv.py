@@ -13,9 +13,9 @@ from cryopose.models.spatial_vae import SpatialVAE, SpatialVAEConfig
 from cryopose.projection import project
 from cryopose.rotations import relion_euler_to_rotmat
 from cryopose.training.inplane import circular_mask, wrap_angle
-from cryopose.training.rotinv import (RotInvTrainConfig, angle_loss, angle_vector_loss, image_loss,
-                                      load_rotinv_checkpoint, predict_rotinv, rotate_images, rotinv_angle_objective,
+from cryopose.training.rotinv import (RotInvTrainConfig, load_rotinv_checkpoint, predict_rotinv, rotate_images,
                                       train_rotinv, train_spatial_vae)
+from cryopose.training.rotinv_losses import angle_loss, angle_vector_loss, image_loss, rotinv_angle_objective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
