@@ -258,6 +258,49 @@ def _lr_scheduler(opt: torch.optim.Optimizer, config: SupervisedTrainConfig):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[milestone], gamma=config.lr_decay_factor)
 
 
+def _train_test(n: int, config: SupervisedTrainConfig, train_indices, test_indices) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test positions: the given ones, or a seeded ``test_fraction`` split
+    (``ValueError`` without training particles)."""
+    if train_indices is None:
+        train_idx, test_idx = split_train_test(n, config.test_fraction, seed=config.seed)
+    else:
+        train_idx = np.asarray(train_indices, dtype=np.int64)
+        test_idx = np.zeros(0, dtype=np.int64) if test_indices is None else np.asarray(test_indices, dtype=np.int64)
+    if train_idx.size < 1:
+        raise ValueError("no training particles")
+    return train_idx, test_idx
+
+
+def _batch_losses(model: OrientationRegressor, images, bidx: np.ndarray, rot: torch.Tensor, q_all: torch.Tensor, *,
+                  config: SupervisedTrainConfig, group_quaternions, reproj, aug_generator, device):
+    """``(loss, ℓ_qd, ℓ_reproj)`` of the batch ``bidx`` (after the in-plane augmentation, if on):
+    ``loss = w ℓ_qd + (1 − w) ℓ_reproj``, each averaged over the batch."""
+    x = _read(images, bidx).to(device)
+    t = torch.as_tensor(bidx)
+    r_gt = rot[t].to(device)
+    if config.augment_inplane != "none":
+        x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_generator)
+        q_gt = rotmat_to_quaternion(r_gt.double()).float()
+    else:
+        q_gt = q_all[t].to(device)
+    raw = model(x)
+    q_pred = model.to_quaternion(raw)
+    l_qd = (symmetric_quaternion_distance_loss(q_pred, q_gt, group_quaternions) if group_quaternions is not None
+            else quaternion_distance_loss(q_pred, q_gt)).mean()
+    l_rp = reproj(model.to_rotmat(raw), r_gt).mean() if reproj is not None else torch.zeros((), device=device)
+    return config.w * l_qd + (1.0 - config.w) * l_rp, l_qd, l_rp
+
+
+def _new_model(model_config: SupervisedModelConfig, config: SupervisedTrainConfig, device):
+    """A seeded new regressor on ``device`` (channels-last), its Adam optimiser and its schedule."""
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
+        torch.manual_seed(config.seed)
+        model = OrientationRegressor(model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return model, opt, _lr_scheduler(opt, config)
+
+
 def train_supervised(images, rotmats, reference_volume, *, model_config: SupervisedModelConfig,
                      config: SupervisedTrainConfig = SupervisedTrainConfig(),
                      train_indices=None, test_indices=None,
@@ -288,20 +331,9 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     n = len(images)
     if rot.shape != (n, 3, 3):
         raise ValueError(f"{n} images but rotmats of shape {tuple(rot.shape)}")
-    if train_indices is None:
-        train_idx, test_idx = split_train_test(n, config.test_fraction, seed=config.seed)
-    else:
-        train_idx = np.asarray(train_indices, dtype=np.int64)
-        test_idx = np.zeros(0, dtype=np.int64) if test_indices is None else np.asarray(test_indices, dtype=np.int64)
-    if train_idx.size < 1:
-        raise ValueError("no training particles")
+    train_idx, test_idx = _train_test(n, config, train_indices, test_indices)
     device = torch.device(device or "cpu")
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
-        torch.manual_seed(config.seed)
-        model = OrientationRegressor(model_config)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = _lr_scheduler(opt, config)
+    model, opt, sched = _new_model(model_config, config, device)
     reproj = ReprojectionLoss(reference_volume, box_size=config.reproj_box_size or model_config.box_size,
                               seed=config.seed, device=device) if config.w < 1.0 else None
     gq = _group_quaternions(config.symmetry).to(device) if config.qd_symmetry_aware else None
@@ -318,20 +350,8 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
             order, pos = rng.permutation(train_idx), 0
         bidx = np.sort(order[pos:pos + config.batch_size])
         pos += config.batch_size
-        x = _read(images, bidx).to(device)
-        t = torch.as_tensor(bidx)
-        r_gt = rot[t].to(device)
-        if config.augment_inplane != "none":
-            x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_gen)
-            q_gt = rotmat_to_quaternion(r_gt.double()).float()
-        else:
-            q_gt = q_all[t].to(device)
-        raw = model(x)
-        q_pred = model.to_quaternion(raw)
-        l_qd = (symmetric_quaternion_distance_loss(q_pred, q_gt, gq) if gq is not None
-                else quaternion_distance_loss(q_pred, q_gt)).mean()
-        l_rp = reproj(model.to_rotmat(raw), r_gt).mean() if reproj is not None else torch.zeros((), device=device)
-        loss = config.w * l_qd + (1.0 - config.w) * l_rp
+        loss, l_qd, l_rp = _batch_losses(model, images, bidx, rot, q_all, config=config, group_quaternions=gq,
+                                         reproj=reproj, aug_generator=aug_gen, device=device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
