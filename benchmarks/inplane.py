@@ -60,7 +60,8 @@ from cryopose.analysis.latent_orbits import (OrbitAnalysisConfig, align_angles, 
 from cryopose.analysis.outliers import outlier_features, outlier_scores, roc_auc
 from cryopose.simulate.simulator import SimulationConfig, simulate_in_memory
 from cryopose.simulate.volumes import load_volume
-from cryopose.training.latent import LatentTrainConfig, encode_latents, train_vaegan
+from cryopose.training.latent import encode_latents, train_vaegan
+from cryopose.training.latent_config import LatentTrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PDB_4AKE = DATA / "pdb" / "4ake_mdanalysis.pdb"

@@ -73,9 +73,9 @@ from cryopose.models.supervised import INT8_CALIBRATION_PARTICLES, REPRESENTATIO
 from cryopose.pipelines.refine import DEFAULT_LOCAL_REFINE_STEP_DEG
 from cryopose.search.projection_matching import SearchConfig, local_search, search_poses
 from cryopose.simulate import SimulationConfig, load_volume, simulate_in_memory
-from cryopose.training.supervised import (AUGMENTATIONS, DEFAULT_W_GRID, LR_SCHEDULES, SupervisedTrainConfig,
-                                          cross_validate_w, evaluate_model, predict_rotmats, split_train_test,
-                                          train_supervised)
+from cryopose.training.supervised import (DEFAULT_W_GRID, LR_SCHEDULES, SupervisedTrainConfig, cross_validate_w,
+                                          evaluate_model, predict_rotmats, split_train_test, train_supervised)
+from cryopose.training.supervised_losses import AUGMENTATIONS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STRUCTURES = {

@@ -9,6 +9,9 @@ impossible, saying why.
 
 ``relion``: resolves a RELION 3.1 program on PATH (``apt-get install -y relion``) and fails
 the test with the install line when it is missing, never skips.
+
+``chromium``: the path of headless Chromium (``apt-get install -y chromium``), which renders the
+HTML reports; missing, it fails the test with the install line, never skips.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ def relion():
         return exe
 
     return find
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Full path of the Chromium browser (Debian's ``chromium``; ``chromium-browser`` elsewhere)."""
+    for name in ("chromium", "chromium-browser"):
+        exe = shutil.which(name)
+        if exe is not None:
+            return exe
+    pytest.fail("Chromium not found on PATH; it is a required test tool for the HTML reports "
+                "(install it with: apt-get install -y chromium)", pytrace=False)
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cryopose.analysis.latent_orbits import (OrbitAnalysisConfig, align_angles, analyze_latents, angle_from_polar,
-                                             apply_alignment, circular_difference_deg, confidence_weights,
-                                             defocus_distribution_from, defocus_from_radius, fit_latent_pca,
-                                             polar_coordinates)
+from cryopose.analysis.latent_geometry import (angle_from_polar, confidence_weights, defocus_from_radius,
+                                               fit_latent_pca, polar_coordinates)
+from cryopose.analysis.latent_orbits import (OrbitAnalysisConfig, align_angles, analyze_latents, apply_alignment,
+                                             circular_difference_deg, defocus_distribution_from)
 from cryopose.analysis.outliers import outlier_features, outlier_scores, roc_auc, roc_curve
 
 DEFOCI = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)

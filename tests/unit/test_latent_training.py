@@ -10,8 +10,9 @@ import torch
 
 from cryopose.errors import UserError
 from cryopose.models.vaegan import VAEGAN, VAEGANConfig, conv_plan
-from cryopose.training.latent import (LatentTrainConfig, encode_latents, fit_scaling, load_latent_checkpoint,
-                                      prepare_batch, train_vaegan, vaegan_losses)
+from cryopose.training.latent import encode_latents, fit_scaling, load_latent_checkpoint, prepare_batch, train_vaegan
+from cryopose.training.latent_config import LatentTrainConfig
+from cryopose.training.latent_losses import vaegan_losses
 from cryopose.training.rotinv import rotate_images
 
 

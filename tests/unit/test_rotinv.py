@@ -12,9 +12,10 @@ from cryopose.models.rotinv import RotInvAutoencoder, RotInvConfig
 from cryopose.models.spatial_vae import SpatialVAE, SpatialVAEConfig
 from cryopose.projection import project
 from cryopose.rotations import relion_euler_to_rotmat
-from cryopose.training.rotinv import (RotInvTrainConfig, angle_loss, angle_vector_loss, circular_mask, image_loss,
-                                      load_rotinv_checkpoint, predict_rotinv, rotate_images, rotinv_angle_objective,
-                                      train_rotinv, train_spatial_vae, wrap_angle)
+from cryopose.training.inplane import circular_mask, wrap_angle
+from cryopose.training.rotinv import (RotInvTrainConfig, load_rotinv_checkpoint, predict_rotinv, rotate_images,
+                                      train_rotinv, train_spatial_vae)
+from cryopose.training.rotinv_losses import angle_loss, angle_vector_loss, image_loss, rotinv_angle_objective
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -128,7 +129,8 @@ def test_rotinv_angle_head_learns_on_tiny_set():
     theta = (torch.rand(64, generator=g) * 2 - 1) * math.pi
     test = rotate_images(data[:64], theta)
     # predict on turned images, with the standardisation and mask of training
-    from cryopose.training.rotinv import lowpass_images, prepare_images
+    from cryopose.training.inplane import lowpass_images
+    from cryopose.training.rotinv import prepare_images
 
     res.model.eval()
     with torch.no_grad():

@@ -19,9 +19,10 @@ from cryopose.symmetry import symmetry_operators
 from cryopose.data.transforms import rotate_quarter_turns
 from cryopose.rotations import inplane_rotation
 from cryopose.metrics.pose_error import symmetry_aware_errors
-from cryopose.training.supervised import (ReprojectionLoss, SupervisedTrainConfig, augment_inplane, cross_validate_w,
-                                          predict_rotmats, quaternion_distance_loss, save_checkpoint, split_train_test,
-                                          symmetric_quaternion_distance_loss, train_supervised)
+from cryopose.training.supervised import (SupervisedTrainConfig, cross_validate_w, predict_rotmats, save_checkpoint,
+                                          split_train_test, train_supervised)
+from cryopose.training.supervised_losses import (ReprojectionLoss, augment_inplane, quaternion_distance_loss,
+                                                 symmetric_quaternion_distance_loss)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

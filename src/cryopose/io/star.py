@@ -309,6 +309,17 @@ def _resolve_paths(star_path: Path, df: pd.DataFrame, files: list[str], datadir,
     return [resolved[c] for c in codes], outside
 
 
+def _strip_mrcs_type(name: str) -> str:
+    """``stack.mrc:mrcs`` → ``stack.mrc``: RELION's ``:mrcs`` suffix reads a ``.mrc`` file as a stack."""
+    return name[:-5] if name.endswith(":mrcs") else name
+
+
+def _relion_stack_name(name: str) -> str:
+    """A stack name RELION reads: ``.mrc`` stacks (cryoSPARC's) get the ``:mrcs`` suffix, since
+    RELION refuses ``N@stack.mrc`` ("``.mrc`` extensions are reserved for 3D maps")."""
+    return name + ":mrcs" if name.lower().endswith(".mrc") else name
+
+
 def _image_names(path: Path, df: pd.DataFrame, datadir=None,
                  enforce: bool = True) -> tuple[list[str], np.ndarray, set[str]]:
     """``N@stack`` names → (absolute stack paths, 0-based indices, paths outside the allowed
@@ -320,7 +331,7 @@ def _image_names(path: Path, df: pd.DataFrame, datadir=None,
     parts = [str(v).partition("@") for v in names.tolist()]
     idx = pd.to_numeric(pd.Series([p[0] if p[1] else "1" for p in parts]), errors="coerce").to_numpy(
         dtype=np.float64, na_value=np.nan)
-    files = [p[2] if p[1] else p[0] for p in parts]
+    files = [_strip_mrcs_type(p[2] if p[1] else p[0]) for p in parts]
     bad = np.flatnonzero(~np.isfinite(idx) | (idx < 1) | (idx != np.round(idx)) | np.array([not f for f in files]))
     if bad.size:
         i = int(bad[0])
@@ -610,13 +621,14 @@ def _written_names(md: ParticleMetadata, base: Path) -> list[str]:
     """``N@stack`` names of ``md``'s images, resolvable from ``base`` (see :func:`_stack_name`)."""
     named = None
     if "rlnImageName" in md.table.columns and not md.table["rlnImageName"].isna().any():
-        named = [(lambda p: p[2] if p[1] else p[0])(str(v).partition("@")) for v in md.table["rlnImageName"].tolist()]
+        named = [_strip_mrcs_type((lambda p: p[2] if p[1] else p[0])(str(v).partition("@")))
+                 for v in md.table["rlnImageName"].tolist()]
     keys = md.image_paths if named is None else [f"{a}\0{b}" for a, b in zip(md.image_paths, named)]
     codes, uniques = pd.factorize(pd.Series(keys, dtype=object), sort=False)
     written = []
     for u in uniques:
         path, _, name = str(u).partition("\0")
-        written.append(_stack_name(path, name or None, base))
+        written.append(_relion_stack_name(_stack_name(path, name or None, base)))
     idx = md.image_indices if md.image_indices is not None else np.zeros(len(md), dtype=np.int64)
     return [f"{i + 1:06d}@{written[c]}" for i, c in zip(idx.tolist(), codes.tolist())]
 
@@ -659,7 +671,9 @@ def write_star(path: str | os.PathLike, metadata: ParticleMetadata, *,
     an absolute one stays absolute, a relative one that resolved from ``relative_to`` is
     written the same way (normalised, e.g. ``../data/a.mrcs``). Any other stack (a name that
     resolved from the input STAR file's folder, a ``.cs`` input, a new stack) is written
-    relative to ``relative_to`` when inside it, else as an absolute path.
+    relative to ``relative_to`` when inside it, else as an absolute path. A ``.mrc`` stack
+    (cryoSPARC writes its particle stacks so) is named ``N@stack.mrc:mrcs``, the suffix with
+    which RELION reads a ``.mrc`` file as a stack; cryopose reads such names too.
 
     Args:
         path: Output ``.star`` path.

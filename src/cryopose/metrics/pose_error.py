@@ -172,6 +172,17 @@ def _align_one_hand(est_h, ref, ops, *, n_candidates, n_score, generator, inlier
     return g, err, idx, aligned
 
 
+def _matched_pair(rot_est, rot_ref) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both pose sets as float64 ``(N, 3, 3)`` of one shape with ``N >= 1`` (else ``ValueError``)."""
+    est = _as_rotmats(rot_est, "rot_est")
+    ref = _as_rotmats(rot_ref, "rot_ref")
+    if est.shape != ref.shape:
+        raise ValueError(f"rot_est {tuple(est.shape)} and rot_ref {tuple(ref.shape)} differ in shape")
+    if est.shape[0] == 0:
+        raise ValueError("align_rotations needs at least one particle")
+    return est, ref
+
+
 def align_rotations(
     rot_est,
     rot_ref,
@@ -221,12 +232,7 @@ def align_rotations(
         ValueError: If shapes differ or are not ``(N, 3, 3)`` with ``N >= 1``.
         cryopose.symmetry.SymmetryError: For an unknown symmetry symbol.
     """
-    est = _as_rotmats(rot_est, "rot_est")
-    ref = _as_rotmats(rot_ref, "rot_ref")
-    if est.shape != ref.shape:
-        raise ValueError(f"rot_est {tuple(est.shape)} and rot_ref {tuple(ref.shape)} differ in shape")
-    if est.shape[0] == 0:
-        raise ValueError("align_rotations needs at least one particle")
+    est, ref = _matched_pair(rot_est, rot_ref)
     sym = canonical_symbol(symmetry)
     ops = symmetry_operators(sym, dtype=torch.float64, device=est.device)
     jm = MIRROR.to(est.device)

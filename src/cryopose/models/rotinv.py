@@ -10,7 +10,7 @@ for Cryogenic Electron Microscopy Image Reconstruction" (2021):
 * a **critic** (Wasserstein, with gradient penalty) regularises the content codes.
 
 The paper trains it by rotating each training image by a random angle and asking for that
-angle and for the unrotated image (:mod:`cryopose.training.rotinv` has the losses). Our
+angle and for the unrotated image (:mod:`cryopose.training.rotinv_losses` has the losses). Our
 reading of its "Wasserstein critic": a WAE-GAN critic (Tolstikhin et al. 2018) between the
 content codes and a standard normal prior — an image-space critic would push the decoder
 towards the training images' noise. Angle convention: ``θ`` is the counter-clockwise image

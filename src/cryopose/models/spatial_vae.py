@@ -8,7 +8,7 @@ translation. The inference network (an MLP on the flattened image, tanh units, a
 paper) outputs Gaussian posteriors ``q(z)``, ``q(θ)`` and ``q(t)``; priors are ``N(0, I)`` for
 ``z``, ``N(0, σ_θ²)`` for ``θ`` (``σ_θ = π`` by default, the paper's choice for uniform
 rotations) and ``N(0, σ_t²)`` for ``t``. ``θ`` rotates the **coordinates**, so the rendered
-content turns by ``−θ``; :func:`cryopose.training.rotinv.spatial_vae_angle_to_theta` maps it to
+content turns by ``−θ``; :func:`cryopose.training.inplane.spatial_vae_angle_to_theta` maps it to
 the image-rotation convention of :mod:`cryopose.training.rotinv`.
 
 Networks only; the ELBO is in :mod:`cryopose.training.rotinv`.

@@ -290,7 +290,7 @@ class OrientationRegressor(nn.Module):
         (:func:`cryopose.data.transforms.rotate_quarter_turns`, a pixel permutation); the
         prediction ``R̂_k`` for the image turned by ``θ_k`` estimates ``Rz(θ_k) R``
         (:func:`cryopose.rotations.inplane_rotation`, the relation the ``"quarter"``
-        augmentation of :func:`cryopose.training.supervised.augment_inplane` trains), so
+        augmentation of :func:`cryopose.training.supervised_losses.augment_inplane` trains), so
         ``Rz(θ_k)ᵀ R̂_k`` are four estimates of ``R``. They are averaged modulo the point group
         ``symmetry`` by :func:`cryopose.symmetry.mean_rotation_modulo` (test-time augmentation,
         not in the paper; 4 × the inference time). Call in eval mode, without gradients.

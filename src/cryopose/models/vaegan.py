@@ -22,7 +22,7 @@ The loss (one minibatch; sums over pixels, means over the batch):
 where ``L_GAN`` is the generator's non-saturating loss on reconstructions and on decodings of
 prior samples, and the cone term (λ_cone = 1 in the paper) asks the latent means to lie on the
 cone ``μ₁² + μ₂² = μ₃²`` — in-plane rotation then moves an image around the cone's axis and
-defocus along it. The losses are computed in :mod:`cryopose.training.latent`; this module
+defocus along it. The losses are computed in :mod:`cryopose.training.latent_losses`; this module
 holds only the networks. No physics inside (:mod:`cryopose.models` rule).
 
 Implementation note: convolutions run in ``channels_last`` memory format, several times faster

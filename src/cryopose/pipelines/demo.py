@@ -15,7 +15,9 @@ Steps (all seeded):
    (the known-pose baseline) with the same half-set split, and each is compared with the true
    map by FSC (0.5 and 0.143 thresholds).
 
-Everything is printed as a small table and written to ``OUTDIR/demo_summary.json``.
+Everything is printed as a small table and written to ``OUTDIR/demo_summary.json`` and
+``OUTDIR/report.html`` (with the viewing directions in the D2 asymmetric unit, and a link to the
+ab initio run's own report).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import torch
 from ..errors import UserError
 from ..training.config import AbinitioConfig, ModelConfig, TrainingConfig
 
-__all__ = ["DemoConfig", "DemoResult", "BETAGAL_MAP", "BETAGAL_PIXEL_SIZE", "CTF_TABLE", "bundled_path", "run_demo"]
+__all__ = ["DemoConfig", "DemoResult", "BETAGAL_MAP", "BETAGAL_PIXEL_SIZE", "CTF_TABLE", "SCORING_SYMMETRY",
+           "bundled_path", "run_demo"]
 
 BETAGAL_MAP = "betagal_64px_5.53A.mrc"
 BETAGAL_PIXEL_SIZE = 3.54 * 100 / 64
@@ -101,6 +104,54 @@ def _fsc_vs_truth(volume, truth, apix: float) -> dict:
             "curve": [(c["frequency_per_angstrom"], c["fsc"]) for c in rep["fsc_curve"]]}
 
 
+SCORING_SYMMETRY = "D2"  # β-galactosidase's point group: pose errors are measured modulo it
+
+
+def _evaluate(outdir: Path, *, star_path: Path, result, truth, apix: float, config: DemoConfig,
+              progress: bool) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Step 3 and 4 of the module docstring: align the inferred poses to the truth (modulo
+    :data:`SCORING_SYMMETRY`), reconstruct from them and from the true poses, FSC against the
+    true map (``map_aligned.mrc``, ``map_known_poses.mrc``, ``fsc_vs_truth.png``).
+
+    Returns:
+        ``(numbers, aligned inferred poses (N, 3, 3), true poses (N, 3, 3))``.
+    """
+    from ..io.mrc import write_map
+    from ..io.particles import load_particles
+    from ..metrics.fsc import plot_fsc
+    from ..metrics.pose_error import align_rotations
+    from ..reconstruction import reconstruct
+
+    stack, meta = load_particles(star_path)
+    align = align_rotations(result.rotmats.double(), meta.rotmats.double(), symmetry=SCORING_SYMMETRY,
+                            seed=int(config.seed))
+    align_enc = align_rotations(result.encoder_rotmats.double(), meta.rotmats.double(), symmetry=SCORING_SYMMETRY,
+                                seed=int(config.seed))
+    half_sets = torch.randperm(len(meta), generator=torch.Generator().manual_seed(int(config.seed))) % 2
+    rec_est = reconstruct(stack, meta.replace(rotmats=align.aligned_est.float()), symmetry=config.symmetry,
+                          half_sets=half_sets, progress=progress)
+    rec_tomo = reconstruct(stack, meta, symmetry=config.symmetry, half_sets=half_sets, progress=progress)
+    write_map(outdir / "map_aligned.mrc", rec_est.volume, apix)
+    write_map(outdir / "map_known_poses.mrc", rec_tomo.volume, apix)
+    fsc_est = _fsc_vs_truth(rec_est.volume, truth, apix)
+    fsc_tomo = _fsc_vs_truth(rec_tomo.volume, truth, apix)
+    plot_fsc({"CryoPoseNet poses vs truth": tuple(zip(*fsc_est["curve"])),
+              "known poses vs truth": tuple(zip(*fsc_tomo["curve"]))}, outdir / "fsc_vs_truth.png",
+             title="map vs true map")
+    numbers = {
+        "median_pose_error_deg": align.median_error_deg, "mean_pose_error_deg": align.mean_error_deg,
+        "fraction_within_10deg": float((align.errors_deg < 10).double().mean()),
+        "encoder_median_pose_error_deg": align_enc.median_error_deg,
+        "encoder_mean_pose_error_deg": align_enc.mean_error_deg,
+        "hand": align.hand,
+        "abinitio_fsc0p5_angstrom": fsc_est["fsc0p5_angstrom"],
+        "abinitio_fsc0p143_angstrom": fsc_est["fsc0p143_angstrom"],
+        "known_pose_fsc0p5_angstrom": fsc_tomo["fsc0p5_angstrom"],
+        "known_pose_fsc0p143_angstrom": fsc_tomo["fsc0p143_angstrom"],
+    }
+    return numbers, align.aligned_est, meta.rotmats.double()
+
+
 def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress: bool = True,
              log=print) -> DemoResult:
     """Run the demo (see the module docstring) and return its numbers.
@@ -115,11 +166,8 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
         UserError: Bad configuration or an ``outdir`` already holding a run.
     """
     from ..io.atomic import atomic_write_json
-    from ..io.mrc import read_map, write_map
-    from ..io.particles import load_particles
-    from ..metrics.fsc import plot_fsc
-    from ..metrics.pose_error import align_rotations
-    from ..reconstruction import reconstruct
+    from ..io.mrc import read_map
+    from ..report.html import write_demo_report
     from ..simulate.simulator import SimulationConfig, simulate_particles
     from .abinitio import run_abinitio
 
@@ -146,39 +194,19 @@ def run_demo(outdir: str | Path, *, config: DemoConfig = DemoConfig(), progress:
     log(f"abinitio: {seconds['abinitio']:.0f} s (train {result.seconds.get('train', 0):.0f} s)")
 
     t = time.perf_counter()
-    stack, meta = load_particles(sim.star_path)
-    align = align_rotations(result.rotmats.double(), meta.rotmats.double(), symmetry="D2", seed=int(config.seed))
-    align_enc = align_rotations(result.encoder_rotmats.double(), meta.rotmats.double(), symmetry="D2",
-                                seed=int(config.seed))
-    half_sets = torch.randperm(len(meta), generator=torch.Generator().manual_seed(int(config.seed))) % 2
-    rec_est = reconstruct(stack, meta.replace(rotmats=align.aligned_est.float()), symmetry=config.symmetry,
-                          half_sets=half_sets, progress=progress)
-    rec_tomo = reconstruct(stack, meta, symmetry=config.symmetry, half_sets=half_sets, progress=progress)
-    write_map(outdir / "map_aligned.mrc", rec_est.volume, apix)
-    write_map(outdir / "map_known_poses.mrc", rec_tomo.volume, apix)
-    fsc_est = _fsc_vs_truth(rec_est.volume, truth, apix)
-    fsc_tomo = _fsc_vs_truth(rec_tomo.volume, truth, apix)
-    plot_fsc({"CryoPoseNet poses vs truth": tuple(zip(*fsc_est["curve"])),
-              "known poses vs truth": tuple(zip(*fsc_tomo["curve"]))}, outdir / "fsc_vs_truth.png",
-             title="map vs true map")
+    numbers, aligned, true_rotmats = _evaluate(outdir, star_path=sim.star_path, result=result, truth=truth,
+                                               apix=apix, config=config, progress=progress)
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
     summary = {
         "n_particles": int(config.n_particles), "snr": config.snr, "box_size": 64,
         "working_box_size": config.box_size, "epochs": config.epochs, "seed": config.seed,
-        "pixel_size_angstrom": apix,
-        "median_pose_error_deg": align.median_error_deg, "mean_pose_error_deg": align.mean_error_deg,
-        "fraction_within_10deg": float((align.errors_deg < 10).double().mean()),
-        "encoder_median_pose_error_deg": align_enc.median_error_deg,
-        "encoder_mean_pose_error_deg": align_enc.mean_error_deg,
-        "hand": align.hand,
-        "abinitio_fsc0p5_angstrom": fsc_est["fsc0p5_angstrom"],
-        "abinitio_fsc0p143_angstrom": fsc_est["fsc0p143_angstrom"],
-        "known_pose_fsc0p5_angstrom": fsc_tomo["fsc0p5_angstrom"],
-        "known_pose_fsc0p143_angstrom": fsc_tomo["fsc0p143_angstrom"],
+        "pixel_size_angstrom": apix, **numbers,
         "abinitio_half_map_fsc0p143_angstrom": result.resolution_fsc0p143_angstrom,
         "median_confidence": float(result.confidence.median()),
         "seconds": seconds,
     }
     atomic_write_json(outdir / "demo_summary.json", summary, default=str)
+    write_demo_report(outdir, summary=summary, estimated_rotmats=aligned, true_rotmats=true_rotmats,
+                      symmetry=SCORING_SYMMETRY)
     return DemoResult(summary=summary, outdir=outdir)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["plot_loss_curve", "plot_angular_distribution", "plot_noise_spectrum", "plot_central_slices",
+__all__ = ["plot_loss_curve", "plot_angular_distribution", "asymmetric_unit_map", "plot_noise_spectrum", "plot_central_slices",
            "plot_image_pairs"]
 
 
@@ -58,13 +58,49 @@ def plot_loss_curve(epochs, losses, radii, path) -> Path:
     return _save(fig, path)
 
 
-def plot_angular_distribution(rotmats, path, *, title: str = "viewing directions") -> Path:
-    """2D histogram of viewing directions ``d = Rᵀ e_z`` as RELION ``(rot, tilt)``.
+def asymmetric_unit_map(symmetry: str, rot_deg, tilt_deg) -> np.ndarray:
+    """Which ``(rot, tilt)`` viewing directions lie in the asymmetric unit of a point group.
+
+    The unit is :func:`cryopose.symmetry.asymmetric_unit_mask`'s (the cell of the sphere
+    nearest its reference direction), the one :func:`cryopose.symmetry.asymmetric_unit_mates`
+    maps poses into; its area is ``1 / |G|`` of the sphere.
 
     Args:
-        rotmats: ``(N, 3, 3)`` poses.
-        path: Output PNG.
+        symmetry: Point-group symbol (``C1``, ``C4``, ``D2``, ``O``, ...).
+        rot_deg: ``(A,)`` RELION rot angles in degrees.
+        tilt_deg: ``(B,)`` RELION tilt angles in degrees.
+
+    Returns:
+        ``(B, A)`` boolean array: ``True`` where the direction
+        ``(sin tilt cos rot, sin tilt sin rot, cos tilt)`` is in the unit.
+
+    Raises:
+        SymmetryError: For an unknown symbol.
     """
+    from ..symmetry import asymmetric_unit_mask
+
+    rot = np.radians(np.asarray(rot_deg, dtype=float))[None, :]
+    tilt = np.radians(np.asarray(tilt_deg, dtype=float))[:, None]
+    d = np.stack(np.broadcast_arrays(np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot), np.cos(tilt)), -1)
+    return asymmetric_unit_mask(torch.from_numpy(d), symmetry, atol=1e-6).numpy()  # as asymmetric_unit_mates
+
+
+def plot_angular_distribution(rotmats, path, *, title: str = "viewing directions", symmetry: str = "C1") -> Path:
+    """2D histogram of viewing directions ``d = Rᵀ e_z`` as RELION ``(rot, tilt)``, with the
+    asymmetric unit of ``symmetry`` outlined (white line) and the rest of the sphere greyed.
+
+    Args:
+        rotmats: ``(N, 3, 3)`` poses (give the asymmetric-unit mates,
+            :func:`cryopose.symmetry.asymmetric_unit_mates`, to see them inside the unit).
+        path: Output PNG.
+        title: Title (the count and the symmetry are added).
+        symmetry: Point group whose asymmetric unit is drawn (``C1``: the whole sphere).
+
+    Raises:
+        SymmetryError: For an unknown symbol.
+    """
+    from ..symmetry import canonical_symbol
+
     r = torch.as_tensor(rotmats).double()
     d = r[:, 2, :].numpy()  # third row = viewing direction
     rot = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
@@ -75,10 +111,19 @@ def plot_angular_distribution(rotmats, path, *, title: str = "viewing directions
     edges_t = np.degrees(np.arccos(np.linspace(1, -1, 19)))
     h, _, _ = np.histogram2d(rot, tilt, bins=[np.linspace(-180, 180, 37), edges_t])
     ax.pcolormesh(np.linspace(-180, 180, 37), edges_t, h.T, cmap="viridis", shading="flat")
+    sym = canonical_symbol(symmetry)
+    if sym != "C1":
+        grid_rot, grid_tilt = np.linspace(-180, 180, 361), np.linspace(0, 180, 181)
+        inside = asymmetric_unit_map(sym, grid_rot, grid_tilt)
+        ax.contourf(grid_rot, grid_tilt, inside.astype(float), levels=[-0.5, 0.5], colors=["0.5"], alpha=0.6)
+        ax.contour(grid_rot, grid_tilt, inside.astype(float), levels=[0.5], colors="white", linewidths=1.2)
     ax.set_xlabel("rot (°)")
     ax.set_ylabel("tilt (°)")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(0, 180)
     ax.invert_yaxis()
-    ax.set_title(f"{title} (equal-area bins, N = {len(rot)})")
+    unit = "whole sphere (C1)" if sym == "C1" else f"{sym} asymmetric unit outlined"
+    ax.set_title(f"{title} (equal-area bins, N = {len(rot)}; {unit})", fontsize=9)
     return _save(fig, path)
 
 

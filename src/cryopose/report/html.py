@@ -1,9 +1,11 @@
-"""HTML report of an ab initio run: a self-contained page next to its PNG figures.
+"""HTML reports of an ab initio run and of the demo: self-contained pages next to their PNG figures.
 
 :func:`write_abinitio_report` draws the figures of :mod:`cryopose.report.figures` (loss curve,
 half-map FSC, angular distribution, central slices, particles beside their predicted
 projections) into ``OUTDIR`` and writes ``OUTDIR/report.html`` referring to them by relative
-path, with a table of the run's numbers and its configuration.
+path, with a table of the run's numbers and its configuration. :func:`write_demo_report` writes
+the demo's page: its numbers against the truth, the FSC against the true map and the viewing
+directions in the asymmetric unit of the symmetry the poses were scored in.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..symmetry import asymmetric_unit_mates
 from .figures import (plot_angular_distribution, plot_central_slices, plot_image_pairs, plot_loss_curve,
                       plot_noise_spectrum)
 
-__all__ = ["write_abinitio_report", "render_html"]
+__all__ = ["write_abinitio_report", "write_demo_report", "render_html"]
 
 
 def _fmt(v) -> str:
@@ -33,9 +35,9 @@ def _fmt(v) -> str:
 
 
 def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: dict | None = None,
-                notes: list[str] | None = None) -> str:
-    """A minimal HTML page: a key/value table, notes (paragraphs), figures (caption, relative path),
-    the config."""
+                notes: list[str] | None = None, links: list[tuple[str, str]] | None = None) -> str:
+    """A minimal HTML page: a key/value table, notes (paragraphs), links (text, relative path),
+    figures (caption, relative path; the caption is also the image's ``alt`` text), the config."""
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -47,6 +49,8 @@ def render_html(title: str, rows: dict, figures: list[tuple[str, str]], config: 
     parts.append("</table>")
     for note in notes or []:
         parts.append(f"<p>{html.escape(note)}</p>")
+    for text, href in links or []:
+        parts.append(f"<p><a href='{html.escape(href)}'>{html.escape(text)}</a></p>")
     for caption, src in figures:
         parts.append(f"<h2>{html.escape(caption)}</h2><img src='{html.escape(src)}' alt='{html.escape(caption)}'>")
     if config is not None:
@@ -126,7 +130,7 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
         figs.append(("half-map FSC", "fsc.png"))
     sym = config.model.symmetry
     plot_angular_distribution(asymmetric_unit_mates(inference.rotmats, sym), outdir / "angles.png",
-                              title=f"viewing directions in the {sym} asymmetric unit")
+                              title=f"viewing directions in the {sym} asymmetric unit", symmetry=sym)
     cov = summary.get("view_coverage") or {}
     figs.append((f"angular distribution of the inferred poses in the asymmetric unit of {sym} "
                  f"({100 * cov.get('covered_fraction', float('nan')):.0f}% of the viewing directions covered, "
@@ -151,4 +155,46 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
     path = outdir / "report.html"
     atomic_write_text(path, render_html("cryopose abinitio (CryoPoseNet)", rows, figs,
                                         dataclasses.asdict(config), notes=method_notes(config)))
+    return path
+
+
+def write_demo_report(outdir: Path, *, summary: dict, estimated_rotmats, true_rotmats, symmetry: str,
+                      fsc_figure: str = "fsc_vs_truth.png", abinitio_report: str = "abinitio/report.html") -> Path:
+    """Draw the viewing directions and write ``outdir/report.html`` of ``cryopose demo``.
+
+    Args:
+        outdir: Demo folder (holds ``fsc_figure`` and the ab initio run's report).
+        summary: Numbers for the table (``demo_summary.json``).
+        estimated_rotmats: ``(N, 3, 3)`` inferred poses aligned to the truth.
+        true_rotmats: ``(N, 3, 3)`` true poses.
+        symmetry: Point group of the scoring (the poses are shown in its asymmetric unit,
+            outlined on the plot).
+        fsc_figure: Relative path of the FSC-against-the-truth figure.
+        abinitio_report: Relative path of the ab initio run's report (linked).
+
+    Returns:
+        Path of ``report.html``.
+
+    Raises:
+        SymmetryError: For an unknown symbol.
+    """
+    from ..io.atomic import atomic_write_text
+
+    outdir = Path(outdir)
+    figs = [("FSC of the maps from the aligned inferred poses and from the true poses against the true map",
+             fsc_figure)]
+    for name, rotmats, who, short in (("angles_estimated.png", estimated_rotmats,
+                                       "inferred poses (aligned to the truth)", "inferred poses"),
+                                      ("angles_truth.png", true_rotmats, "true poses", "true poses")):
+        plot_angular_distribution(asymmetric_unit_mates(torch.as_tensor(rotmats).double(), symmetry), outdir / name,
+                                  title=short, symmetry=symmetry)
+        figs.append((f"viewing directions of the {who} in the asymmetric unit of {symmetry}, the symmetry the "
+                     "pose error is measured in", name))
+    rows = {k: v for k, v in summary.items() if not isinstance(v, (list, tuple))}
+    notes = [f"Pose errors are measured after a global alignment of the inferred poses to the true ones, modulo "
+             f"{symmetry} and the hand; the maps are reconstructed from the aligned inferred poses and from the "
+             "true poses (the known-pose baseline) with the same half sets."]
+    path = outdir / "report.html"
+    atomic_write_text(path, render_html("cryopose demo (CryoPoseNet on simulated β-galactosidase)", rows, figs,
+                                        notes=notes, links=[("the ab initio run's report", abinitio_report)]))
     return path

@@ -14,7 +14,7 @@ Loss of one minibatch of ``B`` images scaled to [0, 1] (:class:`ImageScaling`):
   log(1 − D(Dec(z_p)))``; with ``λ_GAN = 0`` the discriminator is not used (plain VAE);
 * ``L_cone = mean (μ₁² + μ₂² − μ₃²)²`` on the latent means (the paper's cone prior);
 * ``L_equi`` (an addition, ``λ_equivariance > 0``): the rotation-equivariance prior of
-  :func:`vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
+  :func:`cryopose.training.latent_losses.vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
   Without it (``λ_equivariance = 0``, the paper's model) the in-plane orbits are closed curves
   but rarely circles about the PCA axis in CPU-sized training runs (``benchmarks/inplane.py``).
 
@@ -52,14 +52,12 @@ from .. import __version__
 from ..errors import UserError
 from ..fourier import fourier_downsample_images
 from ..models.vaegan import VAEGAN, VAEGANConfig
+from .latent_config import ImageScaling, LatentTrainConfig, LatentTrainResult
+from .latent_losses import _discriminator_loss, vaegan_losses
 
 __all__ = [
-    "ImageScaling",
-    "LatentTrainConfig",
-    "LatentTrainResult",
     "fit_scaling",
     "prepare_batch",
-    "vaegan_losses",
     "train_vaegan",
     "LatentCodes",
     "encode_latents",
@@ -71,164 +69,6 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ImageScaling:
-    """Affine map of (preprocessed) pixel values to [0, 1]: ``clip((x − low) / (high − low), 0, 1)``.
-
-    Attributes:
-        low, high: Pixel values mapped to 0 and 1 (data set quantiles, :func:`fit_scaling`).
-    """
-
-    low: float
-    high: float
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Scale and clip ``x`` to [0, 1]."""
-        return ((x - self.low) / (self.high - self.low)).clamp_(0.0, 1.0)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LatentTrainConfig:
-    """Options of :func:`train_vaegan`.
-
-    The loss weights are relative to the BCE **summed** over the pixels of an image (nats per
-    image). The paper's code averages the BCE over pixels instead, so its ``λ`` correspond to
-    ``λ · m²`` here for ``m × m`` network inputs; its cone weight 1 is therefore a strong cone
-    (the default 100 here, at 32 px). The defaults were chosen on simulated in-plane data
-    (``benchmarks/inplane.py``); ``lambda_equivariance=0`` is the paper's model.
-
-    Attributes:
-        latent_dim: Latent dimension ``L`` (paper: 3 or 4).
-        train_box_size: Fourier-downsample the images to this edge before the networks
-            (``None``: the data's box). Not in the paper; it makes CPU training 4× faster at 32 px.
-        channels: First-layer filters of encoder/decoder (:class:`VAEGANConfig`).
-        decoder_depth: Decoder layers (``None``: the minimum for the box).
-        epochs: Passes over the training images.
-        batch_size: Images per step (paper: 16).
-        learning_rate: Adam learning rate.
-        betas: Adam ``(β₁, β₂)`` (paper: ``(0.9, 0.999)``).
-        final_lr_fraction: Cosine decay of the learning rate over the epochs down to this
-            fraction of it (1 = constant, as in the paper).
-        lambda_reg: Weight of the KL term.
-        lambda_gan: Weight of the generator's GAN loss (0 = plain VAE, no discriminator).
-        lambda_cone: Weight of the cone prior (paper: 1).
-        lambda_equivariance: Weight of the rotation-equivariance prior (not in the paper; 0 =
-            off): see :func:`vaegan_losses`.
-        equivariance_order: ``k`` of the prior: ``(μ₁, μ₂)`` turns by ``−k θ`` when the image
-            turns by ``θ``. Use the ``k`` of a ``k``-fold symmetric view (its images repeat
-            every ``360°/k``, so only the quotient angle can be encoded).
-        equivariance_normalization: ``"total"`` or ``"split"`` (see :func:`_equivariance`).
-        mask_radius_fraction: Multiply every image by a soft circular mask of this radius
-            (fraction of ``n/2``) so that in-plane rotations keep the image inside the box
-            (``None`` = no mask).
-        kl_warmup_epochs: Ramp ``λ_reg`` linearly from 0 over this many epochs (0 = off).
-        validation_fraction: Held-out fraction for the validation loss, in [0, 0.5].
-        invert_contrast: Multiply images by −1 first (dark particles → bright).
-        scaling_quantiles: Pixel quantiles mapped to 0 and 1.
-        scaling_sample: Images used to estimate the quantiles.
-        seed: Seed of the split, initialisation, batches and latent noise.
-
-    Raises:
-        UserError: Values out of range (on construction).
-    """
-
-    latent_dim: int = 3
-    train_box_size: int | None = 32
-    channels: int = 16
-    decoder_depth: int | None = None
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    final_lr_fraction: float = 0.05
-    lambda_reg: float = 0.01
-    lambda_gan: float = 0.0
-    lambda_cone: float = 100.0
-    lambda_equivariance: float = 10.0
-    equivariance_order: int = 1
-    equivariance_normalization: str = "total"
-    mask_radius_fraction: float | None = 1.0
-    kl_warmup_epochs: int = 0
-    validation_fraction: float = 0.1
-    invert_contrast: bool = False
-    scaling_quantiles: tuple[float, float] = (0.001, 0.999)
-    scaling_sample: int = 512
-    seed: int = 0
-
-    def __post_init__(self):
-        put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-        put("betas", tuple(float(b) for b in self.betas))
-        put("scaling_quantiles", tuple(float(q) for q in self.scaling_quantiles))
-        if int(self.latent_dim) < 3:
-            raise UserError(f"latent dimension must be >= 3 (the cone needs three axes), got {self.latent_dim}")
-        if self.train_box_size is not None and int(self.train_box_size) < 8:
-            raise UserError(f"training box must be >= 8 px, got {self.train_box_size}")
-        if int(self.epochs) < 1 or int(self.batch_size) < 2:
-            raise UserError(f"need epochs >= 1 and batch size >= 2, got {self.epochs} and {self.batch_size}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise UserError(f"learning rate must be positive, got {self.learning_rate}")
-        if self.mask_radius_fraction is not None and not (0.0 < self.mask_radius_fraction <= 1.5):
-            raise UserError(f"mask radius fraction must be in (0, 1.5], got {self.mask_radius_fraction}")
-        for name in ("lambda_reg", "lambda_gan", "lambda_cone", "lambda_equivariance"):
-            v = getattr(self, name)
-            if not (v >= 0 and math.isfinite(v)):
-                raise UserError(f"{name} must be >= 0, got {v}")
-        if self.equivariance_normalization not in ("total", "split"):
-            raise UserError(f"equivariance normalisation must be total or split, got {self.equivariance_normalization!r}")
-        if int(self.equivariance_order) < 1:
-            raise UserError(f"equivariance order must be >= 1, got {self.equivariance_order}")
-        if not (0.0 < self.final_lr_fraction <= 1.0):
-            raise UserError(f"final learning-rate fraction must be in (0, 1], got {self.final_lr_fraction}")
-        if not (0.0 <= self.validation_fraction <= 0.5):
-            raise UserError(f"validation fraction must be in [0, 0.5], got {self.validation_fraction}")
-        lo, hi = self.scaling_quantiles
-        if not (0.0 <= lo < hi <= 1.0):
-            raise UserError(f"scaling quantiles must satisfy 0 <= low < high <= 1, got {self.scaling_quantiles}")
-
-    def model_config(self, box_size: int) -> VAEGANConfig:
-        """The :class:`VAEGANConfig` for images of ``box_size`` px (after downsampling)."""
-        from ..models.vaegan import conv_plan
-
-        m = self.network_box(box_size)
-        depth = self.decoder_depth if self.decoder_depth is not None else len(conv_plan(m)) - 1
-        try:
-            return VAEGANConfig(box_size=m, latent_dim=int(self.latent_dim), channels=int(self.channels),
-                                decoder_depth=int(depth))
-        except ValueError as err:
-            raise UserError(str(err)) from None
-
-    def network_box(self, box_size: int) -> int:
-        """Edge of the images the networks see."""
-        return int(box_size) if self.train_box_size is None else min(int(box_size), int(self.train_box_size))
-
-
-@dataclasses.dataclass
-class LatentTrainResult:
-    """Outcome of :func:`train_vaegan`.
-
-    Attributes:
-        model: The trained :class:`VAEGAN` (eval mode).
-        scaling: The pixel scaling it was trained with.
-        config: The training options.
-        history: One dict per epoch (losses, validation loss, seconds).
-        train_indices, validation_indices: The split (0-based positions in ``source``).
-        box_size: Edge of the input images (before downsampling).
-    """
-
-    model: VAEGAN
-    scaling: ImageScaling
-    config: LatentTrainConfig
-    history: list[dict]
-    train_indices: np.ndarray
-    validation_indices: np.ndarray
-    box_size: int
-
-    @property
-    def validation_loss(self) -> float:
-        """Validation loss of the last epoch (``nan`` without a validation split)."""
-        return float(self.history[-1]["val_loss"]) if self.history else math.nan
 
 
 def _read(source, idx: np.ndarray) -> torch.Tensor:
@@ -251,7 +91,7 @@ def _preprocess(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
 def _mask(x: torch.Tensor, config: LatentTrainConfig) -> torch.Tensor:
     if config.mask_radius_fraction is None:
         return x
-    from .rotinv import circular_mask
+    from .inplane import circular_mask
 
     return x * circular_mask(x.shape[-1], radius_fraction=config.mask_radius_fraction, dtype=x.dtype)
 
@@ -282,93 +122,6 @@ def prepare_batch(source, idx: np.ndarray, config: LatentTrainConfig, scaling: I
     in-plane rotation (:func:`cryopose.data.transforms.rotate_images`) pads with.
     """
     return _mask(scaling.apply(_preprocess(_read(source, idx), config)), config)
-
-
-def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
-
-
-def _cone(mu: torch.Tensor) -> torch.Tensor:
-    return (mu[:, 0] ** 2 + mu[:, 1] ** 2 - mu[:, 2] ** 2).pow(2).mean()
-
-
-def vaegan_losses(model: VAEGAN, x: torch.Tensor, config: LatentTrainConfig, *, generator: torch.Generator | None = None,
-                  lambda_reg: float | None = None) -> dict[str, torch.Tensor]:
-    """Encoder/decoder losses of one batch (see the module docstring).
-
-    Args:
-        model: The VAE-GAN (train or eval mode: eval uses ``z = μ``).
-        x: ``(B, m, m)`` images in [0, 1].
-        config: Loss weights.
-        generator: Source of the latent noise and prior samples.
-        lambda_reg: Override of ``config.lambda_reg`` (KL warm-up).
-
-    Returns:
-        Dict with ``total``, ``rec``, ``kl``, ``cone``, ``gan`` (0 when ``λ_GAN = 0``) and the
-        detached ``recon`` (sigmoid images) and ``prior`` (decoded prior samples or ``None``).
-    """
-    lam_reg = config.lambda_reg if lambda_reg is None else lambda_reg
-    logits, mu, logvar, _ = model(x, generator)
-    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1).mean()
-    kl = _kl(mu, logvar)
-    cone = _cone(mu)
-    total = rec + lam_reg * kl + config.lambda_cone * cone
-    gan = torch.zeros((), dtype=x.dtype)
-    prior = None
-    equi = torch.zeros((), dtype=x.dtype)
-    if config.lambda_equivariance > 0 and model.training:
-        equi = _equivariance(model, x, mu, generator, order=int(config.equivariance_order),
-                             split=config.equivariance_normalization == "split")
-        total = total + config.lambda_equivariance * equi
-    if config.lambda_gan > 0 and model.training:
-        zp = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-        prior = torch.sigmoid(model.decoder(zp))
-        recon = torch.sigmoid(logits)
-        disc = model.discriminator
-        for p in disc.parameters():
-            p.requires_grad_(False)
-        gan = F.softplus(-disc(recon)).mean() + F.softplus(-disc(prior)).mean()
-        for p in disc.parameters():
-            p.requires_grad_(True)
-        total = total + config.lambda_gan * gan
-        prior = prior.detach()
-    return {"total": total, "rec": rec, "kl": kl, "cone": cone, "gan": gan, "equi": equi,
-            "recon": torch.sigmoid(logits.detach()), "prior": prior}
-
-
-def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: torch.Generator | None, *,
-                  order: int = 1, split: bool = False) -> torch.Tensor:
-    """Rotation-equivariance prior (an addition to the paper).
-
-    Each image is turned by a random ``θ`` (:func:`cryopose.data.transforms.rotate_images`,
-    which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with
-    ``(μ₁, μ₂)`` turned by ``−k θ`` and ``μ₃…`` unchanged, so that the polar angle of ``(μ₁, μ₂)``
-    moves with ``k ψ`` and the in-plane orbit is a circle about the ``μ₃`` axis (``k = order``,
-    1 unless the view is ``k``-fold symmetric). ``split=False``: the squared error divided by
-    ``mean |μ|²`` (so that shrinking the whole latent does not satisfy it); ``split=True``: the
-    errors of ``(μ₁, μ₂)`` and of ``(μ₃, …)`` each divided by their own mean square, so that
-    shrinking ``(μ₁, μ₂)`` alone does not pay either.
-    """
-    from .rotinv import random_angles, rotate_images
-
-    theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
-    mu_rot, _ = model.encoder(rotate_images(x, theta))
-    c, s = torch.cos(order * theta), torch.sin(order * theta)
-    # turn (μ1, μ2) by −kθ: (c μ1 + s μ2, −s μ1 + c μ2)
-    target = mu.clone()
-    target[:, 0] = c * mu[:, 0] + s * mu[:, 1]
-    target[:, 1] = -s * mu[:, 0] + c * mu[:, 1]
-    d = (mu_rot - target).pow(2)
-    sq = mu.detach().pow(2)
-    if not split:
-        return d.sum(1).mean() / (sq.sum(1).mean() + 1e-6)
-    err = d[:, :2].sum(1).mean() / (sq[:, :2].sum(1).mean() + 1e-6)
-    return err + d[:, 2:].sum(1).mean() / (sq[:, 2:].sum(1).mean() + 1e-6)
-
-
-def _discriminator_loss(model: VAEGAN, x: torch.Tensor, recon: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    d = model.discriminator
-    return F.softplus(-d(x)).mean() + F.softplus(d(recon)).mean() + F.softplus(d(prior)).mean()
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -458,6 +211,63 @@ def load_latent_checkpoint(path) -> tuple[VAEGAN, ImageScaling, LatentTrainConfi
     return model, ImageScaling(**ck["scaling"]), config, ck
 
 
+def _resume(checkpoint_path, model: VAEGAN, opt_g, opt_d, gen: torch.Generator, *, config: LatentTrainConfig,
+            box: int, n: int) -> tuple[ImageScaling, list[dict], int]:
+    """Load a run's checkpoint into ``model``, the optimisers and ``gen``; return its scaling,
+    history and epoch. ``UserError`` when it was trained on other data or with other options
+    (only ``epochs`` may change)."""
+    _, scaling, old_config, ck = load_latent_checkpoint(checkpoint_path)
+    if ck["box_size"] != box or len(ck["train_indices"]) + len(ck["validation_indices"]) != n:
+        raise UserError(f"{checkpoint_path}: checkpoint was trained on other data; use another output folder")
+    if dataclasses.replace(old_config, epochs=config.epochs) != config:
+        raise UserError(f"{checkpoint_path}: checkpoint was trained with other options; only --epochs may change")
+    model.load_state_dict(ck["model"])
+    opt_g.load_state_dict(ck["opt_g"])
+    if opt_d is not None and ck["opt_d"] is not None:
+        opt_d.load_state_dict(ck["opt_d"])
+    gen.set_state(ck["generator_state"])
+    return scaling, list(ck["history"]), int(ck["epoch"])
+
+
+def _start_epoch(epoch: int, config: LatentTrainConfig, opt_g, opt_d) -> float:
+    """Set the cosine-annealed learning rate of epoch ``epoch`` (0-based) on both optimisers
+    and return that epoch's KL weight (``λ_reg``, ramped over ``kl_warmup_epochs``)."""
+    frac = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
+        1 + math.cos(math.pi * epoch / config.epochs))
+    for opt in (opt_g, opt_d):
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = config.learning_rate * frac
+    lam_reg = config.lambda_reg
+    if config.kl_warmup_epochs > 0:
+        lam_reg *= min(1.0, (epoch + 1) / config.kl_warmup_epochs)
+    return lam_reg
+
+
+def _train_epoch(model: VAEGAN, opt_g, opt_d, source, order: np.ndarray, *, config: LatentTrainConfig,
+                 scaling: ImageScaling, generator: torch.Generator, lambda_reg: float, steps: int, bar) -> dict:
+    """``steps`` steps over the images ``order`` (batches of ``config.batch_size``): encoder and
+    decoder, then the discriminator when there is one. Returns the summed loss terms."""
+    sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "cone": 0.0, "gan": 0.0, "equi": 0.0, "disc": 0.0}
+    for s in range(steps):
+        x = prepare_batch(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size]), config, scaling)
+        out = vaegan_losses(model, x, config, generator=generator, lambda_reg=lambda_reg)
+        opt_g.zero_grad(set_to_none=True)
+        out["total"].backward()
+        opt_g.step()
+        if opt_d is not None:
+            dl = _discriminator_loss(model, x, out["recon"], out["prior"])
+            opt_d.zero_grad(set_to_none=True)
+            dl.backward()
+            opt_d.step()
+            sums["disc"] += float(dl.detach())
+        sums["loss"] += float(out["total"].detach())
+        for k in ("rec", "kl", "cone", "gan", "equi"):
+            sums[k] += float(out[k].detach())
+        bar.update(1)
+    return sums
+
+
 def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, resume: bool = False,
                  progress: bool = True, log: Callable[[str], None] | None = None,
                  trial_callback: Callable[[int, dict], None] | None = None) -> LatentTrainResult:
@@ -500,18 +310,7 @@ def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, res
     start_epoch = 0
     scaling = None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        _, scaling, old_config, ck = load_latent_checkpoint(checkpoint_path)
-        if ck["box_size"] != box or len(ck["train_indices"]) + len(ck["validation_indices"]) != n:
-            raise UserError(f"{checkpoint_path}: checkpoint was trained on other data; use another output folder")
-        if dataclasses.replace(old_config, epochs=config.epochs) != config:
-            raise UserError(f"{checkpoint_path}: checkpoint was trained with other options; only --epochs may change")
-        model.load_state_dict(ck["model"])
-        opt_g.load_state_dict(ck["opt_g"])
-        if opt_d is not None and ck["opt_d"] is not None:
-            opt_d.load_state_dict(ck["opt_d"])
-        gen.set_state(ck["generator_state"])
-        history = list(ck["history"])
-        start_epoch = int(ck["epoch"])
+        scaling, history, start_epoch = _resume(checkpoint_path, model, opt_g, opt_d, gen, config=config, box=box, n=n)
     if scaling is None:
         scaling = fit_scaling(source, config, indices=train_idx)
     steps = len(train_idx) // config.batch_size
@@ -524,32 +323,9 @@ def train_vaegan(source, config: LatentTrainConfig, *, checkpoint_path=None, res
         t0 = time.perf_counter()
         rng = np.random.default_rng([config.seed, epoch])
         order = train_idx[rng.permutation(len(train_idx))]
-        frac = config.final_lr_fraction + (1 - config.final_lr_fraction) * 0.5 * (
-            1 + math.cos(math.pi * epoch / config.epochs))
-        for opt in (opt_g, opt_d):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = config.learning_rate * frac
-        lam_reg = config.lambda_reg
-        if config.kl_warmup_epochs > 0:
-            lam_reg *= min(1.0, (epoch + 1) / config.kl_warmup_epochs)
-        sums = {"loss": 0.0, "rec": 0.0, "kl": 0.0, "cone": 0.0, "gan": 0.0, "equi": 0.0, "disc": 0.0}
-        for s in range(steps):
-            x = prepare_batch(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size]), config, scaling)
-            out = vaegan_losses(model, x, config, generator=gen, lambda_reg=lam_reg)
-            opt_g.zero_grad(set_to_none=True)
-            out["total"].backward()
-            opt_g.step()
-            if opt_d is not None:
-                dl = _discriminator_loss(model, x, out["recon"], out["prior"])
-                opt_d.zero_grad(set_to_none=True)
-                dl.backward()
-                opt_d.step()
-                sums["disc"] += float(dl.detach())
-            sums["loss"] += float(out["total"].detach())
-            for k in ("rec", "kl", "cone", "gan", "equi"):
-                sums[k] += float(out[k].detach())
-            bar.update(1)
+        lam_reg = _start_epoch(epoch, config, opt_g, opt_d)
+        sums = _train_epoch(model, opt_g, opt_d, source, order, config=config, scaling=scaling, generator=gen,
+                            lambda_reg=lam_reg, steps=steps, bar=bar)
         row = {"epoch": epoch + 1, **{k: v / steps for k, v in sums.items()}, "lambda_reg": lam_reg}
         row.update(_validate(model, source, val_idx, config, scaling))
         row["seconds"] = time.perf_counter() - t0

@@ -52,71 +52,16 @@ import torch
 from .. import __version__
 from ..data.transforms import rotate_images
 from ..errors import UserError
-from ..fourier import frequency_indices
 from .checkpoint import ROTINV_FORMAT, SPATIAL_VAE_FORMAT, load_checkpoint, save_checkpoint
+from .inplane import circular_mask, lowpass_images, random_angles, spatial_vae_angle_to_theta, wrap_angle
+from .rotinv_losses import _gradient_penalty, _spatial_vae_loss, angle_loss, image_loss, rotinv_angle_objective
 
 __all__ = [
-    "rotate_images", "circular_mask", "random_angles", "theta_to_psi_deg", "psi_deg_to_theta",
-    "spatial_vae_angle_to_theta", "wrap_angle", "lowpass_images", "Standardization", "RotInvTrainConfig",
-    "fit_standardization", "prepare_images", "load_rotinv_checkpoint", "angle_loss", "angle_vector_loss",
-    "rotinv_angle_objective", "image_loss",
+    "rotate_images", "Standardization", "RotInvTrainConfig",
+    "fit_standardization", "prepare_images", "load_rotinv_checkpoint",
     "RotInvTrainResult", "train_rotinv", "train_spatial_vae", "RotInvPrediction", "predict_rotinv",
     "DownsampledSource",
 ]
-
-
-def circular_mask(n: int, *, radius_fraction: float = 1.0, soft_edge_px: float = 2.0, device=None,
-                  dtype=torch.float32) -> torch.Tensor:
-    """Soft circular mask ``(n, n)``: 1 inside radius ``radius_fraction · n / 2 − soft_edge_px``,
-    a raised-cosine fall to 0 at ``radius_fraction · n / 2`` (centre ``n // 2``)."""
-    c = frequency_indices(n, device=device, dtype=torch.float64)
-    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-    outer = radius_fraction * n / 2.0
-    inner = max(0.0, outer - soft_edge_px)
-    t = ((r - inner) / max(outer - inner, 1e-9)).clamp(0.0, 1.0)
-    return (0.5 * (1.0 + torch.cos(math.pi * t))).to(dtype)
-
-
-def random_angles(n: int, *, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
-    """``n`` angles uniform in ``[0, 2π)`` (radians)."""
-    return torch.rand(n, generator=generator, dtype=dtype) * (2.0 * math.pi)
-
-
-def theta_to_psi_deg(theta_rad):
-    """Image rotation ``θ`` (radians, counter-clockwise) → the ``rlnAnglePsi`` change it makes, degrees (``−θ``)."""
-    return -torch.rad2deg(torch.as_tensor(theta_rad))
-
-
-def psi_deg_to_theta(psi_deg):
-    """``rlnAnglePsi`` (degrees) → the image rotation ``θ = −ψ`` that makes it from ``ψ = 0`` (radians)."""
-    return -torch.deg2rad(torch.as_tensor(psi_deg))
-
-
-def spatial_vae_angle_to_theta(angle_rad):
-    """spatial-VAE's coordinate rotation ``θ_sv`` → the image rotation ``θ = −θ_sv`` of :func:`rotate_images`."""
-    return -torch.as_tensor(angle_rad)
-
-
-def wrap_angle(a: torch.Tensor) -> torch.Tensor:
-    """Angles wrapped to ``(−π, π]`` (radians); differentiable almost everywhere."""
-    return torch.atan2(torch.sin(a), torch.cos(a))
-
-
-def lowpass_images(images: torch.Tensor, fraction: float | None) -> torch.Tensor:
-    """Zero the Fourier components above ``fraction`` × Nyquist (``None`` or >= 1: unchanged)."""
-    if fraction is None or fraction >= 1.0:
-        return images
-    from ..fourier import centered_fft2, centered_ifft2
-
-    n = images.shape[-1]
-    k = frequency_indices(n, device=images.device, dtype=images.dtype)
-    mask = ((k[:, None] ** 2 + k[None, :] ** 2) <= (fraction * n / 2.0) ** 2).to(images.dtype)
-    return centered_ifft2(centered_fft2(images) * mask).real.to(images.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Configs, checkpoints
-# --------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -256,72 +201,8 @@ def load_rotinv_checkpoint(path):
 
 
 # --------------------------------------------------------------------------------------------
-# Losses and training
+# Training
 # --------------------------------------------------------------------------------------------
-
-
-def angle_loss(theta_true: torch.Tensor, theta_pred: torch.Tensor) -> torch.Tensor:
-    """Bibas et al.'s periodic angle loss ``mean(exp(|wrap(θ − θ̂)|) − 1)`` (radians)."""
-    return torch.expm1(wrap_angle(theta_true - theta_pred).abs()).mean()
-
-
-def angle_vector_loss(theta_true: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
-    """``mean ‖v − (cos θ, sin θ)‖²`` on the angle head's raw 2-vector ``v`` ``(B, 2)``."""
-    target = torch.stack([torch.cos(theta_true), torch.sin(theta_true)], dim=1).to(vector.dtype)
-    return (vector - target).pow(2).sum(1).mean()
-
-
-def rotinv_angle_objective(theta_true: torch.Tensor, vector: torch.Tensor, config: "RotInvTrainConfig",
-                           epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The angle terms of the training loss at ``epoch`` (0-based): ``(weighted periodic loss,
-    weighted vector loss)``.
-
-    The periodic loss ``exp(|θ − θ̂|) − 1`` is convex in the circular error, so when an image's
-    angle is (still) ambiguous between two modes ``θ`` and ``θ + π`` — the encoder has found the
-    particle's long axis but not its polarity, or the data are nearly 2-fold symmetric — its
-    minimiser is the *midpoint* between the modes, ±90° from both; an encoder trained on it alone
-    gets stuck with errors clustered at ±90°. The squared error of the raw head vector to
-    ``(cos θ, sin θ)`` is minimised by the conditional mean direction instead, which points to the
-    likelier mode (and shrinks the vector where the modes are equally likely), so the polarity can
-    still be learned. The periodic loss (weight ``lambda_angle``) joins after the first
-    ``angle_warmup_fraction`` of the epochs.
-    """
-    lv = config.lambda_vector * angle_vector_loss(theta_true, vector) if config.lambda_vector > 0 else vector.sum() * 0
-    warm = epoch < int(round(config.angle_warmup_fraction * config.epochs))
-    if config.lambda_angle == 0 or warm:
-        return vector.sum() * 0, lv
-    theta_hat = torch.atan2(vector[:, 1], vector[:, 0])
-    return config.lambda_angle * angle_loss(theta_true, theta_hat), lv
-
-
-def image_loss(target: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """``mean over images of (‖x − x̂‖₂ + ‖x − x̂‖₁) / n`` for ``(B, n, n)`` images."""
-    d = (target - pred).flatten(1)
-    n = target.shape[-1]
-    return ((d.pow(2).sum(1) + 1e-12).sqrt() + d.abs().sum(1)).mean() / n
-
-
-def _gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, generator) -> torch.Tensor:
-    a = torch.rand(real.shape[0], 1, generator=generator, dtype=real.dtype)
-    mix = (a * real + (1 - a) * fake).requires_grad_(True)
-    g, = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
-    return (g.norm(dim=1) - 1.0).pow(2).mean()
-
-
-def _spatial_vae_loss(out: dict, x: torch.Tensor, model, config: RotInvTrainConfig) -> dict[str, torch.Tensor]:
-    cfg = model.config
-    rec = 0.5 * (x - out["recon"]).pow(2).flatten(1).sum(1).mean() / config.obs_std**2
-    zmu, zls = out["z_mu"], out["z_logstd"]
-    kl_z = (0.5 * (zmu.pow(2) + torch.exp(2 * zls)) - zls - 0.5).sum(1).mean()
-    s2 = cfg.theta_prior_std**2
-    tmu, tls = out["theta_mu"], out["theta_logstd"]
-    kl_t = (0.5 * (tmu.pow(2) + torch.exp(2 * tls)) / s2 - tls + 0.5 * math.log(s2) - 0.5).mean()
-    kl_tr = torch.zeros((), dtype=x.dtype)
-    if cfg.translation:
-        st2 = cfg.translation_prior_std**2
-        m, ls = out["t_mu"], out["t_logstd"]
-        kl_tr = (0.5 * (m.pow(2) + torch.exp(2 * ls)) / st2 - ls + 0.5 * math.log(st2) - 0.5).sum(1).mean()
-    return {"total": rec + kl_z + kl_t + kl_tr, "rec": rec, "kl_z": kl_z, "kl_theta": kl_t}
 
 
 @dataclasses.dataclass
@@ -334,6 +215,76 @@ class RotInvTrainResult:
     standardization: Standardization
     history: list
     seconds: float
+
+
+def _resume(checkpoint_path, kind: str, config: RotInvTrainConfig, model, opt, opt_c,
+            gen: torch.Generator) -> tuple[Standardization, list, int]:
+    """Load a run's checkpoint into ``model``, the optimisers and ``gen``; return its
+    standardisation, history and epoch (``UserError`` for another model or other options)."""
+    _, k, old_cfg, std, ck = load_rotinv_checkpoint(checkpoint_path)
+    if k != kind or dataclasses.replace(old_cfg, epochs=config.epochs) != config:
+        raise UserError(f"{checkpoint_path}: checkpoint was trained with another model or options")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    if opt_c is not None and ck.get("opt_c") is not None:
+        opt_c.load_state_dict(ck["opt_c"])
+    gen.set_state(ck["generator_state"])
+    return std, list(ck["history"]), int(ck["epoch"])
+
+
+def _save(checkpoint_path, kind: str, model, config: RotInvTrainConfig, std: Standardization, opt, opt_c, *,
+          epoch: int, history: list, generator: torch.Generator) -> None:
+    """Write the checkpoint of epoch ``epoch`` (1-based) atomically."""
+    save_checkpoint(checkpoint_path, {
+        "cryopose_version": __version__,
+        "model_config": dataclasses.asdict(model.config), "train_config": dataclasses.asdict(config),
+        "standardization": dataclasses.asdict(std), "model": model.state_dict(), "opt": opt.state_dict(),
+        "opt_c": opt_c.state_dict() if opt_c is not None else None, "epoch": epoch, "history": history,
+        "generator_state": generator.get_state(), "box_size": int(model.config.box_size)},
+        format=ROTINV_FORMAT if kind == "rotinv" else SPATIAL_VAE_FORMAT)
+
+
+def _step(kind: str, model, opt, opt_c, x: torch.Tensor, *, config: RotInvTrainConfig, epoch: int,
+          generator: torch.Generator) -> dict[str, float]:
+    """One training step on the standardised batch ``x`` ``(B, n, n)``, turned by random angles:
+    the model (and, for ``rotinv`` with ``lambda_wasserstein > 0``, the latent critic ``opt_c``).
+    Returns the loss terms of the step."""
+    theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
+    x_in = rotate_images(x, theta)
+    if kind == "rotinv":
+        canon, theta_hat, code, vec = model(lowpass_images(x_in, config.input_lowpass))
+        la, lv = rotinv_angle_objective(theta, vec, config, epoch)
+        li = image_loss(x, canon)
+        loss = la + lv + config.lambda_image * li
+        parts = {"angle": float(angle_loss(theta, theta_hat).detach()), "vector": float(lv.detach()),
+                 "image": float(li.detach())}
+        if opt_c is not None:
+            for p in model.critic.parameters():
+                p.requires_grad_(False)
+            adv = -model.critic(code).mean()
+            for p in model.critic.parameters():
+                p.requires_grad_(True)
+            loss = loss + config.lambda_wasserstein * adv
+            parts["adv"] = float(adv.detach())
+    else:
+        out = model(x_in, generator)
+        terms = _spatial_vae_loss(out, x_in, model, config)
+        loss = terms["total"]
+        parts = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if opt_c is not None:
+        fake = code.detach()
+        real = torch.randn(fake.shape, generator=generator, dtype=fake.dtype)
+        lc = (model.critic(fake).mean() - model.critic(real).mean()
+              + config.gradient_penalty * _gradient_penalty(model.critic, real, fake, generator))
+        opt_c.zero_grad(set_to_none=True)
+        lc.backward()
+        opt_c.step()
+        parts["critic"] = float(lc.detach())
+    parts["loss"] = float(loss.detach())
+    return parts
 
 
 def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indices=None, checkpoint_path=None,
@@ -358,15 +309,7 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
     history: list = []
     start = 0
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        _, k, old_cfg, std, ck = load_rotinv_checkpoint(checkpoint_path)
-        if k != kind or dataclasses.replace(old_cfg, epochs=config.epochs) != config:
-            raise UserError(f"{checkpoint_path}: checkpoint was trained with another model or options")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        if opt_c is not None and ck.get("opt_c") is not None:
-            opt_c.load_state_dict(ck["opt_c"])
-        gen.set_state(ck["generator_state"])
-        history, start = list(ck["history"]), int(ck["epoch"])
+        std, history, start = _resume(checkpoint_path, kind, config, model, opt, opt_c, gen)
     if std is None:
         std = fit_standardization(source, idx_all, invert_contrast=config.invert_contrast, seed=config.seed)
     steps = len(idx_all) // config.batch_size
@@ -386,41 +329,7 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
         for s in range(steps):
             x = prepare_images(_read(source, np.sort(order[s * config.batch_size:(s + 1) * config.batch_size])),
                                config, std)
-            theta = random_angles(x.shape[0], generator=gen, dtype=x.dtype)
-            x_in = rotate_images(x, theta)
-            if kind == "rotinv":
-                canon, theta_hat, code, vec = model(lowpass_images(x_in, config.input_lowpass))
-                la, lv = rotinv_angle_objective(theta, vec, config, epoch)
-                li = image_loss(x, canon)
-                loss = la + lv + config.lambda_image * li
-                parts = {"angle": float(angle_loss(theta, theta_hat).detach()), "vector": float(lv.detach()),
-                         "image": float(li.detach())}
-                if use_critic:
-                    for p in model.critic.parameters():
-                        p.requires_grad_(False)
-                    adv = -model.critic(code).mean()
-                    for p in model.critic.parameters():
-                        p.requires_grad_(True)
-                    loss = loss + config.lambda_wasserstein * adv
-                    parts["adv"] = float(adv.detach())
-            else:
-                out = model(x_in, gen)
-                terms = _spatial_vae_loss(out, x_in, model, config)
-                loss = terms["total"]
-                parts = {k: float(v.detach()) for k, v in terms.items() if k != "total"}
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if use_critic:
-                fake = code.detach()
-                real = torch.randn(fake.shape, generator=gen, dtype=fake.dtype)
-                lc = (model.critic(fake).mean() - model.critic(real).mean()
-                      + config.gradient_penalty * _gradient_penalty(model.critic, real, fake, gen))
-                opt_c.zero_grad(set_to_none=True)
-                lc.backward()
-                opt_c.step()
-                parts["critic"] = float(lc.detach())
-            parts["loss"] = float(loss.detach())
+            parts = _step(kind, model, opt, opt_c, x, config=config, epoch=epoch, generator=gen)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.update(1)
@@ -431,13 +340,7 @@ def _train(kind: str, source, model_config, config: RotInvTrainConfig, *, indice
                                                                   if k not in ("epoch", "seconds"))
                 + f" ({row['seconds']:.1f} s)")
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "cryopose_version": __version__,
-                "model_config": dataclasses.asdict(model.config), "train_config": dataclasses.asdict(config),
-                "standardization": dataclasses.asdict(std), "model": model.state_dict(), "opt": opt.state_dict(),
-                "opt_c": opt_c.state_dict() if opt_c is not None else None, "epoch": epoch + 1, "history": history,
-                "generator_state": gen.get_state(), "box_size": int(model.config.box_size)},
-                format=ROTINV_FORMAT if kind == "rotinv" else SPATIAL_VAE_FORMAT)
+            _save(checkpoint_path, kind, model, config, std, opt, opt_c, epoch=epoch + 1, history=history, generator=gen)
     bar.close()
     model.eval()
     return RotInvTrainResult(model=model, kind=kind, config=config, standardization=std, history=history,

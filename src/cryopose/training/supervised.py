@@ -58,18 +58,15 @@ from .. import __version__
 from ..metrics.pose_error import symmetry_aware_errors
 from ..metrics.reprojection import reprojection_rmse
 from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
-from ..fourier import fourier_downsample_volume
-from ..projection import prepare_volume_ft, project
-from ..data.transforms import rotate_images, rotate_quarter_turns
-from ..rotations import inplane_rotation, random_rotations, rotmat_to_quaternion
-from ..symmetry import canonical_symbol, symmetry_operators
+from ..rotations import rotmat_to_quaternion
+from ..symmetry import canonical_symbol
+from .supervised_losses import (AUGMENTATIONS, ReprojectionLoss, _group_quaternions, augment_inplane,
+                                quaternion_distance_loss, symmetric_quaternion_distance_loss)
 
 __all__ = [
     "SupervisedTrainConfig",
     "TrainResult",
     "CVResult",
-    "quaternion_distance_loss",
-    "ReprojectionLoss",
     "split_train_test",
     "train_supervised",
     "evaluate_model",
@@ -77,13 +74,9 @@ __all__ = [
     "cross_validate_w",
     "save_checkpoint",
     "DEFAULT_W_GRID",
-    "AUGMENTATIONS",
     "LR_SCHEDULES",
-    "augment_inplane",
 ]
 
-#: Values of ``SupervisedTrainConfig.augment_inplane``.
-AUGMENTATIONS = ("none", "quarter", "continuous")
 #: Values of ``SupervisedTrainConfig.lr_schedule``.
 LR_SCHEDULES = ("step", "cosine")
 
@@ -200,93 +193,6 @@ class CVResult:
                 "scores": [[float(v) for v in row] for row in self.scores], "seconds": self.seconds}
 
 
-def quaternion_distance_loss(q_pred: torch.Tensor, q_gt: torch.Tensor) -> torch.Tensor:
-    """``ℓ_QD = 1 − ⟨q_pred, q_gt⟩²`` per pair, ``(B,)`` (unit quaternions ``(B, 4)``)."""
-    return 1.0 - (q_pred * q_gt).sum(-1) ** 2
-
-
-def _group_quaternions(symmetry: str) -> torch.Tensor:
-    return rotmat_to_quaternion(symmetry_operators(symmetry, dtype=torch.float64)).float()
-
-
-def symmetric_quaternion_distance_loss(q_pred: torch.Tensor, q_gt: torch.Tensor,
-                                       group_quaternions: torch.Tensor) -> torch.Tensor:
-    """``min_S (1 − ⟨q_pred, q_gt ⊗ q_S⟩²)`` per pair, ``(B,)``: ℓ_QD modulo the point group.
-
-    ``q_gt ⊗ q_S`` is the quaternion of ``R_gt S`` (equivalence ``R ~ R S``).
-    """
-    from ..rotations import quaternion_multiply
-
-    mates = quaternion_multiply(q_gt[:, None, :], group_quaternions.to(q_gt)[None])  # (B, G, 4)
-    return (1.0 - (q_pred[:, None, :] * mates).sum(-1) ** 2).min(dim=1).values
-
-
-class ReprojectionLoss:
-    """``ℓ_reproj``: L1 distance of the reference's projections along two rotations.
-
-    Args:
-        reference_volume: ``(n, n, n)`` map (the paper's reference), origin ``n // 2``.
-        box_size: Fourier-crop the map to this box (faster; same field of view).
-        n_scale_samples: Random rotations used to compute the scale ``mean |P|``.
-        seed: Seeds those rotations.
-
-    Calling ``loss(R_pred, R_gt)`` returns ``(B,)`` values
-    ``mean_pixels |P(R_pred) − P(R_gt)| / scale``, differentiable in ``R_pred``.
-    """
-
-    def __init__(self, reference_volume, *, box_size: int | None = None, n_scale_samples: int = 64,
-                 seed: int = 0, device=None):
-        vol = torch.as_tensor(reference_volume).float()
-        if box_size is not None and int(box_size) < vol.shape[-1]:
-            vol = fourier_downsample_volume(vol, int(box_size))
-        self.vft = prepare_volume_ft(vol.to(device) if device is not None else vol)
-        g = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            r = random_rotations(n_scale_samples, generator=g, dtype=torch.float32)
-            self.scale = float(project(self.vft, r.to(self.vft.data.device)).abs().mean().clamp_min(1e-12))
-
-    def __call__(self, r_pred: torch.Tensor, r_gt: torch.Tensor) -> torch.Tensor:
-        p = project(self.vft, torch.cat([r_pred, r_gt]).to(self.vft.data.device))
-        b = r_pred.shape[0]
-        return (p[:b] - p[b:]).abs().mean((-2, -1)) / self.scale
-
-
-def augment_inplane(images: torch.Tensor, rotmats: torch.Tensor, mode: str, *,
-                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn labelled images in their plane by random angles, and their labels with them.
-
-    Args:
-        images: ``(B, n, n)`` particle images ``(y, x)``, origin ``n // 2``.
-        rotmats: ``(B, 3, 3)`` their RELION rotations.
-        mode: ``"none"`` (returned unchanged), ``"quarter"`` (uniform in {0°, 90°, 180°, 270°},
-            exact: :func:`cryopose.data.transforms.rotate_quarter_turns`) or ``"continuous"``
-            (uniform in [0, 2π), bicubic: :func:`cryopose.data.transforms.rotate_images`).
-        generator: Seeds the angles (CPU generator).
-
-    Returns:
-        ``(images', rotmats')`` with ``rotmats' = Rz(θ) rotmats``
-        (:func:`cryopose.rotations.inplane_rotation`): the turned image is the projection along
-        the new label.
-
-    Raises:
-        ValueError: Unknown ``mode``.
-    """
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"augment_inplane must be one of {AUGMENTATIONS}, got {mode!r}")
-    if mode == "none":
-        return images, rotmats
-    b = images.shape[0]
-    if mode == "quarter":
-        k = torch.randint(0, 4, (b,), generator=generator)
-        out = rotate_quarter_turns(images, k.to(images.device))
-        theta = k.double() * (math.pi / 2)
-    else:
-        theta = torch.rand(b, generator=generator, dtype=torch.float64) * (2 * math.pi)
-        out = rotate_images(images, theta.to(images.device, images.dtype), mode="bicubic")
-    rz = inplane_rotation(theta).to(rotmats.device, rotmats.dtype)
-    return out, rz @ rotmats
-
-
 def split_train_test(n: int, test_fraction: float, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random split of ``n`` particles: ``(train, test)`` sorted int64 positions (4:1 for 0.2)."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -352,6 +258,49 @@ def _lr_scheduler(opt: torch.optim.Optimizer, config: SupervisedTrainConfig):
     return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[milestone], gamma=config.lr_decay_factor)
 
 
+def _train_test(n: int, config: SupervisedTrainConfig, train_indices, test_indices) -> tuple[np.ndarray, np.ndarray]:
+    """The training and test positions: the given ones, or a seeded ``test_fraction`` split
+    (``ValueError`` without training particles)."""
+    if train_indices is None:
+        train_idx, test_idx = split_train_test(n, config.test_fraction, seed=config.seed)
+    else:
+        train_idx = np.asarray(train_indices, dtype=np.int64)
+        test_idx = np.zeros(0, dtype=np.int64) if test_indices is None else np.asarray(test_indices, dtype=np.int64)
+    if train_idx.size < 1:
+        raise ValueError("no training particles")
+    return train_idx, test_idx
+
+
+def _batch_losses(model: OrientationRegressor, images, bidx: np.ndarray, rot: torch.Tensor, q_all: torch.Tensor, *,
+                  config: SupervisedTrainConfig, group_quaternions, reproj, aug_generator, device):
+    """``(loss, ℓ_qd, ℓ_reproj)`` of the batch ``bidx`` (after the in-plane augmentation, if on):
+    ``loss = w ℓ_qd + (1 − w) ℓ_reproj``, each averaged over the batch."""
+    x = _read(images, bidx).to(device)
+    t = torch.as_tensor(bidx)
+    r_gt = rot[t].to(device)
+    if config.augment_inplane != "none":
+        x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_generator)
+        q_gt = rotmat_to_quaternion(r_gt.double()).float()
+    else:
+        q_gt = q_all[t].to(device)
+    raw = model(x)
+    q_pred = model.to_quaternion(raw)
+    l_qd = (symmetric_quaternion_distance_loss(q_pred, q_gt, group_quaternions) if group_quaternions is not None
+            else quaternion_distance_loss(q_pred, q_gt)).mean()
+    l_rp = reproj(model.to_rotmat(raw), r_gt).mean() if reproj is not None else torch.zeros((), device=device)
+    return config.w * l_qd + (1.0 - config.w) * l_rp, l_qd, l_rp
+
+
+def _new_model(model_config: SupervisedModelConfig, config: SupervisedTrainConfig, device):
+    """A seeded new regressor on ``device`` (channels-last), its Adam optimiser and its schedule."""
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
+        torch.manual_seed(config.seed)
+        model = OrientationRegressor(model_config)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    return model, opt, _lr_scheduler(opt, config)
+
+
 def train_supervised(images, rotmats, reference_volume, *, model_config: SupervisedModelConfig,
                      config: SupervisedTrainConfig = SupervisedTrainConfig(),
                      train_indices=None, test_indices=None,
@@ -382,20 +331,9 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
     n = len(images)
     if rot.shape != (n, 3, 3):
         raise ValueError(f"{n} images but rotmats of shape {tuple(rot.shape)}")
-    if train_indices is None:
-        train_idx, test_idx = split_train_test(n, config.test_fraction, seed=config.seed)
-    else:
-        train_idx = np.asarray(train_indices, dtype=np.int64)
-        test_idx = np.zeros(0, dtype=np.int64) if test_indices is None else np.asarray(test_indices, dtype=np.int64)
-    if train_idx.size < 1:
-        raise ValueError("no training particles")
+    train_idx, test_idx = _train_test(n, config, train_indices, test_indices)
     device = torch.device(device or "cpu")
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global state left alone
-        torch.manual_seed(config.seed)
-        model = OrientationRegressor(model_config)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    sched = _lr_scheduler(opt, config)
+    model, opt, sched = _new_model(model_config, config, device)
     reproj = ReprojectionLoss(reference_volume, box_size=config.reproj_box_size or model_config.box_size,
                               seed=config.seed, device=device) if config.w < 1.0 else None
     gq = _group_quaternions(config.symmetry).to(device) if config.qd_symmetry_aware else None
@@ -412,20 +350,8 @@ def train_supervised(images, rotmats, reference_volume, *, model_config: Supervi
             order, pos = rng.permutation(train_idx), 0
         bidx = np.sort(order[pos:pos + config.batch_size])
         pos += config.batch_size
-        x = _read(images, bidx).to(device)
-        t = torch.as_tensor(bidx)
-        r_gt = rot[t].to(device)
-        if config.augment_inplane != "none":
-            x, r_gt = augment_inplane(x, r_gt, config.augment_inplane, generator=aug_gen)
-            q_gt = rotmat_to_quaternion(r_gt.double()).float()
-        else:
-            q_gt = q_all[t].to(device)
-        raw = model(x)
-        q_pred = model.to_quaternion(raw)
-        l_qd = (symmetric_quaternion_distance_loss(q_pred, q_gt, gq) if gq is not None
-                else quaternion_distance_loss(q_pred, q_gt)).mean()
-        l_rp = reproj(model.to_rotmat(raw), r_gt).mean() if reproj is not None else torch.zeros((), device=device)
-        loss = config.w * l_qd + (1.0 - config.w) * l_rp
+        loss, l_qd, l_rp = _batch_losses(model, images, bidx, rot, q_all, config=config, group_quaternions=gq,
+                                         reproj=reproj, aug_generator=aug_gen, device=device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
