@@ -74,6 +74,9 @@ class HeteroVAEGANConfig:
         mask_radius_fraction: Radius of the generator's soft spherical support, fraction of ``n/2``.
         noise_model: One of :data:`NOISE_MODELS`.
         pad: Padding factor of the projector (2, as RELION).
+        basis_init_std: Standard deviation of the basis volumes' random start (parameter
+            units; the mean volume starts at 0.05): large enough that the latent changes the
+            first fakes visibly, so that the latent-reconstruction term has a signal.
 
     Raises:
         ValueError: On construction, for values out of range.
@@ -89,6 +92,7 @@ class HeteroVAEGANConfig:
     mask_radius_fraction: float = 0.9
     noise_model: str = "gaussian"
     pad: int = 2
+    basis_init_std: float = 0.02
 
     def __post_init__(self):
         if int(self.box_size) < 8:
@@ -211,7 +215,7 @@ class BasisGenerator(nn.Module):
     Args:
         config: :class:`HeteroVAEGANConfig`.
         generator: Seeded source of the initial basis (i.i.d. Gaussian, s.d. 0.05 for the
-            mean volume and 0.02 for the others; parameter units).
+            mean volume and ``config.basis_init_std`` for the others; parameter units).
     """
 
     def __init__(self, config: HeteroVAEGANConfig, *, generator: torch.Generator | None = None):
@@ -219,7 +223,7 @@ class BasisGenerator(nn.Module):
         n, k = int(config.box_size), int(config.n_basis)
         self.box_size, self.pad = n, int(config.pad)
         self.mean = nn.Parameter(0.05 * torch.randn(n, n, n, generator=generator))
-        self.basis = nn.Parameter(0.02 * torch.randn(k, n, n, n, generator=generator))
+        self.basis = nn.Parameter(float(config.basis_init_std) * torch.randn(k, n, n, n, generator=generator))
         h = int(config.generator_hidden)
         self.coefficients = nn.Sequential(nn.Linear(config.zdim, h), nn.LeakyReLU(0.2), nn.Linear(h, h),
                                           nn.LeakyReLU(0.2), nn.Linear(h, k))

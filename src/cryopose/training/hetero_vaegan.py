@@ -66,7 +66,8 @@ class HeteroVAEGANTrainConfig:
             the images' box.
         zdim: Latent dimension.
         n_theta, channels, hidden: Invariant encoder / critic (:class:`HeteroVAEGANConfig`).
-        n_basis, generator_hidden, mask_radius_fraction: Generator (:class:`HeteroVAEGANConfig`).
+        n_basis, generator_hidden, mask_radius_fraction, basis_init_std: Generator
+            (:class:`HeteroVAEGANConfig`).
         noise_model: ``"gaussian"`` (default), ``"poisson"`` or ``"none"``.
         whiten: Whiten the particles with the noise spectrum measured outside the particle
             (the generator's CTFs are whitened alike).
@@ -99,12 +100,13 @@ class HeteroVAEGANTrainConfig:
     n_basis: int = 8
     generator_hidden: int = 64
     mask_radius_fraction: float = 0.9
+    basis_init_std: float = 0.02
     noise_model: str = "gaussian"
     whiten: bool = True
     epochs: int = 30
     batch_size: int = 64
     lr: float = 5e-4
-    volume_lr: float = 5e-3
+    volume_lr: float = 5e-4
     critic_lr: float = 5e-4
     beta1: float = 0.5
     beta2: float = 0.9
@@ -113,7 +115,7 @@ class HeteroVAEGANTrainConfig:
     weight_gradient_penalty: float = 10.0
     weight_latent: float = 1.0
     weight_kl: float = 0.1
-    weight_feature: float = 1.0
+    weight_feature: float = 0.0
     seed: int = 0
     num_threads: int = 0
 
@@ -141,7 +143,8 @@ def model_config(config: HeteroVAEGANTrainConfig, box_size: int) -> HeteroVAEGAN
     return HeteroVAEGANConfig(box_size=int(box_size), zdim=config.zdim, n_theta=config.n_theta,
                               channels=config.channels, hidden=config.hidden, n_basis=config.n_basis,
                               generator_hidden=config.generator_hidden,
-                              mask_radius_fraction=config.mask_radius_fraction, noise_model=config.noise_model)
+                              mask_radius_fraction=config.mask_radius_fraction, noise_model=config.noise_model,
+                              basis_init_std=config.basis_init_std)
 
 
 def build_model(config: HeteroVAEGANTrainConfig, dataset: ParticleDataset) -> InvariantVAEGAN:
