@@ -20,8 +20,8 @@ from cryopose.models.hetero_vaegan import HeteroVAEGANConfig, InvariantVAEGAN, N
 from cryopose.projection import project
 from cryopose.rotations import random_rotations
 from cryopose.simulate.simulator import SimulationConfig, simulate_in_memory
-from cryopose.training.hetero_vaegan import (HeteroVAEGANTrainConfig, fit_invariant_vaegan, load_generator,
-                                             train_invariant_vaegan)
+from cryopose.training.hetero_vaegan import (HeteroVAEGANTrainConfig, build_model, encode_dataset,
+                                             fit_invariant_vaegan, load_generator, train_invariant_vaegan)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PIXEL = 5.0
@@ -185,5 +185,11 @@ def test_latents_separate_a_sphere_from_a_rod():
     dataset = ParticleDataset(TensorStack(images), meta, whiten=True)
     config = HeteroVAEGANTrainConfig(box_size=None, epochs=12, batch_size=32, seed=0)
     fit = fit_invariant_vaegan(dataset, config)
-    pred = KMeans(2, n_init=10, random_state=0).fit_predict(fit.latents)
-    assert normalized_mutual_info_score(labels, pred) > 0.6  # chance: ~0.0
+
+    def nmi(latents):
+        return normalized_mutual_info_score(labels, KMeans(2, n_init=10, random_state=0).fit_predict(latents))
+
+    before = nmi(encode_dataset(build_model(config, dataset), dataset))
+    after = nmi(fit.latents)
+    # measured: 0.49 untrained, 0.78 after 12 epochs (chance: ~0)
+    assert after > 0.65 and after > before + 0.15, (before, after)
