@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,8 +52,9 @@ from ..models.volume import spherical_mask
 from .checkpoint import HETERO_VAEGAN_FORMAT, save_checkpoint
 from .hetero_vaegan_losses import critic_loss, generator_losses, make_fakes
 
-__all__ = ["HeteroVAEGANTrainConfig", "VAEGANFit", "model_config", "build_model", "encode_dataset", "fit_invariant_vaegan", "OUTPUT_FILES",
-           "InvariantVAEGANRun", "train_invariant_vaegan", "GeneratorMaps", "load_generator"]
+__all__ = ["HeteroVAEGANTrainConfig", "VAEGANFit", "model_config", "build_model", "encode_dataset",
+           "fit_invariant_vaegan", "OUTPUT_FILES", "InvariantVAEGANRun", "train_invariant_vaegan", "GeneratorMaps",
+           "load_generator"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -62,23 +62,20 @@ class HeteroVAEGANTrainConfig:
     """Every option of the invariant VAE-GAN run, with its default.
 
     Attributes:
-        box_size: Working box in pixels (particles are Fourier-cropped to it); ``None`` keeps
-            the images' box.
+        box_size: Working box in pixels (Fourier crop); ``None`` keeps the images' box.
         zdim: Latent dimension.
         n_theta, channels, hidden: Invariant encoder / critic (:class:`HeteroVAEGANConfig`).
         n_basis, generator_hidden, mask_radius_fraction, basis_init_std: Generator
             (:class:`HeteroVAEGANConfig`).
         noise_model: ``"gaussian"`` (default), ``"poisson"`` or ``"none"``.
-        whiten: Whiten the particles with the noise spectrum measured outside the particle
-            (the generator's CTFs are whitened alike).
+        whiten: Whiten particles and the generator's CTFs with the background noise spectrum.
         epochs: Passes over the particles.
         batch_size: Real particles per step (and fakes per set).
         lr: Adam learning rate of the encoder and the generator's coefficient MLP.
-        volume_lr: Adam learning rate of the generator's basis volumes (dimensionless
-            parameters of O(1), see :class:`cryopose.models.hetero_vaegan.BasisGenerator`) and
-            of the noise generator's parameters.
+        volume_lr: Adam learning rate of the generator's basis volumes (dimensionless, O(1))
+            and of the noise generator's parameters.
         critic_lr: Adam learning rate of the critic.
-        beta1, beta2: Adam's betas for both (0.5, 0.9: WGAN-GP's setting, with a first beta).
+        beta1, beta2: Adam's betas for both.
         n_critic: Critic steps per encoder + generator step.
         weight_adversarial: ``λ_adv`` of the generator's WGAN loss.
         weight_gradient_penalty: ``λ_GP`` of the critic's gradient penalty.
@@ -150,9 +147,8 @@ def model_config(config: HeteroVAEGANTrainConfig, box_size: int) -> HeteroVAEGAN
 def build_model(config: HeteroVAEGANTrainConfig, dataset: ParticleDataset) -> InvariantVAEGAN:
     """A fresh, seeded model for ``dataset``, its map scale fitted to the data.
 
-    The density scale ``s`` is :func:`cryopose.training.trainer.estimate_volume_scale` (a soft
-    ball fitted to the particles, CTFs included); the mean volume starts as that ball
-    (radius ``0.35 · n/2``, parameter ``1/3``, i.e. the fitted density) plus the small random
+    The density scale ``s`` is :func:`cryopose.training.trainer.estimate_volume_scale`; the mean
+    volume starts as its soft ball (radius ``0.35 · n/2``, the fitted density) plus the random
     start, so the first fakes have about the particles' power.
     """
     from .trainer import estimate_volume_scale
@@ -243,8 +239,7 @@ def _parameter_groups(model: InvariantVAEGAN, config: HeteroVAEGANTrainConfig) -
 
 def fit_invariant_vaegan(dataset: ParticleDataset, config: HeteroVAEGANTrainConfig, *,
                          checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
-                         resume_state: dict | None = None, progress: bool = False,
-                         on_epoch_end: Callable[[VAEGANFit], None] | None = None) -> VAEGANFit:
+                         resume_state: dict | None = None, progress: bool = False) -> VAEGANFit:
     """Train the invariant VAE-GAN on a data set and encode every particle.
 
     Args:
@@ -258,8 +253,6 @@ def fit_invariant_vaegan(dataset: ParticleDataset, config: HeteroVAEGANTrainConf
             both optimisers, the random generator and the epoch count are restored, so the
             run continues exactly as if never interrupted.
         progress: tqdm bar with the running mean losses.
-        on_epoch_end: Called after each epoch (and its checkpoint) with the current state
-            (``latents`` empty until the end).
 
     Returns:
         :class:`VAEGANFit`.
@@ -296,9 +289,6 @@ def fit_invariant_vaegan(dataset: ParticleDataset, config: HeteroVAEGANTrainConf
                 if checkpoint_path is not None:
                     save_checkpoint(checkpoint_path, _state(model, opt_g, opt_d, g, epoch, history,
                                                             checkpoint_extra or {}), format=HETERO_VAEGAN_FORMAT)
-                if on_epoch_end is not None:
-                    on_epoch_end(VAEGANFit(model, np.zeros((0, config.zdim), np.float32), history, epoch,
-                                           time.perf_counter() - t0))
         model.eval()
         latents = encode_dataset(model, dataset, progress=progress)
         return VAEGANFit(model, latents, history, epoch, time.perf_counter() - t0)
@@ -312,14 +302,8 @@ OUTPUT_FILES = ("latents.npy", "heterogeneity.json", "config.yaml", "model.pt", 
 
 @dataclasses.dataclass(frozen=True)
 class InvariantVAEGANRun:
-    """What :func:`train_invariant_vaegan` wrote.
-
-    Attributes:
-        outdir: The run folder.
-        latents: ``(N, zdim)`` float32 latent means, in the input file's particle order.
-        summary: The content of ``heterogeneity.json``.
-        history: Mean losses per epoch.
-    """
+    """What :func:`train_invariant_vaegan` wrote: the folder, ``latents`` ``(N, zdim)`` (input
+    order), ``summary`` (``heterogeneity.json``) and ``history`` (mean losses per epoch)."""
 
     outdir: Path
     latents: np.ndarray
@@ -385,9 +369,9 @@ def _write_config(path: Path, config: HeteroVAEGANTrainConfig, particles, resume
     from .. import __version__
     from ..io.atomic import atomic_write_text
 
-    doc = {"cryopose_version": __version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="seconds"), "python": platform.python_version(), "variant": "invariant",
-        "config": dataclasses.asdict(config), "particles": str(particles), "resume": bool(resume)}
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    doc = {"cryopose_version": __version__, "date": date, "python": platform.python_version(), "variant": "invariant",
+           "config": dataclasses.asdict(config), "particles": str(particles), "resume": bool(resume)}
     atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -456,8 +440,8 @@ def train_invariant_vaegan(particles_path: str | Path, outdir: str | Path, confi
                "n_particles": int(len(dataset)), "working_box_size": int(dataset.box_size),
                "working_pixel_size_angstrom": float(dataset.pixel_size_angstrom), "epochs": int(fit.epochs_done),
                "loss_weights": config.loss_weights(), "noise_model": config.noise_model,
-               "final_losses": fit.history[-1] if fit.history else {}, "train_seconds_this_call": round(fit.seconds, 2),
-               "latents": "latents.npy: encoder means, input particle order"}
+               "final_losses": fit.history[-1] if fit.history else {},
+               "train_seconds_this_call": round(fit.seconds, 2)}
     atomic_write_json(outdir / "heterogeneity.json", summary)
     return InvariantVAEGANRun(outdir, fit.latents, summary, fit.history)
 
