@@ -196,5 +196,5 @@ def test_latents_separate_a_sphere_from_a_rod():
 
     before = nmi(encode_dataset(build_model(config, dataset), dataset))
     after = nmi(fit.latents)
-    # measured: 0.62 untrained (the invariant features alone), 0.74 after 12 epochs; chance: ~0
-    assert after > 0.6 and after > before, (before, after)
+    # measured: 0.62 untrained (the invariant features alone), 0.88 after 12 epochs; chance: ~0
+    assert after > 0.7 and after > before + 0.1, (before, after)

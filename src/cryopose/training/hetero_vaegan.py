@@ -103,7 +103,7 @@ class HeteroVAEGANTrainConfig:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 5e-4
-    volume_lr: float = 5e-4
+    volume_lr: float = 5e-3
     critic_lr: float = 5e-4
     beta1: float = 0.5
     beta2: float = 0.9
@@ -112,7 +112,7 @@ class HeteroVAEGANTrainConfig:
     weight_gradient_penalty: float = 10.0
     weight_latent: float = 1.0
     weight_kl: float = 0.1
-    weight_feature: float = 0.0
+    weight_feature: float = 1.0
     seed: int = 0
     num_threads: int = 0
 
