@@ -9,7 +9,9 @@ written as one STAR + MRCS; then
 :func:`cryopose.training.hetero_vaegan.train_invariant_vaegan` is run with its defaults (except
 ``--epochs``) and the latents are clustered with scikit-learn's KMeans (K = 2, 10 starts); NMI
 against the true class. ``--epochs 0`` instead encodes the particles with the untrained (seeded)
-encoder: the baseline that training must beat. One JSON line is printed; ``--out`` keeps the
+encoder, and ``--epochs -1`` clusters PCA(4) of the standardised rotational averages of their
+power spectra (after the same normalisation and whitening): two baselines that say how much
+class information the Fourier amplitudes carry without training. One JSON line is printed; ``--out`` keeps the
 data and the run folder.
 
     python benchmarks/hetero_vaegan_quick.py --n 1000 --snr 0.1 --epochs 20
@@ -94,6 +96,22 @@ def sphere_rod(n: int = 24, n_particles: int = 200, snr: float = 0.5, seed: int 
     return ParticleDataset(TensorStack(images), meta, whiten=True), labels
 
 
+def radial_power_features(star: Path, config: HeteroVAEGANTrainConfig) -> np.ndarray:
+    """PCA(4) of the standardised rotational averages of the particles' power spectra."""
+    from sklearn.decomposition import PCA
+
+    from cryopose.data.dataset import ParticleDataset
+    from cryopose.data.preprocess import radial_average
+    from cryopose.fourier import centered_fft2
+    from cryopose.io.particles import load_particles
+
+    stack, meta = load_particles(star)
+    dataset = ParticleDataset(stack, meta, box_size=config.box_size, whiten=config.whiten)
+    power = centered_fft2(dataset.images(np.arange(len(dataset)))).abs() ** 2
+    feats = torch.stack([radial_average(p) for p in power]).numpy()
+    return PCA(4).fit_transform((feats - feats.mean(0)) / feats.std(0))
+
+
 def untrained_latents(star: Path, config: HeteroVAEGANTrainConfig) -> np.ndarray:
     """Latent means of the particles under the seeded, untrained model (same preprocessing as a run)."""
     from cryopose.data.dataset import ParticleDataset
@@ -136,7 +154,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1000, help="particles in all (half per class)")
     p.add_argument("--snr", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=20, help="0: the untrained encoder (baseline)")
+    p.add_argument("--epochs", type=int, default=20,
+                   help="0: the untrained encoder; -1: radial power spectra (baselines)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="keep the data and run folder here")
@@ -157,7 +176,9 @@ def main(argv=None) -> int:
         star, labels = write_mixture(maps, args.n // 2, args.snr, args.seed, folder)
         config = HeteroVAEGANTrainConfig(epochs=max(args.epochs, 1), seed=args.seed, **overrides)
         t0 = time.perf_counter()
-        if args.epochs == 0:
+        if args.epochs == -1:
+            latents, losses = radial_power_features(star, config), {}
+        elif args.epochs == 0:
             latents, losses = untrained_latents(star, config), {}
         else:
             run = train_invariant_vaegan(star, folder / "run", config, force=True, progress=False)
