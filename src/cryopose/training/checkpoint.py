@@ -1,7 +1,8 @@
 """Model files and training checkpoints: plain payloads, written atomically, read without code.
 
 Every ``.pt`` file cryopose writes (``abinitio``'s ``checkpoint.pt`` and ``encoder.pt``,
-``train-supervised`` / ``refine``'s ``model.pt``, the ``latent`` and ``rotinv`` checkpoints) is one
+``train-supervised`` / ``refine``'s ``model.pt``, the ``latent`` and ``rotinv`` checkpoints, the
+heterogeneity VAE-GAN's ``checkpoint.pt`` and ``model.pt``) is one
 ``torch.save`` dict made by :func:`save_checkpoint`: state dicts, tensors and plain metadata
 (``dict``/``list``/``tuple``/``str``/``int``/``float``/``bool``/``None``) only, with a ``format``
 tag naming what it is (:data:`FORMATS`). Dataclasses are stored as dicts, NumPy arrays as
@@ -33,7 +34,8 @@ from ..errors import InputFileError
 from ..io.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT",
-           "FORMATS", "to_plain", "save_checkpoint", "load_checkpoint", "read_torch_file", "checkpoint_format"]
+           "HETERO_VAEGAN_FORMAT", "FORMATS", "to_plain", "save_checkpoint", "load_checkpoint", "read_torch_file",
+           "checkpoint_format"]
 
 #: Format tag of ``abinitio``'s ``checkpoint.pt`` and ``encoder.pt`` (CryoPoseNet).
 CHECKPOINT_FORMAT = "cryopose-cryoposenet-1"
@@ -44,10 +46,12 @@ VAEGAN_FORMAT = "cryopose-vaegan-1"
 #: Format tags of ``rotinv train`` checkpoints (rotation-invariant autoencoder, spatial-VAE).
 ROTINV_FORMAT = "cryopose-rotinv-1"
 SPATIAL_VAE_FORMAT = "cryopose-spatial-vae-1"
+#: Format tag of the invariant heterogeneity VAE-GAN's ``checkpoint.pt`` and ``model.pt``.
+HETERO_VAEGAN_FORMAT = "cryopose-hetero-vaegan-1"
 #: Every format tag, and what the files are called in messages.
 FORMATS = {CHECKPOINT_FORMAT: "CryoPoseNet checkpoint", SUPERVISED_FORMAT: "supervised model",
            VAEGAN_FORMAT: "VAE-GAN checkpoint", ROTINV_FORMAT: "rotinv checkpoint",
-           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint"}
+           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint", HETERO_VAEGAN_FORMAT: "heterogeneity VAE-GAN file"}
 # files written before every file carried ``format``: (key, value) -> tag
 _LEGACY_TAGS = {("model_kind", "supervised"): SUPERVISED_FORMAT, ("kind", "cryopose.vaegan"): VAEGAN_FORMAT,
                 ("kind", "cryopose.rotinv"): ROTINV_FORMAT, ("kind", "cryopose.spatial_vae"): SPATIAL_VAE_FORMAT}
