@@ -31,7 +31,7 @@ import torch
 from ..errors import InputFileError
 from ..io.atomic import atomic_path
 
-__all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT",
+__all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT", "HETEROGENEITY_FORMAT",
            "FORMATS", "to_plain", "save_checkpoint", "load_checkpoint", "read_torch_file", "checkpoint_format"]
 
 #: Format tag of ``abinitio``'s ``checkpoint.pt`` and ``encoder.pt`` (CryoPoseNet).
@@ -43,10 +43,13 @@ VAEGAN_FORMAT = "cryopose-vaegan-1"
 #: Format tags of ``rotinv train`` checkpoints (rotation-invariant autoencoder, spatial-VAE).
 ROTINV_FORMAT = "cryopose-rotinv-1"
 SPATIAL_VAE_FORMAT = "cryopose-spatial-vae-1"
+#: Format tag of ``heterogeneity train --variant pose-aware`` checkpoints and model files.
+HETEROGENEITY_FORMAT = "cryopose-heterogeneity-linear-1"
 #: Every format tag, and what the files are called in messages.
 FORMATS = {CHECKPOINT_FORMAT: "CryoPoseNet checkpoint", SUPERVISED_FORMAT: "supervised model",
            VAEGAN_FORMAT: "VAE-GAN checkpoint", ROTINV_FORMAT: "rotinv checkpoint",
-           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint"}
+           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint",
+           HETEROGENEITY_FORMAT: "pose-aware heterogeneity checkpoint"}
 # files written before every file carried ``format``: (key, value) -> tag
 _LEGACY_TAGS = {("model_kind", "supervised"): SUPERVISED_FORMAT, ("kind", "cryopose.vaegan"): VAEGAN_FORMAT,
                 ("kind", "cryopose.rotinv"): ROTINV_FORMAT, ("kind", "cryopose.spatial_vae"): SPATIAL_VAE_FORMAT}
