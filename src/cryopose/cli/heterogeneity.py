@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pose-aware (needs poses), invariant (VAE-GAN, no poses), auto: pose-aware when the "
                             "particles have poses (default)")
     train.add_argument("--zdim", type=int, default=None, help="latent dimension (pose-aware default 4)")
-    train.add_argument("--epochs", type=int, default=None, help="iterations / epochs (pose-aware default 10)")
+    train.add_argument("--epochs", type=int, default=None, help="iterations / epochs (pose-aware default 15)")
     train.add_argument("--box-size", type=int, default=None, help="working box in pixels (default: up to 64)")
     train.add_argument("--batch-size", type=int, default=None, help="particles per batch")
     train.add_argument("--max-resolution", type=float, default=None, metavar="A",

@@ -21,8 +21,12 @@ back-projector):
    much the operator amplified them; ``similarity`` (mean cosine of the
    principal angles between the old and new subspaces) tracks convergence.
 3. **Latents**: a least-squares pass gives ``z_i`` and its noise variance; the prior variance
-   is ``τ_j² = var(z_j) − mean noise variance`` (floored at 1e-3 var) and ``σ²`` the mean
-   squared residual; a second pass gives the posterior means
+   is ``τ_j² = var(z_j) − mean noise variance``, times ``(s_j − s_min) / s_j`` with ``s`` the
+   last iteration's singular values (the part of the operator's spectrum above its noise floor:
+   the basis is fitted to these particles, so the variance of a noise direction's ``z`` is
+   inflated and only the spectrum tells it from signal; ``zdim`` should exceed the number of
+   directions of real variation by one), floored at 1e-3 var; ``σ²`` is the mean squared
+   residual; a second pass gives the posterior means
    (:meth:`cryopose.models.hetero_linear.LinearMaps.latents`), in the data set's order.
 
 The checkpoint (after every iteration and on Ctrl-C) holds the maps, ``σ²``, the iteration, the
@@ -55,10 +59,11 @@ class PoseAwareConfig:
             to 5 states, or several motions).
         box_size: Working box in pixels (images Fourier-cropped to it); ``None`` = the images'
             box up to 64.
-        epochs: Subspace iterations (default 10).
+        epochs: Subspace iterations (default 15).
         batch_size: Particles per batch (default 256; memory only).
-        max_resolution_angstrom: Highest resolution compared in the latents, Å (default: the
-            working Nyquist).
+        max_resolution_angstrom: Highest resolution of the basis maps and of the comparison in
+            the latents, Å (default: the working Nyquist). A lower limit means fewer unknowns
+            per map, which is what lets a weak variation stand out of the noise.
         whiten: Whiten images (and the CTFs) with the noise spectrum measured on the particles'
             background (:class:`cryopose.data.dataset.ParticleDataset`).
         shift_fraction: The power iteration is shifted by this fraction of the smallest Rayleigh
@@ -76,7 +81,7 @@ class PoseAwareConfig:
 
     zdim: int = 4
     box_size: int | None = None
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 256
     max_resolution_angstrom: float | None = None
     whiten: bool = True
@@ -137,6 +142,11 @@ class HeteroTrainer:
         self.generator = torch.Generator().manual_seed(int(config.seed))
         self.half_sets = torch.randint(0, 2, (len(dataset),), generator=self.generator)
         self.mask = spherical_mask(dataset.box_size, 0.9 * dataset.box_size / 2.0)
+        self.lowpass = None
+        if config.max_resolution_angstrom is not None:  # the basis maps are band-limited too
+            n = dataset.box_size
+            radius = min(n / 2.0, n * dataset.pixel_size_angstrom / config.max_resolution_angstrom)
+            self.lowpass = torch.fft.ifftshift(spherical_mask(n, radius, width=2.0))
         self.checkpoint_path = None if checkpoint_path is None else Path(checkpoint_path)
         self.checkpoint_extra = dict(checkpoint_extra or {})
         self.progress = progress
@@ -205,7 +215,10 @@ class HeteroTrainer:
                           fourier=True)
             if bar is not None:
                 bar.update(len(idx))
-        new = torch.stack([self._reconstruct(bp, linear=True) for bp in bps]) * self.mask
+        new = torch.stack([self._reconstruct(bp, linear=True) for bp in bps])
+        if self.lowpass is not None:
+            new = torch.fft.ifftn(torch.fft.fftn(new, dim=(1, 2, 3)) * self.lowpass, dim=(1, 2, 3)).real
+        new = new * self.mask
         old = m.basis.reshape(m.zdim, -1).double()
         rayleigh = old @ new.reshape(m.zdim, -1).double().T
         shift = 0.0
@@ -263,6 +276,9 @@ class HeteroTrainer:
         m.noise_variance.fill_(residual / (n * m.n_coefficients))
         var = z.double().var(dim=0)
         tau2 = torch.maximum(var - float(m.noise_variance) * noise / n, 1e-3 * var)
+        if self.history and m.zdim > 1:  # the operator's spectrum above its noise floor
+            sv = torch.tensor(self.history[-1]["singular_values"], dtype=torch.float64)
+            tau2 = torch.maximum(tau2 * ((sv - sv.min()) / sv).clamp_min(0.0), 1e-3 * var)
         m.prior_variance.copy_(tau2.float())
         for idx, b in self._chunks():
             r, a = m.residuals_and_slices(b.images, self.rotmats[idx], shifts_px=b.shifts_px, ctf=b.ctf)
