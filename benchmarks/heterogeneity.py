@@ -140,7 +140,8 @@ def discrete(work: Path, snr: float, seed: int, args, true_maps: list[Path]) -> 
                  "--threads", str(args.threads), "--no-report", *[a for p in grid for a in ("--true-map", str(p))]])
     s = json.loads((run / "analysis" / "summary.json").read_text())
     return {"snr": snr, "seed": seed, "classes": s["n_classes"], "sizes": s["class_sizes"], "noise": s["n_noise"],
-            "scores": s["scores"], "kmeans": kmeans_nmi(run, star, 3), "oracle": oracle_nmi(star, grid), "fsc": s.get("fsc_vs_true_maps", []), "t_sim": t_sim, "t_train": t_train,
+            "scores": s["scores"], "kmeans": kmeans_nmi(run, star, 3), "oracle": oracle_nmi(star, grid),
+            "fsc": s.get("fsc_vs_true_maps", []), "t_sim": t_sim, "t_train": t_train,
             "t_analyze": t_an}
 
 

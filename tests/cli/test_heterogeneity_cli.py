@@ -40,7 +40,8 @@ def test_simulate_morph_records_t(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--map", str(MAP_D), "--map", str(OTHER)], "must share one frame: .*10076_classD_32.mrc is 32 px.*EMD-3197.map is 20 px"),
+    (["--map", str(MAP_D), "--map", str(OTHER)],
+     "must share one frame: .*10076_classD_32.mrc is 32 px.*EMD-3197.map is 20 px"),
     (["--map", str(MAP_D), "--map", str(MAP_E), "--class-fractions", "0.5,0.3,0.2"], "3 fractions for 2 structure"),
     (["--morph", str(MAP_D), str(MAP_E), "--class-fractions", "0.5,0.5"], "--class-fractions is for a discrete"),
 ])

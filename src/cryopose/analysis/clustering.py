@@ -5,7 +5,8 @@ with UMAP (McInnes et al. 2018, ``umap-learn``; ``n_neighbors`` 30, ``min_dist``
 seeded) and clustered with HDBSCAN (Campello et al. 2013; :class:`sklearn.cluster.HDBSCAN`) whose
 minimum cluster size is a fraction of the particles (``allow_single_cluster``: without it
 HDBSCAN never answers "one class" and splits a single Gaussian blob of 200 points into two
-spurious classes), so the number of classes is found, not given — the pipeline of the VAE-GAN thesis behind issue 19. HDBSCAN's noise points (label −1)
+spurious classes), so the number of classes is found, not given — the pipeline of the VAE-GAN
+thesis behind issue 19. HDBSCAN's noise points (label −1)
 are kept as their own subset (junk candidates). Classes are numbered by size, largest first.
 
 With a latent dimension of 2 or less the latents are clustered directly (UMAP would only
@@ -89,7 +90,8 @@ def cluster_embedding(embedding: np.ndarray, *, min_class_fraction: float = 0.05
         raise UserError(f"--min-class-fraction must be in (0, 0.5], got {min_class_fraction}")
     n = embedding.shape[0]
     size = max(5, math.ceil(min_class_fraction * n))
-    raw = HDBSCAN(min_cluster_size=size, allow_single_cluster=True, copy=True).fit_predict(np.asarray(embedding, dtype=np.float64))
+    hdbscan = HDBSCAN(min_cluster_size=size, allow_single_cluster=True, copy=True)
+    raw = hdbscan.fit_predict(np.asarray(embedding, dtype=np.float64))
     found = [c for c in np.unique(raw) if c != NOISE_LABEL]
     order = sorted(found, key=lambda c: -int((raw == c).sum()))
     labels = np.full(n, NOISE_LABEL, dtype=np.int64)

@@ -111,7 +111,8 @@ def _analyze(args) -> int:
 
     configure_torch(args.threads)
     res = analyze_heterogeneity(args.outdir, min_class_fraction=args.min_class_fraction, particles=args.particles,
-                                datadir=args.datadir, true_maps=args.true_maps, true_map_pixel_size_angstrom=args.true_map_pixel_size,
+                                datadir=args.datadir, true_maps=args.true_maps,
+                                true_map_pixel_size_angstrom=args.true_map_pixel_size,
                                 seed=args.seed,
                                 reconstruct=not args.no_reconstruct, report=not args.no_report, force=args.force,
                                 analysis_dir=args.output)

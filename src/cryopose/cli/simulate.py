@@ -222,7 +222,8 @@ def run(args) -> int:
                                 output=out, junk_volume=junk_vol)
     write_run_config(out.with_name(out.name + "_config.yaml"), command_line=getattr(args, "command_line", ""),
                      config=config,
-                     extra={"volume": paths[0] if len(paths) == 1 else paths, "box_size": box, "pixel_size_angstrom": vol.pixel_size_angstrom,
+                     extra={"volume": paths[0] if len(paths) == 1 else paths, "box_size": box,
+                            "pixel_size_angstrom": vol.pixel_size_angstrom,
                             "n_particles": args.n_particles, "seed": args.seed, "result": result})
     snr_text = ("no noise" if result.noise_sigma == 0 else
                 f"noise sigma {result.noise_sigma:.6g}, SNR requested {result.snr_requested:.4g}, "

@@ -146,6 +146,24 @@ def _true_map_fsc(classes: dict, true_maps, tc, labels, stack, meta, adir, seed)
     return rows_out
 
 
+def _class_maps(stack, meta, cl, adir: Path, seed: int, progress: bool, warnings: list):
+    """Consensus and class reconstructions: ``(maps, FSC curves, class records, resolutions)``."""
+    maps, curves, classes, res = {}, {}, {}, {}
+    cons = _reconstruct(stack, meta, np.arange(len(meta)), adir, "consensus", seed, progress)
+    maps["consensus"], curves["consensus"] = cons["volume"], (cons["freq"], cons["fsc"])
+    res["consensus"] = cons["resolution_fsc0p143_angstrom"]
+    for k in range(cl.n_classes):
+        rows = np.flatnonzero(cl.labels == k)
+        name = f"class_{k + 1:03d}"
+        if rows.size < MIN_CLASS_PARTICLES:
+            warnings.append(f"class {k + 1} has {rows.size} particles: too few for half maps; not reconstructed")
+            continue
+        classes[k] = _reconstruct(stack, meta, rows, adir, name, seed, progress)
+        maps[name], curves[name] = classes[k]["volume"], (classes[k]["freq"], classes[k]["fsc"])
+        res[name] = classes[k]["resolution_fsc0p143_angstrom"]
+    return maps, curves, classes, res
+
+
 def analyze_heterogeneity(outdir: str | Path, *, min_class_fraction: float = 0.05, particles: str | Path | None = None,
                           datadir: str | Path | None = None, true_maps=None,
                           true_map_pixel_size_angstrom: float | None = None, seed: int = 0, reconstruct: bool = True,
@@ -192,7 +210,8 @@ def analyze_heterogeneity(outdir: str | Path, *, min_class_fraction: float = 0.0
                         "not the particles this run was trained on")
     tmaps = None
     if true_maps:
-        tmaps = _load_true_maps(true_maps, stack.box_size, float(meta.pixel_size_angstrom), true_map_pixel_size_angstrom)
+        tmaps = _load_true_maps(true_maps, stack.box_size, float(meta.pixel_size_angstrom),
+                                true_map_pixel_size_angstrom)
     adir.mkdir(parents=True, exist_ok=True)
     cl = cluster_latents(latents, min_class_fraction=min_class_fraction, seed=seed)
     warnings = list(cl.warnings)
@@ -204,18 +223,7 @@ def analyze_heterogeneity(outdir: str | Path, *, min_class_fraction: float = 0.0
         warnings.append(f"{particles} has no poses: no maps reconstructed (align the particles to the consensus map "
                         "with `cryopose search`, then analyse again with --particles)")
     elif reconstruct:
-        cons = _reconstruct(stack, meta, np.arange(len(meta)), adir, "consensus", seed, progress)
-        maps["consensus"], curves["consensus"] = cons["volume"], (cons["freq"], cons["fsc"])
-        res["consensus"] = cons["resolution_fsc0p143_angstrom"]
-        for k in range(cl.n_classes):
-            rows = np.flatnonzero(cl.labels == k)
-            name = f"class_{k + 1:03d}"
-            if rows.size < MIN_CLASS_PARTICLES:
-                warnings.append(f"class {k + 1} has {rows.size} particles: too few for half maps; not reconstructed")
-                continue
-            classes[k] = _reconstruct(stack, meta, rows, adir, name, seed, progress)
-            maps[name], curves[name] = classes[k]["volume"], (classes[k]["freq"], classes[k]["fsc"])
-            res[name] = classes[k]["resolution_fsc0p143_angstrom"]
+        maps, curves, classes, res = _class_maps(stack, meta, cl, adir, seed, progress, warnings)
         if tmaps is not None and tc is not None:
             truth["fsc_vs_true_maps"] = _true_map_fsc(classes, tmaps, tc, cl.labels, stack, meta, adir, seed)
     summary = {"variant": info["variant"], "zdim": int(info["zdim"]), "n_particles": int(len(meta)),

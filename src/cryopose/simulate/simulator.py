@@ -343,7 +343,8 @@ def _prepare(volume, pixel_size_angstrom: float, n_particles: int, config: Simul
     spec = config.mixture
     if spec is not None and (not many or len(vols) != spec.n_structures):
         given = len(vols) if many else 1
-        raise UserError(f"the mixture needs {spec.n_structures} structures ({'a morph' if spec.morph else 'one per class fraction'}), got {given}")
+        what = "a morph" if spec.morph else "one per class fraction"
+        raise UserError(f"the mixture needs {spec.n_structures} structures ({what}), got {given}")
     if spec is None and many:
         raise UserError(f"{len(vols)} structures need class fractions or a morph")
     if many and any(v.shape != vols[0].shape for v in vols):

@@ -223,7 +223,8 @@ class HeteroTrainer:
         rayleigh = old @ new.reshape(m.zdim, -1).double().T
         shift = 0.0
         if m.zdim > 1:  # the noise floor: a shifted power iteration converges faster
-            shift = max(0.0, self.config.shift_fraction * float(torch.linalg.eigvalsh(0.5 * (rayleigh + rayleigh.T)).min()))
+            floor = float(torch.linalg.eigvalsh(0.5 * (rayleigh + rayleigh.T)).min())
+            shift = max(0.0, self.config.shift_fraction * floor)
         basis, values = _orthonormal(new - shift * m.basis)
         cosines = torch.linalg.svdvals(m.basis.reshape(m.zdim, -1).double() @ basis.reshape(m.zdim, -1).double().T)
         m.basis.copy_(basis)
