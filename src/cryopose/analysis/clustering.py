@@ -4,8 +4,8 @@ The latent vectors of a heterogeneity run (``latents.npy``, either variant) are 
 with UMAP (McInnes et al. 2018, ``umap-learn``; ``n_neighbors`` 30, ``min_dist`` 0, Euclidean,
 seeded) and clustered with HDBSCAN (Campello et al. 2013; :class:`sklearn.cluster.HDBSCAN`) whose
 minimum cluster size is a fraction of the particles (``allow_single_cluster``: without it
-HDBSCAN never answers "one class" and splits a single Gaussian blob of 200 points into two
-spurious classes), so the number of classes is found, not given — the pipeline of the VAE-GAN
+HDBSCAN never answers "one class": it split the single Gaussian blob of
+``tests/unit/test_heterogeneity.py`` into two spurious classes), so the number of classes is found, not given — the pipeline of the VAE-GAN
 thesis behind issue 19. HDBSCAN's noise points (label −1)
 are kept as their own subset (junk candidates). Classes are numbered by size, largest first.
 

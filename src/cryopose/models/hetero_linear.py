@@ -26,14 +26,14 @@ in a ``K − 1``-dimensional affine subspace of maps and a linear morph ``(1 −
 A + t (B − A)`` on a line, so both are represented exactly with a small ``d`` and the latents
 cluster (discrete) or order (morph) the particles; every frequency is weighed by what the
 particle's CTF passes, so no network has to learn pose- or CTF-invariance; each iteration is one
-pass of projection and of the project's tested back-projection (seconds for thousands of
-particles at 32–64 px on 2 cores) with no learning rate. Three alternatives were tried on 2,000
-particles of the EMPIAR-10076 mixture at 32 px and failed: the same subspace trained by Adam on
-the voxels (no structure learned in 10 epochs: NMI 0.2), and ``K'`` maps with soft assignment
-(3D classification with fixed poses: a particle's own noise in its class map froze the random
-start, and comparing with the other half set's maps made the labels swap every iteration), and
-the power iteration with half-map FSC-filtered maps (the filter damps a direction that is still
-mostly noise, so a random start never grew: hence the fixed Tikhonov term).
+pass of projection and of the project's tested back-projection, with no learning rate. Three
+alternatives failed in exploratory runs on simulated EMPIAR-10076 mixtures at 32 px (commands
+not recorded): the same subspace trained by Adam on the voxels (it learned no structure), ``K'``
+maps with soft assignment (3D classification with fixed poses: a particle's own noise in its
+class map froze the random start, and comparing with the other half set's maps made the labels
+swap every iteration), and the power iteration with half-map FSC-filtered maps (the filter damps
+a direction that is still mostly noise, so a random start never grew: hence the fixed Tikhonov
+term). Measured numbers: ``docs/results/heterogeneity.md``.
 """
 
 from __future__ import annotations
