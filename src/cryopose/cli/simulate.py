@@ -8,6 +8,11 @@ origin shift, CTF, white Gaussian noise. SNR = mean over the true particles of t
 of the noise-free (CTF-modulated) image over the whole box, divided by the variance σ² of
 the white noise; one σ for the data set (σ is calibrated on the first chunk of images and
 reported; pass it to relion_project --white_noise to get the same noise level).
+
+Heterogeneous data sets: several maps (INPUT and/or repeated --map/--volume, one frame: same box
+and pixel size) with --class-fractions 0.5,0.3,0.2 give a discrete mixture, the true class in
+rlnCryoposeTrueClass (1-based; rlnClassNumber stays free); --morph A.mrc B.mrc draws t ~ U(0, 1)
+per particle from the map (1 − t)·A + t·B, recorded in rlnCryoposeTrueMorph.
 """
 
 from __future__ import annotations
@@ -31,7 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("input", nargs="?", metavar="INPUT",
                     help="structure: MRC map (.mrc/.map) or atomic model (.pdb/.cif), e.g. "
                          "shared/data/maps/relion_tutorial_betagal_100px_3.54A.mrc or shared/data/pdb/4ake_mdanalysis.pdb")
-    io.add_argument("--volume", "-i", metavar="FILE", help="the same as INPUT (for scripts)")
+    io.add_argument("--volume", "--map", "-i", metavar="FILE", action="append", default=None,
+                    help="the same as INPUT (for scripts); repeat it for a mixture of several maps")
+    io.add_argument("--class-fractions", metavar="F1,F2,...",
+                    help="discrete mixture: the fraction of particles from each structure, in the order given "
+                         "(default: equal fractions when several structures are given)")
+    io.add_argument("--morph", nargs=2, metavar=("A", "B"),
+                    help="continuous morph: each particle from (1 - t)·A + t·B with t ~ U(0, 1) "
+                         "(rlnCryoposeTrueMorph)")
     io.add_argument("-o", "--output", required=True, metavar="OUT.star",
                     help="output STAR (or stem): writes OUT.mrcs, OUT.star and OUT_config.yaml")
     io.add_argument("-n", "--n-particles", type=int, default=1000, help="number of particles (default 1000)")
@@ -136,7 +148,34 @@ def _config(args, *, snr):
         shift_max_angstrom=args.shift_max_angstrom, apply_ctf=not args.no_ctf,
         ctf_table_path=args.ctf_table, snr=snr, invert_contrast=args.invert_contrast,
         junk_fraction=args.junk_fraction, junk_types=types, chunk_size=args.chunk_size,
-        progress=not args.no_progress and args.n_particles > args.chunk_size, **kw)
+        progress=not args.no_progress and args.n_particles > args.chunk_size,
+        class_fractions=_class_fractions(args), morph=args.morph is not None, **kw)
+
+
+def _structures(args) -> list[str]:
+    """The structure files in order: INPUT, then every --volume/--map; or the two --morph maps."""
+    given = ([args.input] if args.input is not None else []) + list(args.volume or [])
+    if args.morph is not None:
+        if given:
+            raise UserError("--morph A B names the two structures; drop INPUT / --volume")
+        return list(args.morph)
+    if not given:
+        raise UserError("give the structure: INPUT, --volume (repeat it for a mixture) or --morph A B")
+    return given
+
+
+def _class_fractions(args):
+    from ..simulate.mixture import parse_class_fractions
+
+    n = len(_structures(args))
+    if args.class_fractions is None:
+        return None if n == 1 or args.morph is not None else tuple([1.0 / n] * n)
+    if args.morph is not None:
+        raise UserError("--class-fractions is for a discrete mixture; --morph draws t ~ U(0, 1)")
+    fractions = parse_class_fractions(args.class_fractions)
+    if len(fractions) != n:
+        raise UserError(f"--class-fractions gives {len(fractions)} fractions for {n} structure(s)")
+    return fractions
 
 
 def run(args) -> int:
@@ -157,17 +196,22 @@ def run(args) -> int:
     snr = snr_from_db(args.snr_db) if args.snr_db is not None else args.snr
     config = _config(args, snr=snr)
 
-    if (args.input is None) == (args.volume is None):
-        raise UserError("give the structure once: as INPUT or as --volume")
-    args.volume = args.volume or args.input
+    paths = _structures(args)
     out = Path(args.output)
     if out.suffix.lower() in (".star", ".mrcs"):
         out = out.with_suffix("")
     outputs = [out.with_suffix(".star"), out.with_suffix(".mrcs"), out.with_name(out.name + "_config.yaml")]
     refuse_overwrite(outputs, force=args.force)  # before any work
-    vol = load_volume(args.volume, box_size=args.box_size, pixel_size_angstrom=args.pixel_size,
-                      input_pixel_size_angstrom=args.map_pixel_size, blur_angstrom2=args.model_blur,
-                      chains=args.chains)
+    options = dict(box_size=args.box_size, pixel_size_angstrom=args.pixel_size,
+                   input_pixel_size_angstrom=args.map_pixel_size, blur_angstrom2=args.model_blur, chains=args.chains)
+    if len(paths) == 1:
+        vol = load_volume(paths[0], **options)
+        volumes = vol.volume
+    else:
+        from ..simulate.mixture import load_volumes
+
+        loaded = load_volumes(paths, **options)
+        vol, volumes = loaded[0], [m.volume for m in loaded]
     box = vol.volume.shape[-1]
     junk_vol = None
     if args.junk_structure is not None and "other" in config.junk_types:
@@ -177,11 +221,11 @@ def run(args) -> int:
     check_free_space(outputs[1], 1024 + args.n_particles * (4 * box * box + 400))
     prepare_output_dir(out.parent if str(out.parent) else ".")
     with all_or_nothing(outputs):
-        result = simulate_particles(vol.volume, pixel_size_angstrom=vol.pixel_size_angstrom,
+        result = simulate_particles(volumes, pixel_size_angstrom=vol.pixel_size_angstrom,
                                     n_particles=args.n_particles, config=config, generator=args.seed,
                                     output=out, junk_volume=junk_vol)
         write_run_config(outputs[2], command_line=getattr(args, "command_line", ""), config=config,
-                         extra={"volume": str(args.volume), "box_size": box,
+                         extra={"volume": paths[0] if len(paths) == 1 else paths, "box_size": box,
                                 "pixel_size_angstrom": vol.pixel_size_angstrom, "n_particles": args.n_particles,
                                 "seed": args.seed, "result": result})
     snr_text = ("no noise" if result.noise_sigma == 0 else

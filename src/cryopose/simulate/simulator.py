@@ -36,6 +36,12 @@ Outputs (:func:`simulate_particles`): ``OUT.mrcs`` written chunk by chunk
 ``rlnCryoposeNoiseSigma`` (σ), ``rlnCryoposeSNR`` (the requested SNR, 0 without noise) and
 ``rlnCryoposeInvertedContrast`` (0/1). Without CTF (``apply_ctf=False``) no CTF columns are
 written.
+
+Heterogeneous data sets (:mod:`cryopose.simulate.mixture`): pass a list of volumes and
+``class_fractions`` (a discrete mixture) or ``morph=True`` (two volumes, ``t ~ U(0, 1)``). Their
+draws (the class permutation or the morph parameters) come after all the others, so a
+one-volume data set is unchanged; the STAR gains ``rlnCryoposeTrueClass`` /
+``rlnCryoposeTrueMorph``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from ..io.mrc import StackWriter
 from ..io.particles import ParticleMetadata
 from ..projection import VolumeFT, prepare_volume_ft
 from .ctf_sampling import load_ctf_table, sample_ctf
+from .mixture import TRUE_CLASS_COLUMN, TRUE_MORPH_COLUMN, MixtureRenderer, MixtureSpec, sample_mixture_weights
 from .junk import (NOT_JUNK, assign_junk, blob_images, offcentre_shifts, parse_junk_types,
                    scale_to_variance)
 from .noise import noise_sigma_for_snr, signal_variance
@@ -93,6 +100,9 @@ class SimulationConfig:
         chunk_size: Images made (and written) at a time; also the noise calibration set.
         pad: Projector padding factor (2, as RELION).
         progress: Show a tqdm progress bar.
+        class_fractions: Fractions of a discrete mixture of several volumes
+            (:class:`~cryopose.simulate.mixture.MixtureSpec`), one per volume.
+        morph: A continuous morph between two volumes.
 
     Raises:
         UserError: Values out of range (checked on construction).
@@ -118,6 +128,15 @@ class SimulationConfig:
     chunk_size: int = 1000
     pad: int = 2
     progress: bool = False
+    class_fractions: tuple[float, ...] | None = None
+    morph: bool = False
+
+    @property
+    def mixture(self) -> MixtureSpec | None:
+        """The :class:`~cryopose.simulate.mixture.MixtureSpec`, or ``None`` for one volume."""
+        if self.class_fractions is None and not self.morph:
+            return None
+        return MixtureSpec(class_fractions=self.class_fractions, morph=self.morph)
 
     def __post_init__(self):
         put = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -141,6 +160,9 @@ class SimulationConfig:
         lo, hi = self.defocus_range_angstrom
         if lo > hi:
             raise UserError(f"defocus range minimum {lo:g} Å is larger than its maximum {hi:g} Å")
+        if self.class_fractions is not None:
+            put("class_fractions", tuple(float(v) for v in self.class_fractions))
+        self.mixture  # noqa: B018 (validates the fractions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +175,9 @@ class GroundTruth:
         ctf: :class:`~cryopose.ctf.CTFParams` of ``N`` particles (``None`` without CTF).
         junk_types: ``(N,)`` str labels (``none`` or a junk type).
         defocus_group: ``(N,)`` index into ``defocus_values_angstrom``, or ``None``.
+        weights: ``(N, K)`` structure weights of a mixture or morph, or ``None`` for one volume.
+        true_class: ``(N,)`` 0-based class of a discrete mixture, or ``None``.
+        morph: ``(N,)`` morph parameter ``t``, or ``None``.
     """
 
     rotmats: torch.Tensor
@@ -160,6 +185,9 @@ class GroundTruth:
     ctf: CTFParams | None
     junk_types: np.ndarray
     defocus_group: np.ndarray | None
+    weights: np.ndarray | None = None
+    true_class: np.ndarray | None = None
+    morph: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +237,10 @@ def sample_ground_truth(n_particles: int, *, box_size: int, pixel_size_angstrom:
     off = np.flatnonzero(labels == "offcentre")
     if off.size:
         shifts[torch.from_numpy(off)] = offcentre_shifts(off.size, box_size, pixel_size_angstrom, generator=generator)
-    return GroundTruth(rotmats, shifts, ctf, labels, group)
+    weights = classes = morph = None
+    if config.mixture is not None:
+        weights, classes, morph = sample_mixture_weights(n_particles, config.mixture, generator=generator)
+    return GroundTruth(rotmats, shifts, ctf, labels, group, weights, classes, morph)
 
 
 def _as_volume(volume, what: str) -> torch.Tensor:
@@ -224,9 +255,10 @@ class _ChunkMaker:
 
     def __init__(self, vft: VolumeFT, junk_vft: VolumeFT | None, pixel_size_angstrom: float,
                  truth: GroundTruth, config: SimulationConfig):
-        self.main = SliceRenderer(vft)
+        self.main = SliceRenderer(vft) if isinstance(vft, VolumeFT) else \
+            MixtureRenderer([SliceRenderer(v) for v in vft], truth.weights)
         self.junk = SliceRenderer(junk_vft) if junk_vft is not None else None
-        self.n = vft.box_size
+        self.n = self.main.n
         self.apix = pixel_size_angstrom
         self.truth, self.config = truth, config
         self.target_variance: float | None = None
@@ -236,6 +268,9 @@ class _ChunkMaker:
         """Noise-free CTF-modulated projections of particles ``idx`` (absolute indices)."""
         t = torch.from_numpy(idx)
         ctf = None if self.truth.ctf is None else self.truth.ctf[t]
+        if isinstance(renderer, MixtureRenderer):
+            return renderer.render(idx, self.truth.rotmats[t], shifts_px=self.truth.shifts_angstrom[t] / self.apix,
+                                   ctf=ctf, pixel_size_angstrom=self.apix)
         return renderer.render(self.truth.rotmats[t], shifts_px=self.truth.shifts_angstrom[t] / self.apix,
                                ctf=ctf, pixel_size_angstrom=self.apix)
 
@@ -303,7 +338,18 @@ def _chunks(n: int, size: int):
 def _prepare(volume, pixel_size_angstrom: float, n_particles: int, config: SimulationConfig,
              generator: torch.Generator, junk_volume) -> _ChunkMaker:
     """Validate the inputs, draw the ground truth and prepare the projectors."""
-    vol = _as_volume(volume, "volume")
+    many = isinstance(volume, (list, tuple))
+    vols = [_as_volume(v, f"volume {i + 1}") for i, v in enumerate(volume)] if many else None
+    spec = config.mixture
+    if spec is not None and (not many or len(vols) != spec.n_structures):
+        given = len(vols) if many else 1
+        what = "a morph" if spec.morph else "one per class fraction"
+        raise UserError(f"the mixture needs {spec.n_structures} structures ({what}), got {given}")
+    if spec is None and many:
+        raise UserError(f"{len(vols)} structures need class fractions or a morph")
+    if many and any(v.shape != vols[0].shape for v in vols):
+        raise UserError("mixture volumes differ in box: " + ", ".join(str(v.shape[-1]) for v in vols) + " px")
+    vol = vols[0] if many else _as_volume(volume, "volume")
     n = vol.shape[-1]
     if int(n_particles) < 1:
         raise UserError(f"number of particles must be >= 1, got {n_particles}")
@@ -317,7 +363,7 @@ def _prepare(volume, pixel_size_angstrom: float, n_particles: int, config: Simul
     truth = sample_ground_truth(int(n_particles), box_size=n, pixel_size_angstrom=pixel_size_angstrom,
                                 config=config, generator=generator)
     with torch.no_grad():
-        vft = prepare_volume_ft(vol, pad=config.pad)
+        vft = [prepare_volume_ft(v, pad=config.pad) for v in vols] if many else prepare_volume_ft(vol, pad=config.pad)
         junk_vft = prepare_volume_ft(junk, pad=config.pad) if junk is not None else None
     return _ChunkMaker(vft, junk_vft, pixel_size_angstrom, truth, config)
 
@@ -343,6 +389,11 @@ def _metadata(truth: GroundTruth, *, n: int, pixel_size_angstrom: float, box_siz
         "rlnCryoposeSNR": np.full(n, config.snr if config.snr is not None else 0.0, dtype=np.float64),
         "rlnCryoposeInvertedContrast": np.full(n, int(config.invert_contrast), dtype=np.int64),
     })
+    if truth.true_class is not None:
+        from_structure = (truth.junk_types == NOT_JUNK) | (truth.junk_types == "offcentre")
+        table[TRUE_CLASS_COLUMN] = np.where(from_structure, truth.true_class + 1, 0).astype(np.int64)
+    if truth.morph is not None:
+        table[TRUE_MORPH_COLUMN] = truth.morph.astype(np.float64)
     return ParticleMetadata(
         pixel_size_angstrom=pixel_size_angstrom, box_size=box_size, rotmats=truth.rotmats.to(torch.float32),
         shifts_angstrom=truth.shifts_angstrom.to(torch.float32), ctf=truth.ctf,
@@ -373,7 +424,8 @@ def simulate_particles(volume, *, pixel_size_angstrom: float, n_particles: int, 
 
     Args:
         volume: ``(n, n, n)`` volume ``(z, y, x)`` (numpy or torch), origin ``n // 2``; the
-            images are ``n × n``.
+            images are ``n × n``. A list of such volumes (one box) for a mixture
+            (``config.class_fractions``, one per volume) or a morph (``config.morph``, two).
         pixel_size_angstrom: Pixel size in Å of the volume and the images.
         n_particles: Number of particles ``N`` (>= 1).
         config: :class:`SimulationConfig`.

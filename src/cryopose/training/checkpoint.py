@@ -34,8 +34,8 @@ from ..errors import InputFileError
 from ..io.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT",
-           "HETERO_VAEGAN_FORMAT", "FORMATS", "to_plain", "save_checkpoint", "load_checkpoint", "read_torch_file",
-           "checkpoint_format"]
+           "HETERO_VAEGAN_FORMAT", "HETEROGENEITY_FORMAT", "FORMATS", "to_plain", "save_checkpoint",
+           "load_checkpoint", "read_torch_file", "checkpoint_format"]
 
 #: Format tag of ``abinitio``'s ``checkpoint.pt`` and ``encoder.pt`` (CryoPoseNet).
 CHECKPOINT_FORMAT = "cryopose-cryoposenet-1"
@@ -48,10 +48,13 @@ ROTINV_FORMAT = "cryopose-rotinv-1"
 SPATIAL_VAE_FORMAT = "cryopose-spatial-vae-1"
 #: Format tag of the invariant heterogeneity VAE-GAN's ``checkpoint.pt`` and ``model.pt``.
 HETERO_VAEGAN_FORMAT = "cryopose-hetero-vaegan-1"
+#: Format tag of ``heterogeneity train --variant pose-aware`` checkpoints and model files.
+HETEROGENEITY_FORMAT = "cryopose-heterogeneity-linear-1"
 #: Every format tag, and what the files are called in messages.
 FORMATS = {CHECKPOINT_FORMAT: "CryoPoseNet checkpoint", SUPERVISED_FORMAT: "supervised model",
            VAEGAN_FORMAT: "VAE-GAN checkpoint", ROTINV_FORMAT: "rotinv checkpoint",
-           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint", HETERO_VAEGAN_FORMAT: "heterogeneity VAE-GAN file"}
+           SPATIAL_VAE_FORMAT: "spatial-VAE checkpoint", HETERO_VAEGAN_FORMAT: "heterogeneity VAE-GAN file",
+           HETEROGENEITY_FORMAT: "pose-aware heterogeneity checkpoint"}
 # files written before every file carried ``format``: (key, value) -> tag
 _LEGACY_TAGS = {("model_kind", "supervised"): SUPERVISED_FORMAT, ("kind", "cryopose.vaegan"): VAEGAN_FORMAT,
                 ("kind", "cryopose.rotinv"): ROTINV_FORMAT, ("kind", "cryopose.spatial_vae"): SPATIAL_VAE_FORMAT}
