@@ -157,3 +157,17 @@ def test_analyze_bad_inputs_and_one_class(mixture, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "found one class" in captured.err
     assert (run / "analysis" / "consensus.mrc").is_file() and (run / "analysis" / "class_001.star").is_file()
+
+
+def test_invariant_variant_trains_and_analyzes_through_the_cli(mixture, tmp_path, capsys):
+    """``--variant invariant`` reaches the VAE-GAN trainer with the options given, and its run
+    folder is one that ``analyze`` reads (the contract between the two variants)."""
+    import json
+
+    run = tmp_path / "inv"
+    assert _train(mixture, run, "--variant", "invariant", "--epochs", "1", "--zdim", "3", "--box-size", "16") == 0
+    info = json.loads((run / "heterogeneity.json").read_text())
+    assert info["variant"] == "invariant" and info["zdim"] == 3 and info["n_particles"] == 150
+    assert np.load(run / "latents.npy").shape == (150, 3)
+    assert main(["heterogeneity", "analyze", str(run), "--min-class-fraction", "0.2", "--no-report"]) == 0
+    assert (run / "analysis" / "consensus.mrc").is_file()

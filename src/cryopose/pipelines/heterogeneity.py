@@ -217,7 +217,9 @@ def train_heterogeneity(particles: str | Path, outdir: str | Path, *, variant: s
     """Train the chosen variant; returns the variant that ran.
 
     Args:
-        particles, outdir, force, resume, progress, datadir, on_start: As :func:`train_pose_aware`.
+        particles, outdir, force, resume, progress, datadir, on_start: As :func:`train_pose_aware`
+            (``on_start`` for the pose-aware variant; the invariant trainer writes its own
+            ``config.yaml``).
         variant: One of :data:`VARIANTS`.
         config: :class:`~cryopose.training.heterogeneity.PoseAwareConfig` for ``pose-aware``.
         invariant_options: The options given for the invariant VAE-GAN (``zdim``, ``epochs``,
@@ -240,16 +242,19 @@ def train_heterogeneity(particles: str | Path, outdir: str | Path, *, variant: s
                          on_start=on_start)
         return variant
     try:
-        from ..training.hetero_vaegan import train_invariant_vaegan
+        from ..training.hetero_vaegan import HeteroVAEGANTrainConfig, train_invariant_vaegan
     except ModuleNotFoundError as err:
         if "hetero_vaegan" not in str(err):
             raise
         raise UserError("the invariant VAE-GAN variant is not in this build of cryopose "
                         "(cryopose.training.hetero_vaegan is missing); give particles with poses and "
                         "--variant pose-aware") from None
-    if on_start is not None:
-        on_start(invariant_options or {})
-    train_invariant_vaegan(particles, outdir, dict(invariant_options or {}), force=force, resume=resume,
-                           progress=progress)
+    # the VAE-GAN trainer checks its folder and writes its own config.yaml (with every option)
+    try:
+        invariant_config = HeteroVAEGANTrainConfig(**dict(invariant_options or {}))
+    except (TypeError, ValueError) as err:
+        raise UserError(f"heterogeneity train --variant invariant: {err}") from None
+    train_invariant_vaegan(particles, outdir, invariant_config, force=force, resume=resume, progress=progress,
+                           datadir=datadir)
     return variant
 
