@@ -36,7 +36,7 @@ from ..projection import origin_phases
 from .transforms import circular_mask
 
 __all__ = ["NoiseSpectrum", "estimate_noise_spectrum", "whitening_filter", "CentringResult", "centre_particles",
-           "centre_images", "radial_average"]
+           "radial_average"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,27 +298,3 @@ def _next_profile(num: torch.Tensor, den: torch.Tensor, profile: torch.Tensor) -
     prof[0] = prof[1]
     peak = float(prof[1:max(2, n // 8)].abs().max())
     return prof / peak if peak > 0 else profile
-
-
-def centre_images(images, metadata, *, iterations: int = 3, use_ctf: bool = True) -> CentringResult:
-    """:func:`centre_particles` on raw images, for commands without a training data set.
-
-    The images are read as a :class:`cryopose.data.dataset.ParticleDataset` at their own box,
-    RELION-normalised per image and whitened (the centring and the contrast sign then do not
-    depend on each micrograph's noise level), their origins ignored. ``iterations=1`` is enough
-    for the contrast alone.
-
-    Args:
-        images: ``len`` and ``[indices] → (B, m, m)`` images (e.g.
-            :class:`cryopose.search.run.ResampledImages`), any contrast.
-        metadata: Their metadata on that grid (pixel size and box of the images, CTF).
-        iterations: Passes of :func:`centre_particles`.
-        use_ctf: Use the metadata's CTF.
-
-    Returns:
-        :class:`CentringResult` (origins in the images' pixels).
-    """
-    from .dataset import ParticleDataset  # the dataset module imports this one
-
-    ds = ParticleDataset(images, metadata, use_shifts=False, use_ctf=use_ctf, per_image=True, whiten=True)
-    return centre_particles(ds, iterations=iterations)

@@ -241,7 +241,7 @@ def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "Ref
         inverted and centred as decided), the centring origins in working pixels (or ``None``),
         and a JSON-friendly record for the report.
     """
-    from ..data.preprocess import centre_images
+    from ..data.dataset import centre_images
 
     est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     invert = config.invert_contrast
