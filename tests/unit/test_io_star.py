@@ -14,7 +14,7 @@ import torch
 
 from cryopose.errors import InputFileError, PixelSizeError
 from cryopose.io import load_particles, read_star, write_star
-from cryopose.io import star as star_module
+from cryopose.io import star_read as star_module
 from cryopose.rotations import geodesic_distance_deg, relion_euler_to_rotmat
 
 P = "particles"

@@ -84,22 +84,38 @@ def run(args) -> int:
         UserError: Bad options (``--threads`` < 1, a network box larger than the working box,
             too few particles to label), or unreadable inputs.
     """
-    from ..io.atomic import atomic_write_json
-    from ..search.run import load_reference
-    from ..io.mrc import write_map
-    from ..io.particles import load_particles
-    from ..io.star import write_star
-    from ..metrics.fsc import plot_fsc
-    from ..pipelines.refine import RefineConfig, refine
-    from ..search.projection_matching import SearchConfig
-    from ..search.run import working_grid
-    from ..training.supervised import save_checkpoint
-    from .common import prepare_output_dir, runtime_from_args, tri_state, write_run_config
+    from ..pipelines.refine import refine
+    from .common import prepare_output_dir, runtime_from_args
 
     runtime_from_args(args, command="refine", gpu=False, training=True).apply()
     out = prepare_output_dir(args.output, names=("particles.star", "map.mrc", "model.pt", "report.json"),
                              force=args.force)
-    from .common import particle_options
+    stack, meta, ref, box = _load_inputs(args)
+    config, tcfg = _refine_config(args, box)
+    res = refine(stack, meta, ref, config=config, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    _write_outputs(args, out, res, config, tcfg)
+    r = res.report
+    known = r.get("known_pose_resolution_fsc0p143_angstrom")
+    ktext = f" (known poses: {known:.2f} Å)" if known is not None else ""
+    sp = r["per_particle_seconds"]
+    print(f"cryopose refine: {r['n_labeled']} searched + {r['n_unlabeled']} inferred particles; resolution "
+          f"{r['resolution_fsc0p143_angstrom']:.2f} Å at FSC 0.143{ktext}; search {1000 * sp['search']:.2f} ms/particle, "
+          f"inference {1000 * sp['inference']:.3f} ms/particle; wrote {out}", file=sys.stdout)
+    return 0
+
+
+def _load_inputs(args):
+    """Read the particles and the reference, check the reference's scale and choose the working box.
+
+    Returns:
+        ``(stack, metadata, reference MapData, working box in px)``.
+
+    Raises:
+        UserError: Unreadable inputs, a reference whose scale does not fit the particles.
+    """
+    from ..io.particles import load_particles
+    from ..search.run import load_reference, working_grid
+    from .common import check_reference_scale, particle_options
 
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
     if meta.ctf is None:
@@ -107,12 +123,20 @@ def run(args) -> int:
               file=sys.stderr)
     ref = load_reference(args.reference, map_pixel_size_angstrom=args.map_pixel_size,
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
-    from .common import check_reference_scale
-
     check_reference_scale("refine", args.reference, ref, int(meta.box_size or stack.box_size),
                           meta.pixel_size_angstrom, force=args.force)
     box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,
                           args.box_size)
+    return stack, meta, ref, box
+
+
+def _refine_config(args, box: int):
+    """The :class:`~cryopose.pipelines.refine.RefineConfig` of the command's options (network
+    box ``--network-box``, else the working ``box``), and its training config."""
+    from ..pipelines.refine import RefineConfig
+    from ..search.projection_matching import SearchConfig
+    from .common import tri_state
+
     mcfg, tcfg = model_configs(args, args.network_box or box, args.symmetry)
     scfg = SearchConfig(step_deg=args.step, final_step_deg=args.final_step, symmetry=args.symmetry,
                         shift_range_angstrom=args.shift_range, max_resolution_angstrom=args.max_resolution)
@@ -124,7 +148,19 @@ def run(args) -> int:
                           invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),
                           seed=args.seed)
-    res = refine(stack, meta, ref, config=config, progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    return config, tcfg
+
+
+def _write_outputs(args, out, res, config, tcfg) -> None:
+    """Write ``particles.star`` (with ``rlnCryoposePoseSource``), the maps and ``fsc.png``,
+    ``model.pt``, ``report.json`` and ``config.yaml`` into ``out``."""
+    from ..io.atomic import atomic_write_json
+    from ..io.mrc import write_map
+    from ..io.star import write_star
+    from ..metrics.fsc import plot_fsc
+    from ..training.supervised import save_checkpoint
+    from .common import write_run_config
+
     codes = np.array([_SOURCE_CODES[s] for s in res.pose_source], dtype=np.int64)
     write_star(out / "particles.star", res.metadata, extra_columns={"rlnCryoposePoseSource": codes})
     rec = res.reconstruction
@@ -154,11 +190,3 @@ def run(args) -> int:
     atomic_write_json(out / "report.json", res.report)
     write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
                      extra={"particles": args.particles, "reference": args.reference})
-    r = res.report
-    known = r.get("known_pose_resolution_fsc0p143_angstrom")
-    ktext = f" (known poses: {known:.2f} Å)" if known is not None else ""
-    sp = r["per_particle_seconds"]
-    print(f"cryopose refine: {r['n_labeled']} searched + {r['n_unlabeled']} inferred particles; resolution "
-          f"{r['resolution_fsc0p143_angstrom']:.2f} Å at FSC 0.143{ktext}; search {1000 * sp['search']:.2f} ms/particle, "
-          f"inference {1000 * sp['inference']:.3f} ms/particle; wrote {out}", file=sys.stdout)
-    return 0

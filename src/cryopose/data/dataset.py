@@ -21,10 +21,10 @@ from ..conventions import shifts_angstrom_to_pixels
 from ..ctf import compute_ctf
 from ..errors import UserError
 from ..fourier import centered_fft2, centered_ifft2
-from .preprocess import NoiseSpectrum, estimate_noise_spectrum, whitening_filter
+from .preprocess import CentringResult, NoiseSpectrum, centre_particles, estimate_noise_spectrum, whitening_filter
 from .transforms import Normalization, downsample, estimate_normalization, invert_contrast, normalize
 
-__all__ = ["ParticleBatch", "ParticleDataset", "TensorStack"]
+__all__ = ["ParticleBatch", "ParticleDataset", "TensorStack", "centre_images"]
 
 
 class TensorStack:
@@ -218,3 +218,25 @@ class ParticleDataset:
         if self.shifts_angstrom is not None:
             shifts = shifts_angstrom_to_pixels(self.shifts_angstrom[t].float(), self.pixel_size_angstrom)
         return ParticleBatch(indices=t, images=self.images(idx), ctf=ctf, shifts_px=shifts)
+
+
+def centre_images(images, metadata, *, iterations: int = 3, use_ctf: bool = True) -> CentringResult:
+    """:func:`cryopose.data.preprocess.centre_particles` on raw images, for commands without a training data set.
+
+    The images are read as a :class:`cryopose.data.dataset.ParticleDataset` at their own box,
+    RELION-normalised per image and whitened (the centring and the contrast sign then do not
+    depend on each micrograph's noise level), their origins ignored. ``iterations=1`` is enough
+    for the contrast alone.
+
+    Args:
+        images: ``len`` and ``[indices] → (B, m, m)`` images (e.g.
+            :class:`cryopose.search.run.ResampledImages`), any contrast.
+        metadata: Their metadata on that grid (pixel size and box of the images, CTF).
+        iterations: Passes of :func:`~cryopose.data.preprocess.centre_particles`.
+        use_ctf: Use the metadata's CTF.
+
+    Returns:
+        :class:`~cryopose.data.preprocess.CentringResult` (origins in the images' pixels).
+    """
+    ds = ParticleDataset(images, metadata, use_shifts=False, use_ctf=use_ctf, per_image=True, whiten=True)
+    return centre_particles(ds, iterations=iterations)

@@ -36,7 +36,7 @@ from ..projection import origin_phases
 from .transforms import circular_mask
 
 __all__ = ["NoiseSpectrum", "estimate_noise_spectrum", "whitening_filter", "CentringResult", "centre_particles",
-           "centre_images", "radial_average"]
+           "radial_average"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +220,6 @@ def centre_particles(dataset, *, iterations: int = 3, max_shift_fraction: float 
     Raises:
         ValueError: ``iterations < 1`` or fractions outside ``(0, 1]``.
     """
-    from tqdm import tqdm
-
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     for name, v in (("max_shift_fraction", max_shift_fraction), ("resolution_fraction", resolution_fraction),
@@ -241,61 +239,62 @@ def centre_particles(dataset, *, iterations: int = 3, max_shift_fraction: float 
     shifts = torch.zeros(n_total, 2)
     sign, positive_fraction = 1, float("nan")
     for it in range(iterations):
-        ref2d = profile[shells] * band
-        num = torch.zeros(n, n, dtype=torch.complex64)
-        den = torch.zeros(n, n)
-        n_positive = 0
-        for s in tqdm(range(0, n_total, chunk), desc=f"centring {it + 1}/{iterations}", disable=not progress):
-            idx = np.arange(s, min(s + chunk, n_total))
-            batch = dataset.batch(idx)
-            y = centered_fft2(batch.images) * sign
-            ctf = batch.ctf if batch.ctf is not None else torch.ones(1, n, n)
-            # CC(x) = Σ_k Y(k) conj(C B)(k) e^{2πi k·x/n}: peaks at the content's displacement d
-            cc = centered_ifft2(y * ctf * ref2d).real.reshape(len(idx), -1)
-            score = cc.abs() if it == 0 else cc
-            score = score.masked_fill(~window, float("-inf"))
-            best = score.argmax(dim=1)
-            if it == 0:
-                n_positive += int((cc[torch.arange(len(idx)), best] > 0).sum())
-            d = torch.stack([xx.reshape(-1)[best], yy.reshape(-1)[best]], dim=1)
-            shifts[idx] = -d  # the origin that moves content at d back (projection.origin_phases)
-            centred = y * origin_phases(-d, n).conj()
-            num += (centred * ctf).sum(dim=0)
-            den += (ctf * ctf).sum(dim=0) if batch.ctf is not None else float(len(idx))
+        num, den, n_positive = _align_pass(dataset, profile[shells] * band, sign, shifts, window, xx, yy,
+                                           first=it == 0, chunk=chunk,
+                                           desc=f"centring {it + 1}/{iterations}", progress=progress)
         if it == 0:
             positive_fraction = n_positive / n_total
             sign = 1 if positive_fraction >= 0.5 else -1
             if sign < 0:
                 # the first pass averaged the images as they came; flip the reference with them
                 num = -num
-        mean = (num / (den + 0.1 * den.mean())).real
-        prof = radial_average(mean[None].double())[0].float()
-        prof[0] = prof[1]
-        peak = float(prof[1:max(2, n // 8)].abs().max())
-        profile = prof / peak if peak > 0 else profile
+        profile = _next_profile(num, den, profile)
     return CentringResult(shifts_px=shifts, contrast_sign=sign, contrast_fraction=float(positive_fraction),
                           reference_profile=profile)
 
 
-def centre_images(images, metadata, *, iterations: int = 3, use_ctf: bool = True) -> CentringResult:
-    """:func:`centre_particles` on raw images, for commands without a training data set.
-
-    The images are read as a :class:`cryopose.data.dataset.ParticleDataset` at their own box,
-    RELION-normalised per image and whitened (the centring and the contrast sign then do not
-    depend on each micrograph's noise level), their origins ignored. ``iterations=1`` is enough
-    for the contrast alone.
-
-    Args:
-        images: ``len`` and ``[indices] → (B, m, m)`` images (e.g.
-            :class:`cryopose.search.run.ResampledImages`), any contrast.
-        metadata: Their metadata on that grid (pixel size and box of the images, CTF).
-        iterations: Passes of :func:`centre_particles`.
-        use_ctf: Use the metadata's CTF.
+def _align_pass(dataset, ref2d: torch.Tensor, sign: int, shifts: torch.Tensor, window: torch.Tensor,
+                xx: torch.Tensor, yy: torch.Tensor, *, first: bool, chunk: int, desc: str, progress: bool):
+    """One centring pass: every image's origin against the reference ``ref2d`` ``(n, n)``
+    (centred Fourier grid), written into ``shifts`` ``(N, 2)`` px; the peak of ``|CC|`` on the
+    ``first`` pass, of ``CC`` after.
 
     Returns:
-        :class:`CentringResult` (origins in the images' pixels).
+        ``(Σ C·Y of the centred images (n, n) complex, Σ C² (n, n), number of images whose
+        peak is positive — counted on the first pass only)``.
     """
-    from .dataset import ParticleDataset  # the dataset module imports this one
+    from tqdm import tqdm
 
-    ds = ParticleDataset(images, metadata, use_shifts=False, use_ctf=use_ctf, per_image=True, whiten=True)
-    return centre_particles(ds, iterations=iterations)
+    n, n_total = dataset.box_size, len(dataset)
+    num = torch.zeros(n, n, dtype=torch.complex64)
+    den = torch.zeros(n, n)
+    n_positive = 0
+    for s in tqdm(range(0, n_total, chunk), desc=desc, disable=not progress):
+        idx = np.arange(s, min(s + chunk, n_total))
+        batch = dataset.batch(idx)
+        y = centered_fft2(batch.images) * sign
+        ctf = batch.ctf if batch.ctf is not None else torch.ones(1, n, n)
+        # CC(x) = Σ_k Y(k) conj(C B)(k) e^{2πi k·x/n}: peaks at the content's displacement d
+        cc = centered_ifft2(y * ctf * ref2d).real.reshape(len(idx), -1)
+        score = cc.abs() if first else cc
+        score = score.masked_fill(~window, float("-inf"))
+        best = score.argmax(dim=1)
+        if first:
+            n_positive += int((cc[torch.arange(len(idx)), best] > 0).sum())
+        d = torch.stack([xx.reshape(-1)[best], yy.reshape(-1)[best]], dim=1)
+        shifts[idx] = -d  # the origin that moves content at d back (projection.origin_phases)
+        centred = y * origin_phases(-d, n).conj()
+        num += (centred * ctf).sum(dim=0)
+        den += (ctf * ctf).sum(dim=0) if batch.ctf is not None else float(len(idx))
+    return num, den, n_positive
+
+
+def _next_profile(num: torch.Tensor, den: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+    """The next reference's radial profile: the radial average of the Wiener mean ``num / (den +
+    0.1 <den>)``, scaled to a peak of 1 at low frequency (``profile`` kept if that peak is 0)."""
+    n = num.shape[-1]
+    mean = (num / (den + 0.1 * den.mean())).real
+    prof = radial_average(mean[None].double())[0].float()
+    prof[0] = prof[1]
+    peak = float(prof[1:max(2, n // 8)].abs().max())
+    return prof / peak if peak > 0 else profile

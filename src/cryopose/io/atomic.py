@@ -8,7 +8,7 @@ and Windows. The temporary file is created with mode ``0o666`` so the usual umas
 An operating-system error while writing (full disk, read-only file system, a folder in the
 way) removes the temporary file and is raised as one
 :class:`~cryopose.errors.OutputError` naming the target, never the temporary file
-(:func:`cryopose.io.outputs.os_error_reason`). Temporary files left by a killed process
+(:func:`cryopose.io.oserrors.os_error_reason`). Temporary files left by a killed process
 (``.NAME.PID.HEX.tmp`` whose process is gone) are removed the next time ``NAME`` is written.
 The checks before any work and the ``--force`` rule are in :mod:`cryopose.io.outputs`.
 """
@@ -22,6 +22,8 @@ import os
 import secrets
 from pathlib import Path
 from typing import IO, Iterator
+
+from .oserrors import output_error
 
 __all__ = ["atomic_path", "atomic_write", "atomic_write_text", "json_ready", "atomic_write_json",
            "remove_stale_temps"]
@@ -123,8 +125,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            from .outputs import output_error
-
             raise output_error(target, exc) from exc
         raise
     _fsync_dir(target.parent)

@@ -177,6 +177,31 @@ def read_cs(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None
         PixelSizeError: No pixel size, or the explicit one disagrees with ``blob/psize_A``.
     """
     path = Path(path)
+    arr = _load_records(path)
+    fields = set(arr.dtype.names)
+    pixel = _cs_pixel_size(path, arr, fields, pixel_size_angstrom)
+    box = None
+    if "blob/shape" in fields:
+        shape = np.asarray(arr["blob/shape"], dtype=np.int64).reshape(len(arr), -1)
+        ny, nx = int(shape[0, -2]), int(shape[0, -1])
+        if ny != nx:
+            raise InputFileError(path, f"images are {ny}×{nx} (blob/shape); cryopose needs square images", row=1)
+        box = int(_one(path, shape[:, -1].astype(np.float64), "blob/shape", 0))
+    image_paths = _cs_image_paths(path, arr, datadir)
+    idx = np.asarray(arr["blob/idx"], dtype=np.int64)
+    ctf = _cs_ctf(path, arr, fields)
+    rotmats, shifts = _cs_poses(path, arr, fields, pixel)
+    groups = None
+    if "ctf/exp_group_id" in fields:
+        groups = np.asarray(arr["ctf/exp_group_id"], dtype=np.int64) + 1
+    return ParticleMetadata(pixel_size_angstrom=pixel, box_size=box, rotmats=rotmats, shifts_angstrom=shifts,
+                            ctf=ctf, image_paths=image_paths, image_indices=idx, optics_group=groups,
+                            table=_table(arr), optics=None, source=str(path))
+
+
+def _load_records(path: Path) -> np.ndarray:
+    """The ``.cs`` file's record array, flattened; ``InputFileError`` for a missing or non-``.cs``
+    file, no rows, or no ``blob/path``/``blob/idx`` field."""
     if not path.exists():
         raise InputFileError(path, "no such file")
     try:
@@ -192,27 +217,26 @@ def read_cs(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None
     for name in ("blob/path", "blob/idx"):
         if name not in fields:
             raise InputFileError(path, f"missing field {name} (the particle images)")
+    return arr
 
+
+def _cs_pixel_size(path: Path, arr: np.ndarray, fields: set, pixel_size_angstrom: float | None) -> float:
+    """Pixel size in Å: ``blob/psize_A`` (one value) checked against the explicit one, if any."""
     file_px = None
     if "blob/psize_A" in fields:
         file_px = _one(path, _field(path, arr, "blob/psize_A"), "blob/psize_A", 1e-3)
         check_pixel_size(file_px, source=f"{path} (blob/psize_A)")
     if pixel_size_angstrom is not None:
-        pixel = check_pixel_size(pixel_size_angstrom, source="--pixel-size", other=file_px,
-                                 other_source=f"{path} (blob/psize_A)")
-    elif file_px is not None:
-        pixel = file_px
-    else:
-        raise PixelSizeError(f"{path}: no blob/psize_A field; pass --pixel-size (pixel_size_angstrom=...)")
+        return check_pixel_size(pixel_size_angstrom, source="--pixel-size", other=file_px,
+                                other_source=f"{path} (blob/psize_A)")
+    if file_px is not None:
+        return file_px
+    raise PixelSizeError(f"{path}: no blob/psize_A field; pass --pixel-size (pixel_size_angstrom=...)")
 
-    box = None
-    if "blob/shape" in fields:
-        shape = np.asarray(arr["blob/shape"], dtype=np.int64).reshape(len(arr), -1)
-        ny, nx = int(shape[0, -2]), int(shape[0, -1])
-        if ny != nx:
-            raise InputFileError(path, f"images are {ny}×{nx} (blob/shape); cryopose needs square images", row=1)
-        box = int(_one(path, shape[:, -1].astype(np.float64), "blob/shape", 0))
 
+def _cs_image_paths(path: Path, arr: np.ndarray, datadir) -> list[str]:
+    """Every particle's stack path: ``blob/path`` (cryoSPARC's leading ``>`` dropped) tried
+    against the folders of :func:`_search_dirs`, the first that exists, else the first candidate."""
     raw = pd.Series(_decode(arr["blob/path"]))
     raw = raw.where(~raw.str.startswith(">"), raw.str[1:])
     dirs = _search_dirs(path, datadir)
@@ -223,37 +247,36 @@ def read_cs(path: str | os.PathLike, *, pixel_size_angstrom: float | None = None
         cands = [p] if p.is_absolute() else [d / p for d in dirs]
         hit = next((c for c in cands if c.exists()), cands[0])
         resolved.append(os.path.normpath(hit))
-    image_paths = [resolved[c] for c in codes]
-    idx = np.asarray(arr["blob/idx"], dtype=np.int64)
+    return [resolved[c] for c in codes]
 
-    ctf = None
-    if _partial(path, _CTF_REQUIRED, fields, "CTF"):
-        v = {n: _field(path, arr, n) for n in _CTF_REQUIRED}
-        phase = _field(path, arr, "ctf/phase_shift_rad") if "ctf/phase_shift_rad" in fields else np.zeros(len(arr))
-        bfac = _field(path, arr, "ctf/bfactor") if "ctf/bfactor" in fields else np.zeros(len(arr))
-        try:
-            ctf = CTFParams.create(defocus_u_angstrom=v["ctf/df1_A"], defocus_v_angstrom=v["ctf/df2_A"],
-                                   defocus_angle_deg=np.rad2deg(v["ctf/df_angle_rad"]),
-                                   voltage_kv=v["ctf/accel_kv"], spherical_aberration_mm=v["ctf/cs_mm"],
-                                   amplitude_contrast=v["ctf/amp_contrast"], phase_shift_deg=np.rad2deg(phase),
-                                   bfactor_angstrom2=bfac)
-        except ValueError as err:
-            raise InputFileError(path, f"invalid CTF values: {err}") from None
 
-    rotmats = shifts = None
-    if _partial(path, _POSE, fields, "3D alignment"):
-        pose = _field(path, arr, "alignments3D/pose").reshape(len(arr), 3)
-        rotmats = cryosparc_pose_to_rotmat(pose).float()
-        shift_px = _field(path, arr, "alignments3D/shift").reshape(len(arr), 2)
-        align_px = pixel
-        if "alignments3D/psize_A" in fields:
-            align_px = _one(path, _field(path, arr, "alignments3D/psize_A"), "alignments3D/psize_A", 1e-3)
-            check_pixel_size(align_px, source=f"{path} (alignments3D/psize_A)")
-        shifts = torch.from_numpy(shift_px * align_px).float()
+def _cs_ctf(path: Path, arr: np.ndarray, fields: set) -> CTFParams | None:
+    """The particles' CTF from ``ctf/*`` (radians to degrees), or ``None`` without CTF fields."""
+    if not _partial(path, _CTF_REQUIRED, fields, "CTF"):
+        return None
+    v = {n: _field(path, arr, n) for n in _CTF_REQUIRED}
+    phase = _field(path, arr, "ctf/phase_shift_rad") if "ctf/phase_shift_rad" in fields else np.zeros(len(arr))
+    bfac = _field(path, arr, "ctf/bfactor") if "ctf/bfactor" in fields else np.zeros(len(arr))
+    try:
+        return CTFParams.create(defocus_u_angstrom=v["ctf/df1_A"], defocus_v_angstrom=v["ctf/df2_A"],
+                                defocus_angle_deg=np.rad2deg(v["ctf/df_angle_rad"]),
+                                voltage_kv=v["ctf/accel_kv"], spherical_aberration_mm=v["ctf/cs_mm"],
+                                amplitude_contrast=v["ctf/amp_contrast"], phase_shift_deg=np.rad2deg(phase),
+                                bfactor_angstrom2=bfac)
+    except ValueError as err:
+        raise InputFileError(path, f"invalid CTF values: {err}") from None
 
-    groups = None
-    if "ctf/exp_group_id" in fields:
-        groups = np.asarray(arr["ctf/exp_group_id"], dtype=np.int64) + 1
-    return ParticleMetadata(pixel_size_angstrom=pixel, box_size=box, rotmats=rotmats, shifts_angstrom=shifts,
-                            ctf=ctf, image_paths=image_paths, image_indices=idx, optics_group=groups,
-                            table=_table(arr), optics=None, source=str(path))
+
+def _cs_poses(path: Path, arr: np.ndarray, fields: set, pixel: float):
+    """RELION matrices ``(N, 3, 3)`` and shifts ``(N, 2)`` in Å from ``alignments3D/*`` (shifts
+    scaled by ``alignments3D/psize_A``, else ``pixel``), or ``(None, None)``."""
+    if not _partial(path, _POSE, fields, "3D alignment"):
+        return None, None
+    pose = _field(path, arr, "alignments3D/pose").reshape(len(arr), 3)
+    rotmats = cryosparc_pose_to_rotmat(pose).float()
+    shift_px = _field(path, arr, "alignments3D/shift").reshape(len(arr), 2)
+    align_px = pixel
+    if "alignments3D/psize_A" in fields:
+        align_px = _one(path, _field(path, arr, "alignments3D/psize_A"), "alignments3D/psize_A", 1e-3)
+        check_pixel_size(align_px, source=f"{path} (alignments3D/psize_A)")
+    return rotmats, torch.from_numpy(shift_px * align_px).float()

@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-import shutil
 from pathlib import Path
 
 from ..errors import OutputError
 from .atomic import atomic_path, atomic_write, atomic_write_json, atomic_write_text, remove_stale_temps
+from .oserrors import _existing_ancestor, _size_text, free_bytes, os_error_reason, output_error
 
 __all__ = ["check_outputs", "check_output_folder", "check_free_space", "all_or_nothing",
            "output_error", "os_error_reason", "free_bytes",
@@ -33,61 +33,6 @@ __all__ = ["check_outputs", "check_output_folder", "check_free_space", "all_or_n
 
 #: Free space kept beyond the expected size of the outputs (bytes): configs, STAR files, slack.
 MARGIN_BYTES = 1 << 20
-
-_REASONS = {
-    _errno.ENOSPC: "no space left on the device",
-    _errno.EDQUOT: "disk quota exceeded",
-    _errno.EROFS: "the file system is read-only",
-    _errno.EACCES: "permission denied",
-    _errno.EPERM: "operation not permitted",
-    _errno.EISDIR: "is a folder; give a file name",
-    _errno.ENOTDIR: "a part of the path is a file, not a folder",
-    _errno.ENOENT: "its folder does not exist",
-    _errno.ENAMETOOLONG: "the file name is too long",
-    _errno.EFBIG: "the file is too large for the file system",
-    _errno.EIO: "input/output error on the device",
-}
-
-
-def _size_text(n_bytes: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{int(n_bytes)} bytes"
-
-
-def os_error_reason(exc: OSError) -> str:
-    """Why ``exc`` happened, in words, without the file name it carries (a temporary file)."""
-    return _REASONS.get(exc.errno, exc.strerror or type(exc).__name__)
-
-
-def output_error(path, exc: OSError) -> OutputError:
-    """The :class:`OutputError` for an ``OSError`` raised while writing ``path`` (the user's
-    path, not the temporary file the error may name); a full disk says how much is free."""
-    path = Path(path)
-    reason = os_error_reason(exc)
-    if exc.errno in (_errno.ENOSPC, _errno.EDQUOT):
-        free = free_bytes(path.parent)
-        if free is not None:
-            reason += f" ({_size_text(free)} free in {_existing_ancestor(path.parent)})"
-    return OutputError(path, f"cannot write: {reason}", errno=exc.errno)
-
-
-def free_bytes(folder) -> int | None:
-    """Free bytes on the file system of ``folder`` (or of its nearest existing ancestor), or
-    ``None`` when that cannot be asked (:func:`shutil.disk_usage`)."""
-    try:
-        return int(shutil.disk_usage(_existing_ancestor(Path(folder))).free)
-    except OSError:
-        return None
-
-
-def _existing_ancestor(folder: Path) -> Path:
-    folder = Path(folder).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
-
 
 def _check_folder(folder: Path, what: Path) -> None:
     """``folder`` (to be) holding ``what``: an existing ancestor that is a writable folder."""

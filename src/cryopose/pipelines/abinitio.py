@@ -20,14 +20,13 @@ encoder's
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..conventions import shifts_angstrom_to_pixels, shifts_pixels_to_angstrom
+from ..conventions import shifts_pixels_to_angstrom
 from ..data.dataset import ParticleDataset
 from ..data.transforms import Normalization
 from ..errors import UserError
@@ -36,43 +35,14 @@ from ..runtime import Runtime
 from ..search.run import ResampledImages
 from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.config import AbinitioConfig, config_from_dict
-from ..training.trainer import PoseInference, Trainer, estimate_volume_scale, infer_poses
+from ..training.trainer import Trainer, estimate_volume_scale, infer_poses
+from .abinitio_finish import AbinitioResult, finish_abinitio, write_poses
 
 __all__ = ["AbinitioResult", "build_model", "run_abinitio", "load_encoder", "write_poses"]
 
 ENCODER_FORMAT_KEYS = ("config", "model", "working_box_size", "working_pixel_size_angstrom", "normalization")
 
 
-@dataclasses.dataclass(frozen=True)
-class AbinitioResult:
-    """What :func:`run_abinitio` produced.
-
-    Attributes:
-        outdir: The output folder.
-        poses_star, map_path, encoder_path, report_path: Files written (``map_path`` and
-            ``report_path`` are ``None`` when skipped).
-        rotmats: ``(N, 3, 3)`` final poses (polished when ``config.polish_rounds > 0``).
-        encoder_rotmats: ``(N, 3, 3)`` the encoder's poses (amortized inference, before polishing).
-        shifts_angstrom: ``(N, 2)`` origins in Å (RELION sign), or ``None``.
-        confidence: ``(N,)`` per-particle confidence in [0, 1].
-        resolution_fsc0p143_angstrom: Half-map FSC = 0.143 resolution of ``map.mrc``, or ``None``.
-        seconds: Wall time by stage (``train``, ``infer``, ``reconstruct``, ``report``).
-        warnings: What looks wrong in the run and what to change
-            (:func:`cryopose.metrics.diagnostics.run_warnings`; also in ``summary.json``).
-    """
-
-    outdir: Path
-    poses_star: Path
-    map_path: Path | None
-    encoder_path: Path
-    report_path: Path | None
-    rotmats: torch.Tensor
-    shifts_angstrom: torch.Tensor | None
-    confidence: torch.Tensor
-    resolution_fsc0p143_angstrom: float | None
-    seconds: dict
-    encoder_rotmats: torch.Tensor | None = None
-    warnings: tuple[str, ...] = ()
 
 
 def build_model(config: AbinitioConfig, *, box_size: int, pixel_size_angstrom: float) -> CryoPoseNet:
@@ -144,25 +114,6 @@ def load_encoder(path: str | Path, *, state: dict | None = None) -> tuple[Abinit
     return config, model, info
 
 
-def write_poses(path: Path, metadata, inference: PoseInference, working_pixel_size_angstrom: float) -> Path:
-    """Write inferred poses as RELION 3.1 STAR (same order and pixel size as ``metadata``).
-
-    Shifts go from working pixels to Å; the confidence is written as ``rlnCryoposeConfidence``
-    and the mean squared Fourier residual of the chosen pose (working box, normalised images) as
-    ``rlnCryoposeResidual``. Both rank outliers (junk has low confidence and high residual);
-    both describe the encoder's pose (amortized inference), also in the polished ``poses.star``.
-    """
-    from ..io.star import write_star
-
-    shifts = None
-    if inference.shifts_px is not None:
-        shifts = inference.shifts_px.double() * working_pixel_size_angstrom
-    elif metadata.shifts_angstrom is not None:
-        shifts = metadata.shifts_angstrom
-    meta = metadata.replace(rotmats=inference.rotmats.double().float(), shifts_angstrom=shifts)
-    write_star(path, meta, extra_columns={"rlnCryoposeConfidence": inference.confidence.double().numpy(),
-                                          "rlnCryoposeResidual": inference.residual.double().numpy()})
-    return path
 
 
 def resolve_config(config: AbinitioConfig, metadata, image_box: int | None = None) -> AbinitioConfig:
@@ -328,61 +279,21 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
             size, image names), ``outdir`` holding a finished or unrelated run without ``resume``.
         KeyboardInterrupt: After writing the checkpoint (and ``encoder.pt``) of the current step.
     """
-    from ..io.particles import load_particles
-
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"-o {outdir}: exists and is not a folder")
-    outdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, encoder_path = outdir / "checkpoint.pt", outdir / "encoder.pt"
-    if not resume and ckpt_path.exists():
-        raise UserError(f"{outdir} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
-    if resume and not ckpt_path.exists():
-        raise UserError(f"--resume: no checkpoint.pt in {outdir}")
-    saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
-    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir, optics_group=optics_group)
-    if meta.ctf is None:
-        print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
-    if strict_box and config.box_size is not None and int(config.box_size) > int(stack.box_size):
-        raise UserError(f"--box-size {config.box_size}: larger than the images ({stack.box_size} px in {particles}); "
-                        "the working box Fourier-crops the images, it cannot enlarge them")
-    config = resolve_config(config, meta, stack.box_size)
-    box = int(config.box_size)
-    if saved is not None:
-        config = _check_resume(saved, config, dataset_fingerprint(stack, meta))
+    outdir, ckpt_path, encoder_path, saved = _open_outdir(outdir, resume)
+    stack, meta, config = _load_inputs(particles, config, saved, pixel_size_angstrom=pixel_size_angstrom,
+                                       ctf_star=ctf_star, datadir=datadir, optics_group=optics_group,
+                                       strict_box=strict_box)
     if on_start is not None:
         on_start(config)
-    norm = None if saved is None else Normalization(**saved["normalization"])
     runtime = Runtime() if runtime is None else runtime
     progress = progress and runtime.rank == 0
-    from ..data.streaming import dataset_source
-
-    images, cache_mb = dataset_source(stack, box, runtime)
-    dataset = ParticleDataset(images, meta, box_size=box, invert=False, normalization=norm,
-                              per_image=config.per_image_normalization, whiten=config.whiten,
-                              cache_limit_mb=cache_mb)
-    config, prep = prepare_particles(dataset, config, progress=progress,
-                                     saved=None if saved is None else saved.get("preprocess"))
-    if config.estimate_shifts:
-        meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
+    dataset, config, prep, meta = _working_dataset(stack, meta, config, saved, runtime, progress)
     source = ResampledImages(stack, stack.box_size, invert_contrast=True) if config.invert_contrast else stack
     model = build_model(config, box_size=dataset.box_size, pixel_size_angstrom=dataset.pixel_size_angstrom)
     if saved is None:
         model.volume.scale.fill_(estimate_volume_scale(dataset))
-    extra = {"config": dataclasses.asdict(config), "normalization": dataclasses.asdict(dataset.normalization),
-             "working_box_size": dataset.box_size, "working_pixel_size_angstrom": dataset.pixel_size_angstrom,
-             "preprocess": prep, "dataset": dataset_fingerprint(stack, meta)}
-
-    def write_encoder(tr: Trainer) -> None:
-        if runtime.rank == 0:  # under torchrun every rank holds the same model; one writes it
-            save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
-
-    trainer = Trainer(model, dataset, config.training, checkpoint_path=ckpt_path, checkpoint_extra=extra,
-                      progress=progress, on_epoch_end=write_encoder, symmetry=config.model.symmetry,
-                      runtime=runtime)
-    if saved is not None:
-        trainer.load_state_dict(saved)
+    trainer, write_encoder = _make_trainer(model, dataset, config, prep, stack, meta, saved, ckpt_path,
+                                           encoder_path, runtime, progress)
     seconds = {}
     try:
         trainer.train()
@@ -400,125 +311,102 @@ def run_abinitio(particles: str | Path, outdir: str | Path, *, config: AbinitioC
                               encoder_path=encoder_path, report_path=None, rotmats=inference.rotmats,
                               shifts_angstrom=None, confidence=inference.confidence,
                               resolution_fsc0p143_angstrom=None, seconds={"train": trainer.elapsed})
-    poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
-    seconds["infer"] = time.perf_counter() - t1
-    shifts_a = None if inference.shifts_px is None else shifts_pixels_to_angstrom(inference.shifts_px,
-                                                                                 dataset.pixel_size_angstrom)
-    shift_corrections = None
-    if model.shift_head is not None and inference.shifts_px is not None:
-        base = torch.zeros_like(inference.shifts_px) if dataset.shifts_angstrom is None else \
-            shifts_angstrom_to_pixels(dataset.shifts_angstrom.float(), dataset.pixel_size_angstrom)
-        shift_corrections = inference.shifts_px - base
-    rec = None
-    map_path = None
-    polish_change = None
-    encoder_rotmats = inference.rotmats
-    if config.reconstruct:
-        t2 = time.perf_counter()
-        rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads,
-                           runtime.device)
-        seconds["reconstruct"] = time.perf_counter() - t2
-        if config.polish_rounds > 0:
-            from ..rotations import geodesic_distance_deg
-            from ..symmetry import expand_by_symmetry
-            from .polish import polish_poses
-
-            t3 = time.perf_counter()
-            rot = inference.rotmats
-            # origins refined with the poses when cryopose estimated them, from half a working pixel
-            shift_step = 0.5 * dataset.pixel_size_angstrom if config.estimate_shifts else 0.0
-            for _ in range(config.polish_rounds):
-                posed = meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
-                res_limit = rec.resolution_fsc0p143_angstrom
-                res_limit = None if res_limit is None or not math.isfinite(res_limit) else 0.9 * float(res_limit)
-                rot, sh = polish_poses(source, posed, rot, rec.volume, symmetry=config.model.symmetry,
-                                       start_step_deg=config.polish_start_step_deg,
-                                       final_step_deg=config.polish_final_step_deg,
-                                       shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
-                                       return_shifts=True)
-                if shift_step > 0:
-                    shifts_a = sh
-                rec = _reconstruct(source, meta, rot, shifts_a, config, outdir, progress, reconstruct_threads,
-                                   runtime.device)
-            write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
-            mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
-            polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
-            inference = dataclasses.replace(
-                inference, rotmats=rot.float(),
-                shifts_px=None if shifts_a is None else shifts_angstrom_to_pixels(shifts_a.float(),
-                                                                                  dataset.pixel_size_angstrom))
-            poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
-            seconds["polish"] = time.perf_counter() - t3
-        map_path = outdir / "map.mrc"
-    report_path = None
-    summary = {
-        "n_particles": len(meta), "working_box_size": dataset.box_size,
-        "working_pixel_size_angstrom": dataset.pixel_size_angstrom,
-        "pixel_size_angstrom": float(meta.pixel_size_angstrom), "epochs": trainer.epoch,
-        "steps": trainer.step, "final_loss": trainer.epoch_losses[-1] if trainer.epoch_losses else None,
-        "median_confidence": float(inference.confidence.median()),
-        "polish_rounds": config.polish_rounds if config.reconstruct else 0,
-        "polish_median_change_deg": None if polish_change is None else float(polish_change.median()),
-        "contrast_inverted": bool(config.invert_contrast),
-        "contrast_detected": "fraction_bright" in prep.get("contrast", {}),
-        "contrast_fraction_bright": prep.get("contrast", {}).get("fraction_bright"),
-        "shifts_estimated": bool(config.estimate_shifts),
-        "centring": prep.get("centring"),
-        "noise_spectrum": None if dataset.noise_spectrum is None else {
-            "frequency_per_angstrom": [float(v) for v in dataset.noise_spectrum.frequencies_per_angstrom()],
-            "power": list(dataset.noise_spectrum.power),
-            "low_to_high_ratio": dataset.noise_spectrum.colour_ratio()},
-        "resolution_fsc0p5_angstrom": None if rec is None else rec.resolution_fsc0p5_angstrom,
-        "resolution_fsc0p143_angstrom": None if rec is None else rec.resolution_fsc0p143_angstrom,
-        "seconds": seconds,
-    }
-    from ..metrics.diagnostics import run_warnings, view_coverage
-
-    coverage = view_coverage(inference.rotmats, config.model.symmetry)
-    summary["view_coverage"] = dataclasses.asdict(coverage)
-    summary["warnings"] = run_warnings(
-        coverage=coverage, resolution_angstrom=summary["resolution_fsc0p143_angstrom"],
-        pixel_size_angstrom=float(meta.pixel_size_angstrom), shift_corrections_px=shift_corrections,
-        max_shift_px=None if model.shift_head is None else model.shift_head.max_shift,
-        contrast_fraction_bright=summary["contrast_fraction_bright"])
-    if report:
-        t3 = time.perf_counter()
-        from ..report.html import write_abinitio_report
-
-        report_path = write_abinitio_report(outdir, trainer=trainer, dataset=dataset, inference=inference,
-                                            reconstruction=rec, config=config, summary=summary)
-        seconds["report"] = time.perf_counter() - t3
-    from ..io.atomic import atomic_write_json
-
-    atomic_write_json(outdir / "summary.json", summary)
-    return AbinitioResult(outdir=outdir, poses_star=poses_star, map_path=map_path, encoder_path=encoder_path,
-                          report_path=report_path, rotmats=inference.rotmats, shifts_angstrom=shifts_a,
-                          confidence=inference.confidence,
-                          resolution_fsc0p143_angstrom=None if rec is None else rec.resolution_fsc0p143_angstrom,
-                          seconds=seconds, encoder_rotmats=encoder_rotmats,
-                          warnings=tuple(summary["warnings"]))
+    return finish_abinitio(outdir=outdir, source=source, meta=meta, dataset=dataset, model=model, trainer=trainer,
+                           inference=inference, config=config, prep=prep, encoder_path=encoder_path,
+                           seconds=seconds, t_infer=t1, progress=progress, report=report,
+                           reconstruct_threads=reconstruct_threads, device=runtime.device)
 
 
-def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int,
-                 device=None):
-    """Known-pose reconstruction at the original box from ``rotmats`` (grids on ``device``,
-    default the CPU); writes the maps."""
-    from ..io.atomic import atomic_write_json
-    from ..io.mrc import write_map
-    from ..metrics.fsc import report_from_curve
-    from ..reconstruction import reconstruct
+def _open_outdir(outdir: str | Path, resume: bool):
+    """Create ``outdir`` and check it against ``resume``.
 
-    posed = meta.replace(rotmats=rotmats.float(),
-                         shifts_angstrom=shifts_a if shifts_a is not None else meta.shifts_angstrom)
-    g = torch.Generator().manual_seed(config.training.seed)
-    rec = reconstruct(stack, posed, symmetry=config.model.symmetry, generator=g, progress=progress,
-                      threads=threads, device=device)
-    apix = float(meta.pixel_size_angstrom)
-    write_map(outdir / "map.mrc", rec.volume, apix)
-    if rec.half_maps is not None:
-        write_map(outdir / "map_half1.mrc", rec.half_maps[0], apix)
-        write_map(outdir / "map_half2.mrc", rec.half_maps[1], apix)
-        fsc = report_from_curve(rec.fsc_frequency_per_angstrom.numpy(), rec.fsc.numpy(), apix,
-                                box_size=int(rec.volume.shape[-1]))
-        atomic_write_json(outdir / "fsc.json", fsc)
-    return rec
+    Returns:
+        ``(outdir, checkpoint path, encoder path, saved checkpoint or None)``; the checkpoint is
+        read before the (slow) particles.
+
+    Raises:
+        UserError: ``outdir`` is a file, holds a run without ``resume``, or has no checkpoint with it.
+    """
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"-o {outdir}: exists and is not a folder")
+    outdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path, encoder_path = outdir / "checkpoint.pt", outdir / "encoder.pt"
+    if not resume and ckpt_path.exists():
+        raise UserError(f"{outdir} already holds a run (checkpoint.pt); use --resume to continue it or another -o")
+    if resume and not ckpt_path.exists():
+        raise UserError(f"--resume: no checkpoint.pt in {outdir}")
+    saved = load_checkpoint(ckpt_path) if resume else None  # read before the (slow) particles
+    return outdir, ckpt_path, encoder_path, saved
+
+
+def _load_inputs(particles, config: AbinitioConfig, saved: dict | None, *, pixel_size_angstrom, ctf_star, datadir,
+                 optics_group, strict_box: bool):
+    """Read the particles, fill the config's automatic values and check a resume against them.
+
+    Returns:
+        ``(stack, metadata, resolved config)``.
+
+    Raises:
+        UserError: Unreadable input, a strict box larger than the images, a refused resume.
+    """
+    from ..io.particles import load_particles
+
+    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
+                                 datadir=datadir, optics_group=optics_group)
+    if meta.ctf is None:
+        print(f"cryopose abinitio: warning: {particles} has no CTF parameters; training without CTF")
+    if strict_box and config.box_size is not None and int(config.box_size) > int(stack.box_size):
+        raise UserError(f"--box-size {config.box_size}: larger than the images ({stack.box_size} px in {particles}); "
+                        "the working box Fourier-crops the images, it cannot enlarge them")
+    config = resolve_config(config, meta, stack.box_size)
+    if saved is not None:
+        config = _check_resume(saved, config, dataset_fingerprint(stack, meta))
+    return stack, meta, config
+
+
+def _working_dataset(stack, meta, config: AbinitioConfig, saved: dict | None, runtime: Runtime, progress: bool):
+    """The working-box :class:`ParticleDataset` (normalisation from ``saved`` on resume), after
+    :func:`prepare_particles`.
+
+    Returns:
+        ``(dataset, config, preprocessing record, metadata)``; the metadata carries the
+        estimated shifts when ``config.estimate_shifts``.
+    """
+    from ..data.streaming import dataset_source
+
+    box = int(config.box_size)
+    norm = None if saved is None else Normalization(**saved["normalization"])
+    images, cache_mb = dataset_source(stack, box, runtime)
+    dataset = ParticleDataset(images, meta, box_size=box, invert=False, normalization=norm,
+                              per_image=config.per_image_normalization, whiten=config.whiten,
+                              cache_limit_mb=cache_mb)
+    config, prep = prepare_particles(dataset, config, progress=progress,
+                                     saved=None if saved is None else saved.get("preprocess"))
+    if config.estimate_shifts:
+        meta = meta.replace(shifts_angstrom=dataset.shifts_angstrom.float())
+    return dataset, config, prep, meta
+
+
+def _make_trainer(model: CryoPoseNet, dataset: ParticleDataset, config: AbinitioConfig, prep: dict, stack, meta,
+                  saved: dict | None, ckpt_path: Path, encoder_path: Path, runtime: Runtime, progress: bool):
+    """The :class:`Trainer` (restored from ``saved`` on resume) with the checkpoint's record,
+    and the callback that writes ``encoder.pt`` (rank 0 only) after every epoch.
+
+    Returns:
+        ``(trainer, write_encoder)``.
+    """
+    extra = {"config": dataclasses.asdict(config), "normalization": dataclasses.asdict(dataset.normalization),
+             "working_box_size": dataset.box_size, "working_pixel_size_angstrom": dataset.pixel_size_angstrom,
+             "preprocess": prep, "dataset": dataset_fingerprint(stack, meta)}
+
+    def write_encoder(tr: Trainer) -> None:
+        if runtime.rank == 0:  # under torchrun every rank holds the same model; one writes it
+            save_checkpoint(encoder_path, _encoder_payload(config, tr.model, dataset))
+
+    trainer = Trainer(model, dataset, config.training, checkpoint_path=ckpt_path, checkpoint_extra=extra,
+                      progress=progress, on_epoch_end=write_encoder, symmetry=config.model.symmetry,
+                      runtime=runtime)
+    if saved is not None:
+        trainer.load_state_dict(saved)
+    return trainer, write_encoder

@@ -254,12 +254,37 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         RuntimeError: ``int8`` on a PyTorch build without a quantized CPU engine
             (:func:`cryopose.models.quantize.quantize_int8`).
     """
-    from ..errors import InputFileError
     from ..io.particles import load_particles
     from ..io.star import write_star
-    from ..models.supervised import INT8_CALIBRATION_PARTICLES, MODEL_KIND, OrientationRegressor, SupervisedModelConfig
+    from ..models.supervised import INT8_CALIBRATION_PARTICLES
     from ..search.run import ResampledImages
     from ..training.supervised import predict_rotmats
+
+    net, state = _load_supervised_network(model, state)
+    invert = _supervised_invert_contrast(model, state, invert_contrast)
+    output = _check_output(output)
+    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
+                                 datadir=datadir, optics_group=optics_group)
+    m = net.config.box_size
+    _check_network_box(model, particles, int(stack.box_size), float(meta.pixel_size_angstrom), m,
+                       state.get("pixel_size_angstrom"))
+    images = ResampledImages(stack, m, invert_contrast=invert)
+    if int8:
+        net = net.quantized_for_inference(images[np.arange(min(INT8_CALIBRATION_PARTICLES, len(images)))])
+    if not int8:
+        net = net.to((Runtime() if runtime is None else runtime).device)
+    rot = predict_rotmats(net, images, batch_size=batch_size,
+                          test_time_turns=test_time_turns, symmetry=state.get("symmetry", "C1"))
+    write_star(output, meta.replace(rotmats=rot.float()))
+    return rot.float()
+
+
+def _load_supervised_network(model: str | Path, state: dict | None):
+    """The supervised regressor of checkpoint ``model`` (read unless ``state`` is given) and the
+    checkpoint's contents; ``InputFileError`` (naming ``model``) for another model kind or a
+    network that cannot be rebuilt."""
+    from ..errors import InputFileError
+    from ..models.supervised import MODEL_KIND, OrientationRegressor, SupervisedModelConfig
 
     if state is None:
         kind, state = read_model_file(model)
@@ -270,24 +295,15 @@ def predict_poses_supervised(model: str | Path, particles: str | Path, output: s
         net.load_state_dict(state["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise InputFileError(model, f"cannot rebuild the supervised network ({type(err).__name__}: {err})") from None
-    invert = _supervised_invert_contrast(model, state, invert_contrast)
-    output = _check_output(output)
-    stack, meta = load_particles(particles, pixel_size_angstrom=pixel_size_angstrom, ctf_star=ctf_star,
-                                 datadir=datadir, optics_group=optics_group)
-    n, m, p_net = int(stack.box_size), net.config.box_size, state.get("pixel_size_angstrom")
-    apix = float(meta.pixel_size_angstrom)
+    return net, state
+
+
+def _check_network_box(model, particles, n: int, apix: float, m: int, p_net: float | None) -> None:
+    """``UserError`` unless ``n`` px images at ``apix`` Å have the network's box in Å (``m`` px at
+    ``p_net`` Å, when the checkpoint records it) and are at least ``m`` px."""
     if p_net is not None and abs(n * apix - m * p_net) > 1e-3 * m * p_net:
         raise UserError(f"{particles}: {n} px at {apix:g} Å is a {n * apix:.1f} Å box; the network in {model} "
                         f"was trained on {m} px at {p_net:g} Å ({m * p_net:.1f} Å); the particles must have the "
                         "same box in Å")
     if n < m:
         raise UserError(f"{particles}: {n} px images are smaller than the {m} px input of the network in {model}")
-    images = ResampledImages(stack, m, invert_contrast=invert)
-    if int8:
-        net = net.quantized_for_inference(images[np.arange(min(INT8_CALIBRATION_PARTICLES, len(images)))])
-    if not int8:
-        net = net.to((Runtime() if runtime is None else runtime).device)
-    rot = predict_rotmats(net, images, batch_size=batch_size,
-                          test_time_turns=test_time_turns, symmetry=state.get("symmetry", "C1"))
-    write_star(output, meta.replace(rotmats=rot.float()))
-    return rot.float()

@@ -241,7 +241,7 @@ def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "Ref
         inverted and centred as decided), the centring origins in working pixels (or ``None``),
         and a JSON-friendly record for the report.
     """
-    from ..data.preprocess import centre_images
+    from ..data.dataset import centre_images
 
     est = (not metadata.has_origins) if config.estimate_shifts is None else bool(config.estimate_shifts)
     invert = config.invert_contrast
@@ -283,67 +283,29 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     Raises:
         UserError: Too few particles to label, train and test (at least 10 labelled).
     """
-    from ..reconstruction.backprojection import reconstruct
-
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     wd = prepare_working_data(stack, metadata, reference, box_size=config.box_size,
                               invert_contrast=bool(config.invert_contrast))
     config, wd, centring, prep = _prepare_particles(wd, metadata, config, say)
     n = len(wd.metadata)
-    n_lab = int(math.ceil(config.labeled_fraction * n))
-    if n_lab < 10:
-        raise UserError(f"{n} particles × labeled fraction {config.labeled_fraction} gives {n_lab} labelled "
-                        "particles; at least 10 are needed to train and test")
-    rng = np.random.default_rng(config.seed)
-    labeled = np.sort(rng.choice(n, n_lab, replace=False))
-    unlabeled = np.setdiff1d(np.arange(n), labeled)
+    labeled, unlabeled = _split_labelled(n, config)
+    n_lab = labeled.size
     sym = config.search.symmetry
-    meta_w = wd.metadata
-    ctf = meta_w.ctf
+    ctf = wd.metadata.ctf
+    seconds = {}
     # 1. search the labelled subset
     say(f"searching {n_lab} of {n} particles on a {wd.box_size} px grid")
-    lab_images = wd.images.subset(labeled)
     t1 = time.perf_counter()
-    sres = search_poses(lab_images, wd.reference, wd.pixel_size_angstrom, ctf=None if ctf is None else ctf[labeled],
-                        config=config.search)
-    t_search = time.perf_counter() - t1
+    sres = search_poses(wd.images.subset(labeled), wd.reference, wd.pixel_size_angstrom,
+                        ctf=None if ctf is None else ctf[labeled], config=config.search)
+    seconds["search"] = time.perf_counter() - t1
     # 2. train on the search labels
-    net_box = int(config.network_box_size or wd.box_size)
-    if net_box > wd.box_size:
-        raise UserError(f"network box {net_box} is larger than the working box {wd.box_size}")
-    net_images = ResampledImages(wd.images.source, net_box, invert_contrast=config.invert_contrast,
-                                 centring_px=None if centring is None else centring * net_box / wd.box_size)
-    mcfg = config.model or SupervisedModelConfig(box_size=net_box)
-    mcfg = dataclasses.replace(mcfg, box_size=net_box)
-    tcfg = dataclasses.replace(config.train, symmetry=sym)
     t2 = time.perf_counter()
-    train, cv = train_on_dataset(net_images.subset(labeled), sres.rotmats, wd.reference, model_config=mcfg, train_config=tcfg,
-                                 cv_w=config.cv_w, cv_iterations=config.cv_iterations,
-                                 cv_max_particles=config.cv_max_particles, progress=say)
-    t_train = time.perf_counter() - t2
+    train, cv, net_images, net_box, tcfg = _train_network(wd, centring, labeled, sres.rotmats, config, say)
+    seconds["train"] = time.perf_counter() - t2
     # 3. infer the rest
-    t3 = time.perf_counter()
-    rest_images = wd.images.subset(unlabeled)
-    net = train.model
-    if config.int8_inference:
-        net = net.quantized_for_inference(net_images[labeled[:INT8_CALIBRATION_PARTICLES]])
-    pred = (predict_rotmats(net, net_images.subset(unlabeled), test_time_turns=config.test_time_turns,
-                            symmetry=sym) if unlabeled.size else torch.zeros(0, 3, 3))
-    t_infer = time.perf_counter() - t3
-    pred_raw = pred
-    pred_shifts = torch.zeros(unlabeled.size, 2)
-    source = np.array(["search"] * n, dtype=object)
-    source[unlabeled] = "network"
-    t_local = 0.0
-    if config.local_refine and unlabeled.size:
-        t4 = time.perf_counter()
-        lres = local_search(rest_images, wd.reference, wd.pixel_size_angstrom, pred,
-                            ctf=None if ctf is None else ctf[unlabeled], config=config.search,
-                            start_step_deg=config.local_refine_step_deg)
-        pred, pred_shifts = lres.rotmats, lres.shifts_angstrom
-        source[unlabeled] = "network+local"
-        t_local = time.perf_counter() - t4
+    pred_raw, pred, pred_shifts, source = _infer_rest(wd, train, net_images, labeled, unlabeled, config, seconds)
     rot = torch.empty(n, 3, 3)
     sh = torch.zeros(n, 2)
     rot[torch.as_tensor(labeled)] = sres.rotmats
@@ -356,6 +318,120 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
     # 4. reconstruct on the working grid (same half-set split for every map)
     say("reconstructing")
+    rec, net_only, known = _reconstructions(wd, metadata, rot, sh, pred_raw, unlabeled, config, seconds)
+    seconds["total"] = time.perf_counter() - t0
+    report = {
+        "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
+        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
+        # the network sees the working grid Fourier-cropped to net_box px: same field of view
+        "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
+        "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
+        "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
+        **prep,
+        "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
+        "cv": None if cv is None else cv.as_dict(),
+        "test_metrics_vs_search_labels": train.test_metrics,
+        **_timing_report(sres, unlabeled, seconds),
+        **_map_report(wd, rec, net_only, known),
+    }
+    if known is not None:
+        tl = metadata.rotmats[torch.as_tensor(labeled)]
+        truth_rest = metadata.rotmats[torch.as_tensor(unlabeled)] if unlabeled.size else None
+        report["pose_errors_vs_input"] = {
+            "search": _errors(sres.rotmats, tl, sym),
+            "network": _errors(pred_raw, truth_rest, sym),
+            "network+local": _errors(pred, truth_rest, sym) if config.local_refine and unlabeled.size else None,
+            "all": _errors(rot, metadata.rotmats, sym),
+        }
+    return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)
+
+
+def _split_labelled(n: int, config: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices of the ``ceil(labeled_fraction · n)`` particles to search (seeded by
+    ``config.seed``) and of the rest; ``UserError`` when fewer than 10 would be labelled."""
+    n_lab = int(math.ceil(config.labeled_fraction * n))
+    if n_lab < 10:
+        raise UserError(f"{n} particles × labeled fraction {config.labeled_fraction} gives {n_lab} labelled "
+                        "particles; at least 10 are needed to train and test")
+    rng = np.random.default_rng(config.seed)
+    labeled = np.sort(rng.choice(n, n_lab, replace=False))
+    unlabeled = np.setdiff1d(np.arange(n), labeled)
+    return labeled, unlabeled
+
+
+def _train_network(wd: WorkingData, centring, labeled: np.ndarray, label_rotmats: torch.Tensor,
+                   config: RefineConfig, say):
+    """Train the orientation network on the labelled particles' search poses, at the network box.
+
+    Returns:
+        ``(TrainResult, CVResult or None, network-box images of all particles, network box
+        in px, the training config used)``.
+
+    Raises:
+        UserError: A network box larger than the working box.
+    """
+    net_box = int(config.network_box_size or wd.box_size)
+    if net_box > wd.box_size:
+        raise UserError(f"network box {net_box} is larger than the working box {wd.box_size}")
+    net_images = ResampledImages(wd.images.source, net_box, invert_contrast=config.invert_contrast,
+                                 centring_px=None if centring is None else centring * net_box / wd.box_size)
+    mcfg = config.model or SupervisedModelConfig(box_size=net_box)
+    mcfg = dataclasses.replace(mcfg, box_size=net_box)
+    tcfg = dataclasses.replace(config.train, symmetry=config.search.symmetry)
+    train, cv = train_on_dataset(net_images.subset(labeled), label_rotmats, wd.reference, model_config=mcfg,
+                                 train_config=tcfg, cv_w=config.cv_w, cv_iterations=config.cv_iterations,
+                                 cv_max_particles=config.cv_max_particles, progress=say)
+    return train, cv, net_images, net_box, tcfg
+
+
+def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.ndarray, unlabeled: np.ndarray,
+                config: RefineConfig, seconds: dict):
+    """Predict the unlabelled particles' poses with the network, then (``config.local_refine``)
+    refine them by local search; the times go into ``seconds`` (``inference``, ``local_refine``).
+
+    Returns:
+        ``(network poses (U, 3, 3), final poses (U, 3, 3), shifts (U, 2) in Å, (N,) source
+        label of every particle's pose: "search", "network" or "network+local")``.
+    """
+    t3 = time.perf_counter()
+    sym = config.search.symmetry
+    net = train.model
+    if config.int8_inference:
+        net = net.quantized_for_inference(net_images[labeled[:INT8_CALIBRATION_PARTICLES]])
+    pred = (predict_rotmats(net, net_images.subset(unlabeled), test_time_turns=config.test_time_turns,
+                            symmetry=sym) if unlabeled.size else torch.zeros(0, 3, 3))
+    seconds["inference"] = time.perf_counter() - t3
+    pred_raw = pred
+    pred_shifts = torch.zeros(unlabeled.size, 2)
+    n = labeled.size + unlabeled.size
+    source = np.array(["search"] * n, dtype=object)
+    source[unlabeled] = "network"
+    seconds["local_refine"] = 0.0
+    if config.local_refine and unlabeled.size:
+        t4 = time.perf_counter()
+        ctf = wd.metadata.ctf
+        lres = local_search(wd.images.subset(unlabeled), wd.reference, wd.pixel_size_angstrom, pred,
+                            ctf=None if ctf is None else ctf[unlabeled], config=config.search,
+                            start_step_deg=config.local_refine_step_deg)
+        pred, pred_shifts = lres.rotmats, lres.shifts_angstrom
+        source[unlabeled] = "network+local"
+        seconds["local_refine"] = time.perf_counter() - t4
+    return pred_raw, pred, pred_shifts, source
+
+
+def _reconstructions(wd: WorkingData, metadata: ParticleMetadata, rot: torch.Tensor, sh: torch.Tensor,
+                     pred_raw: torch.Tensor, unlabeled: np.ndarray, config: RefineConfig, seconds: dict):
+    """Maps on the working grid, all with the same half-set split: from the final poses (its
+    time into ``seconds["reconstruct"]``), from the network's unrefined poses (with local
+    refinement only) and from the input's poses (``config.reconstruct_known_poses``).
+
+    Returns:
+        ``(final map, network-only map or None, known-pose map or None)``.
+    """
+    from ..reconstruction.backprojection import reconstruct
+
+    sym = config.search.symmetry
+    meta_w = wd.metadata
 
     def rec_with(r, t):
         return reconstruct(wd.images, meta_w.replace(rotmats=r, shifts_angstrom=t), symmetry=sym,
@@ -363,7 +439,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
 
     t5 = time.perf_counter()
     rec = rec_with(rot, sh)
-    t_rec = time.perf_counter() - t5
+    seconds["reconstruct"] = time.perf_counter() - t5
     net_only = None
     if config.local_refine and unlabeled.size:
         rot_n, sh_n = rot.clone(), sh.clone()
@@ -377,23 +453,24 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         uncentred = ResampledImages(wd.images.source, wd.box_size, invert_contrast=config.invert_contrast)
         known = reconstruct(uncentred, meta_w.replace(rotmats=truth, shifts_angstrom=metadata.shifts_angstrom),
                             symmetry=sym, generator=torch.Generator().manual_seed(config.seed), progress=False)
+    return rec, net_only, known
+
+
+def _timing_report(sres, unlabeled: np.ndarray, seconds: dict) -> dict:
+    """The report's ``seconds`` by stage and per-particle times (search vs network inference)."""
     per_search = sres.seconds["per_particle"]
-    per_infer = t_infer / max(unlabeled.size, 1)
-    report = {
-        "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
-        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
-        # the network sees the working grid Fourier-cropped to net_box px: same field of view
-        "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
-        "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
-        "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
-        **prep,
-        "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
-        "cv": None if cv is None else cv.as_dict(),
-        "test_metrics_vs_search_labels": train.test_metrics,
-        "seconds": {"search": t_search, "train": t_train, "inference": t_infer, "local_refine": t_local,
-                    "reconstruct": t_rec, "total": time.perf_counter() - t0},
+    per_infer = seconds["inference"] / max(unlabeled.size, 1)
+    return {
+        "seconds": {k: seconds[k] for k in ("search", "train", "inference", "local_refine", "reconstruct", "total")},
         "per_particle_seconds": {"search": per_search, "inference": per_infer,
                                  "speedup_inference_vs_search": per_search / per_infer if per_infer > 0 else None},
+    }
+
+
+def _map_report(wd: WorkingData, rec, net_only, known) -> dict:
+    """The report's resolutions: half-map FSC of the final map, its FSC against the reference,
+    and the same for the network-only and known-pose maps when made."""
+    report = {
         "resolution_fsc0p143_angstrom": rec.resolution_fsc0p143_angstrom,
         "resolution_fsc0p5_angstrom": rec.resolution_fsc0p5_angstrom,
         "vs_reference_fsc0p5_angstrom": _vs_reference(rec, wd.reference),
@@ -406,12 +483,4 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         report["known_pose_resolution_fsc0p5_angstrom"] = known.resolution_fsc0p5_angstrom
         report["resolution_ratio_fsc0p143"] = rec.resolution_fsc0p143_angstrom / known.resolution_fsc0p143_angstrom
         report["known_pose_vs_reference_fsc0p5_angstrom"] = _vs_reference(known, wd.reference)
-        tl = truth[torch.as_tensor(labeled)]
-        report["pose_errors_vs_input"] = {
-            "search": _errors(sres.rotmats, tl, sym),
-            "network": _errors(pred_raw, truth[torch.as_tensor(unlabeled)] if unlabeled.size else None, sym),
-            "network+local": _errors(pred, truth[torch.as_tensor(unlabeled)], sym)
-            if config.local_refine and unlabeled.size else None,
-            "all": _errors(rot, truth, sym),
-        }
-    return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)
+    return report

@@ -44,7 +44,6 @@ particles; an image source only needs ``len()`` and ``source[index_array]``, so 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Callable, NamedTuple
 
@@ -55,9 +54,10 @@ from ..ctf import CTFParams, compute_ctf
 from ..errors import UserError
 from ..fourier import centered_fft2
 from ..projection import prepare_volume_ft
-from ..rotations import inplane_grid, local_grid, relion_euler_to_rotmat, sphere_grid
-from ..symmetry import asymmetric_unit_mask, asymmetric_unit_mates, canonical_symbol
+from ..symmetry import asymmetric_unit_mates, canonical_symbol
 from .band import make_band, origin_phases_band, slice_band, soft_circular_mask
+from .grids import asymmetric_so3_grid, shift_lattice
+from .stages import _POOL, _distinct_top, _global_stage, _init_local_reference, _local_stage, _prepare_chunk, _Reference
 
 __all__ = [
     "SearchConfig",
@@ -154,181 +154,6 @@ class SearchResult(NamedTuple):
     info: dict
 
 
-def asymmetric_so3_grid(step_deg: float, symmetry: str = "C1", *, dtype=torch.float32) -> torch.Tensor:
-    """Hopf/HEALPix SO(3) grid with viewing directions restricted to one asymmetric unit.
-
-    Directions of :func:`cryopose.rotations.sphere_grid` kept by
-    :func:`cryopose.symmetry.asymmetric_unit_mask` (ties kept on both sides, so coverage is
-    never lost), each with every in-plane angle of :func:`cryopose.rotations.inplane_grid`;
-    ``R = Rz(psi) Ry(tilt) Rz(rot)``, direction-major order.
-
-    Returns:
-        ``(J, 3, 3)``; ``J ≈ 72 nside³ / G`` for a group of order ``G``.
-    """
-    sphere = sphere_grid(step_deg)
-    keep = asymmetric_unit_mask(sphere.directions, symmetry)
-    rot_tilt = sphere.rot_tilt_deg[keep]
-    psi = inplane_grid(step_deg)
-    m, p = rot_tilt.shape[0], psi.shape[0]
-    angles = torch.cat([rot_tilt[:, None, :].expand(m, p, 2), psi[None, :, None].expand(m, p, 1)], -1)
-    return relion_euler_to_rotmat(angles.reshape(m * p, 3)).to(dtype)
-
-
-def shift_lattice(radius_px: float, step_px: float) -> torch.Tensor:
-    """Square-lattice shifts ``(S, 2)`` (pixels) of step ``step_px`` inside the disc ``|s| <= radius``.
-
-    Always contains ``(0, 0)`` (first row).
-    """
-    if radius_px <= 0:
-        return torch.zeros(1, 2)
-    m = int(math.floor(radius_px / step_px + 1e-9))
-    k = torch.arange(-m, m + 1, dtype=torch.float32) * step_px
-    sy, sx = torch.meshgrid(k, k, indexing="ij")
-    pts = torch.stack([sx.reshape(-1), sy.reshape(-1)], -1)
-    pts = pts[(pts**2).sum(-1) <= radius_px**2 + 1e-6]
-    order = torch.argsort((pts**2).sum(-1), stable=True)
-    return pts[order]
-
-
-def _as_real(z: torch.Tensor) -> torch.Tensor:
-    """Complex ``(..., K)`` → real ``(..., 2K)`` ``[Re, Im]`` so that ``Re⟨a, b⟩ = a_r · b_r``."""
-    return torch.cat([z.real, z.imag], dim=-1)
-
-
-class _Reference:
-    """The prepared reference and its global-grid projections at the coarse band."""
-
-    def __init__(self, volume: torch.Tensor, config: SearchConfig, pixel_size: float):
-        _init_local_reference(self, volume, config, pixel_size)
-        self.grid = asymmetric_so3_grid(self.steps[0], config.symmetry)
-        proj = []
-        for start in range(0, self.grid.shape[0], 4096):
-            proj.append(slice_band(self.vft, self.grid[start:start + 4096], self.bands[0]))
-        p = torch.cat(proj)
-        self.grid_real = _as_real(p).contiguous()  # (J, 2K)
-        self.grid_power = (p.real**2 + p.imag**2).contiguous()  # (J, K)
-
-
-def _prepare_chunk(images: torch.Tensor, ctf: CTFParams | None, ref: _Reference, pixel_size: float,
-                   mask: torch.Tensor | None):
-    x = images.to(torch.float32)
-    if mask is not None:
-        mean = (x * mask).sum((-2, -1), keepdim=True) / mask.sum()
-        x = (x - mean) * mask
-    ft = centered_fft2(x).reshape(x.shape[0], -1)[:, ref.full.flat_index]
-    if ctf is None:
-        c = torch.ones(ft.shape, dtype=torch.float32)
-    else:
-        c = compute_ctf(ctf, ref.n, pixel_size).to(torch.float32).reshape(x.shape[0], -1)[:, ref.full.flat_index]
-    return ft, c
-
-
-def _global_stage(x: torch.Tensor, c: torch.Tensor, ref: _Reference, shifts_px: torch.Tensor,
-                  n_keep: int, max_block: int):
-    """Top ``n_keep`` (grid index, shift index, ncc) per particle over the global grid."""
-    band = ref.bands[0]
-    b, s = x.shape[0], shifts_px.shape[0]
-    y = (x * c)[:, None, :] * origin_phases_band(shifts_px, band).conj()[None]  # (B, S, K)
-    y = _as_real(y).reshape(b * s, -1)
-    xnorm = (x.real**2 + x.imag**2).sum(-1).clamp_min(1e-30)  # (B,)
-    c2 = c * c
-    j_total = ref.grid_real.shape[0]
-    jc = max(1, max_block // (b * s))
-    best_v = torch.full((b, 0), -2.0)
-    best_j = torch.zeros((b, 0), dtype=torch.long)
-    best_s = torch.zeros((b, 0), dtype=torch.long)
-    for j0 in range(0, j_total, jc):
-        pr = ref.grid_real[j0:j0 + jc]
-        cross = (y @ pr.T).reshape(b, s, -1)  # (B, S, Jc)
-        norm = (c2 @ ref.grid_power[j0:j0 + jc].T).clamp_min(1e-30)  # (B, Jc)
-        ncc = cross / torch.sqrt(norm * xnorm[:, None])[:, None, :]
-        v, si = ncc.max(dim=1)  # (B, Jc)
-        k = min(n_keep, v.shape[1])
-        tv, tj = v.topk(k, dim=1)
-        cat_v = torch.cat([best_v, tv], 1)
-        cat_j = torch.cat([best_j, tj + j0], 1)
-        cat_s = torch.cat([best_s, torch.gather(si, 1, tj)], 1)
-        k = min(n_keep, cat_v.shape[1])
-        best_v, order = cat_v.topk(k, dim=1)
-        best_j = torch.gather(cat_j, 1, order)
-        best_s = torch.gather(cat_s, 1, order)
-    return best_j, best_s, best_v
-
-
-_POOL = 8  # global candidates pooled per kept candidate before non-maximum suppression
-_SHIFT_OFFSETS = torch.tensor([[dx, dy] for dy in (-1.0, 0.0, 1.0) for dx in (-1.0, 0.0, 1.0)])
-
-
-def _local_stage(x: torch.Tensor, c: torch.Tensor, ref: _Reference, level: int, rot: torch.Tensor,
-                 sh: torch.Tensor, shift_step: float, n_keep: int, max_block: int = 1 << 23):
-    """Refine candidates ``rot (B, C, 3, 3)``, ``sh (B, C, 2)`` (px) at one level, in sub-batches of
-    particles whose working arrays hold at most about ``max_block`` floats.
-
-    Returns the ``n_keep`` best ``(rot, shift, ncc)`` per particle.
-    """
-    b, cands = rot.shape[:2]
-    per_particle = cands * (27 + 9) * 2 * len(ref.bands[level])
-    bs = max(1, int(max_block) // max(per_particle, 1))
-    if bs >= b:
-        return _local_block(x, c, ref, level, rot, sh, shift_step, n_keep)
-    parts = [_local_block(x[i:i + bs], c[i:i + bs], ref, level, rot[i:i + bs], sh[i:i + bs], shift_step, n_keep)
-             for i in range(0, b, bs)]
-    return tuple(torch.cat(t) for t in zip(*parts))
-
-
-def _local_block(x: torch.Tensor, c: torch.Tensor, ref: _Reference, level: int, rot: torch.Tensor,
-                 sh: torch.Tensor, shift_step: float, n_keep: int):
-    """Refine candidates ``rot (B, C, 3, 3)``, ``sh (B, C, 2)`` (px) at one level.
-
-    Returns the ``n_keep`` best ``(rot, shift, ncc)`` per particle.
-    """
-    band = ref.bands[level]
-    idx = ref.sub[level]
-    xb, cb = x[:, idx], c[:, idx]
-    b, cands = rot.shape[:2]
-    rots = local_grid(rot, ref.steps[level], 1)  # (B, C, 27, 3, 3)
-    p = slice_band(ref.vft, rots, band)  # (B, C, 27, K)
-    if shift_step > 0:
-        shifts = sh[:, :, None, :] + shift_step * _SHIFT_OFFSETS[None, None]  # (B, C, 9, 2)
-    else:
-        shifts = sh[:, :, None, :]
-    y = (xb * cb)[:, None, None, :] * origin_phases_band(shifts, band).conj()  # (B, C, S, K)
-    cross = torch.einsum("bcsk,bcjk->bcsj", _as_real(y), _as_real(p))
-    norm = torch.einsum("bk,bcjk->bcj", cb * cb, p.real**2 + p.imag**2).clamp_min(1e-30)
-    xnorm = (xb.real**2 + xb.imag**2).sum(-1).clamp_min(1e-30)
-    ncc = cross / torch.sqrt(norm * xnorm[:, None, None])[:, :, None, :]  # (B, C, S, 27)
-    n_s, n_j = ncc.shape[2], ncc.shape[3]
-    v, i = ncc.reshape(b, cands, n_s * n_j).max(dim=-1)  # best per candidate: (B, C)
-    si, ji = i // n_j, i % n_j
-    bi = torch.arange(b)[:, None].expand(b, cands)
-    ci = torch.arange(cands)[None, :].expand(b, cands)
-    new_rot, new_sh = rots[bi, ci, ji], shifts[bi, ci, si]
-    order = _distinct_top(new_rot, v, n_keep, 1.5 * ref.steps[level])
-    return (torch.gather(new_rot, 1, order[..., None, None].expand(-1, -1, 3, 3)),
-            torch.gather(new_sh, 1, order[..., None].expand(-1, -1, 2)), torch.gather(v, 1, order))
-
-
-def _distinct_top(rot: torch.Tensor, score: torch.Tensor, k: int, min_sep_deg: float) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices ``(B, k')`` of the best-scoring candidates
-    that are at least ``min_sep_deg`` apart (falling back to the next best when fewer remain)."""
-    b, m = score.shape
-    k = min(k, m)
-    order = score.argsort(dim=1, descending=True)
-    r = torch.gather(rot, 1, order[..., None, None].expand(-1, -1, 3, 3))
-    tr = torch.einsum("bmij,bnij->bmn", r, r)  # trace(Ra^T Rb)
-    close = tr > 1.0 + 2.0 * math.cos(math.radians(min_sep_deg))  # (B, M, M)
-    alive = torch.ones(b, m, dtype=torch.bool)
-    chosen = []
-    for _ in range(k):
-        first = torch.where(alive.any(1), alive.float().argmax(1), torch.zeros(b, dtype=torch.long))
-        chosen.append(first)
-        alive = alive & ~close[torch.arange(b), first]
-        alive[torch.arange(b), first] = False
-    picked = torch.stack(chosen, 1)
-    # particles whose candidates ran out repeat their best one: harmless duplicates
-    return torch.gather(order, 1, picked)
-
-
 def _check_inputs(source, reference: torch.Tensor, pixel_size: float, ctf: CTFParams | None) -> int:
     if reference.ndim != 3 or len(set(reference.shape)) != 1:
         raise UserError(f"reference must be a cubic volume (n, n, n), got {tuple(reference.shape)}")
@@ -390,26 +215,11 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
         if imgs.ndim != 3 or imgs.shape[-1] != n or imgs.shape[-2] != n:
             raise UserError(f"particle images are {tuple(imgs.shape[-2:])} px but the reference is {n}³; "
                             "resample one of them to the other's grid")
-        with torch.no_grad():
-            t0 = time.perf_counter()
-            x, c = _prepare_chunk(imgs, None if ctf is None else ctf[idx], ref, pixel_size_angstrom, mask)
-            xg, cg = x[:, ref.sub[0]], c[:, ref.sub[0]]
-            gj, gs, gv = _global_stage(xg, cg, ref, shifts0, _POOL * config.n_candidates,
-                                       config.max_block_elements)
-            pick = _distinct_top(ref.grid[gj], gv, config.n_candidates, 1.5 * ref.steps[0])
-            gj, gs, gv = (torch.gather(t, 1, pick) for t in (gj, gs, gv))
-            rot = ref.grid[gj]  # (B, C, 3, 3)
-            sh = shifts0[gs]  # (B, C, 2)
-            v = gv
-            t1 = time.perf_counter()
-            step_sh = shift_step_px
-            for level in range(1, len(ref.steps)):
-                step_sh = max(step_sh / 2.0, config.final_shift_step_px) if search_shifts else 0.0
-                keep = config.n_local_candidates if level < len(ref.steps) - 1 else 1
-                rot, sh, v = _local_stage(x, c, ref, level, rot, sh, step_sh, keep, config.max_block_elements)
-            t2 = time.perf_counter()
-        t_global += t1 - t0
-        t_local += t2 - t1
+        rot, sh, v, gv, dt_global, dt_local = _search_chunk(
+            imgs, None if ctf is None else ctf[idx], ref, pixel_size_angstrom, mask, shifts0,
+            shift_step_px if search_shifts else None, config)
+        t_global += dt_global
+        t_local += dt_local
         rot_out[idx] = rot[:, 0].to(torch.float32)
         sh_out[idx] = sh[:, 0].to(torch.float32)
         sc_out[idx] = v[:, 0].to(torch.float32)
@@ -418,7 +228,48 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
             progress(int(idx[-1]) + 1, n_particles)
     rot_out = asymmetric_unit_mates(rot_out, config.symmetry)
     total = time.perf_counter() - t_start
-    info = {
+    info = _search_info(ref, shifts0, config, n, pixel_size_angstrom)
+    seconds = {"prepare": t_prep - t_start, "global": t_global, "local": t_local, "total": total,
+               "per_particle": total / max(n_particles, 1)}
+    return SearchResult(rot_out, sh_out * pixel_size_angstrom, sc_out, gsc_out, seconds, info)
+
+
+def _search_chunk(imgs: torch.Tensor, ctf: CTFParams | None, ref: _Reference, pixel_size_angstrom: float,
+                  mask: torch.Tensor | None, shifts0: torch.Tensor, shift_step_px: float | None,
+                  config: SearchConfig):
+    """Global stage then the local levels for one chunk of particles ``(B, n, n)``.
+
+    ``shift_step_px`` is the global shift step in pixels, ``None`` when shifts are not searched.
+
+    Returns:
+        ``(rot (B, C, 3, 3), sh (B, C, 2) px, score (B, C), global score (B, C), seconds of the
+        global stage, seconds of the local stages)``, best candidate first.
+    """
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        x, c = _prepare_chunk(imgs, ctf, ref, pixel_size_angstrom, mask)
+        xg, cg = x[:, ref.sub[0]], c[:, ref.sub[0]]
+        gj, gs, gv = _global_stage(xg, cg, ref, shifts0, _POOL * config.n_candidates,
+                                   config.max_block_elements)
+        pick = _distinct_top(ref.grid[gj], gv, config.n_candidates, 1.5 * ref.steps[0])
+        gj, gs, gv = (torch.gather(t, 1, pick) for t in (gj, gs, gv))
+        rot = ref.grid[gj]  # (B, C, 3, 3)
+        sh = shifts0[gs]  # (B, C, 2)
+        v = gv
+        t1 = time.perf_counter()
+        step_sh = shift_step_px if shift_step_px is not None else 0.0
+        for level in range(1, len(ref.steps)):
+            step_sh = max(step_sh / 2.0, config.final_shift_step_px) if shift_step_px is not None else 0.0
+            keep = config.n_local_candidates if level < len(ref.steps) - 1 else 1
+            rot, sh, v = _local_stage(x, c, ref, level, rot, sh, step_sh, keep, config.max_block_elements)
+        t2 = time.perf_counter()
+    return rot, sh, v, gv, t1 - t0, t2 - t1
+
+
+def _search_info(ref: _Reference, shifts0: torch.Tensor, config: SearchConfig, n: int,
+                 pixel_size_angstrom: float) -> dict:
+    """The grid and band sizes :func:`search_poses` reports in :attr:`SearchResult.info`."""
+    return {
         "steps_deg": ref.steps,
         "band_radii_px": [b.radius for b in ref.bands],
         "band_sizes": [len(b) for b in ref.bands],
@@ -429,9 +280,6 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
         "box_size": n,
         "pixel_size_angstrom": float(pixel_size_angstrom),
     }
-    seconds = {"prepare": t_prep - t_start, "global": t_global, "local": t_local, "total": total,
-               "per_particle": total / max(n_particles, 1)}
-    return SearchResult(rot_out, sh_out * pixel_size_angstrom, sc_out, gsc_out, seconds, info)
 
 
 def score_poses(images: torch.Tensor, reference, pixel_size_angstrom: float, rotmats: torch.Tensor,
@@ -541,17 +389,3 @@ def local_search(images, reference, pixel_size_angstrom: float, rotmats: torch.T
                         {"total": total, "per_particle": total / max(n_particles, 1)}, info)
 
 
-def _init_local_reference(ref: "_Reference", volume: torch.Tensor, config: SearchConfig, pixel_size: float) -> None:
-    """Like :class:`_Reference` but without the global grid (local refinement only)."""
-    n = volume.shape[-1]
-    ref.n = n
-    ref.vft = prepare_volume_ft(volume.to(torch.float32), pad=config.pad)
-    r_max = n / 2.0
-    if config.max_resolution_angstrom is not None:
-        r_max = min(r_max, n * pixel_size / float(config.max_resolution_angstrom))
-    ref.steps = config.level_steps()
-    radii = [max(2.0, min(r_max, config.band_factor / math.radians(s))) for s in ref.steps]
-    ref.bands = [make_band(n, r) for r in radii]
-    ref.full = make_band(n, max(radii))
-    pos = {int(i): j for j, i in enumerate(ref.full.flat_index.tolist())}
-    ref.sub = [torch.tensor([pos[int(i)] for i in b.flat_index.tolist()], dtype=torch.long) for b in ref.bands]

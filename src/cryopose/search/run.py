@@ -171,7 +171,7 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
         config: Search options (:class:`~cryopose.search.projection_matching.SearchConfig`).
         box_size: Downsample the particles to this box first (speed).
         invert_contrast: The particles are dark (negate them); ``None`` = detect it from the
-            images (:func:`cryopose.data.preprocess.centre_images`, one pass; the fraction of
+            images (:func:`cryopose.data.dataset.centre_images`, one pass; the fraction of
             particles that looked bright is in ``info``).
         use_ctf: Use the metadata's CTF (ignored when it has none).
         progress: ``progress(done, total)`` callback.
@@ -196,7 +196,7 @@ def search_particles(stack, metadata: ParticleMetadata, reference: MapData, *, c
     ctf = metadata.ctf if use_ctf else None
     detected = None
     if invert_contrast is None:
-        from ..data.preprocess import centre_images
+        from ..data.dataset import centre_images
 
         res = centre_images(ResampledImages(stack, m), metadata.replace(pixel_size_angstrom=a, box_size=m),
                             iterations=1, use_ctf=use_ctf)

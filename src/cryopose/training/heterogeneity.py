@@ -36,11 +36,9 @@ history and the half sets, so ``resume`` continues the run (:mod:`cryopose.train
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.dataset import ParticleDataset
