@@ -40,3 +40,11 @@ def test_review_checks_find_long_files_functions_and_circles(tmp_path, capsys):
     assert "pkg.a <-> pkg.sub.b" in capsys.readouterr().out
     (pkg / "sub" / "b.py").write_text("def f2():\n    from ..a import f\n    return f\n")
     assert rc.main(["--root", str(pkg), "--max-lines", "40", "--max-function-lines", "20"]) == 0
+
+
+def test_the_package_itself_passes_the_review_checks(capsys):
+    """What a reviewer checks (the house issue): no source file over 500 lines, no function over
+    80 lines, no import circle in src/cryopose. A change that breaks one of them fails here."""
+    rc = _load().main([])
+    out = capsys.readouterr().out
+    assert rc == 0, out
