@@ -299,3 +299,16 @@ def test_resume_refusal_names_each_differing_option():
     now = {"box_size": 64, "training": {"epochs": 6, "batch_size": 4, "lr": 1e-3}, "model": {"n_hypotheses": 1}}
     assert _differences(then, now) == ["training.batch_size: 8 then, 4 now", "model.n_hypotheses: 3 then, 1 now"]
     assert _differences(then, then) == []
+
+
+def test_polishing_box_grows_with_the_resolution():
+    from cryopose.pipelines.abinitio_finish import polishing_box
+
+    assert polishing_box(128, 3.54, None) == 128 and polishing_box(128, 3.54, float("inf")) == 128
+    assert polishing_box(128, 3.54, 30.0) == 44      # Nyquist 0.7 × 30 Å: 2·ceil(453 Å / 21 Å) = 44 px
+    assert polishing_box(128, 3.54, 12.0) == 108
+    assert polishing_box(128, 3.54, 7.08) == 128     # at Nyquist: the particles' box
+    assert polishing_box(256, 1.0, 200.0) == 32      # never below 32 px
+    assert polishing_box(24, 8.0, 100.0) == 24       # nor above the particles' box
+    boxes = [polishing_box(128, 3.54, r) for r in (40, 30, 20, 15, 10, 8)]
+    assert boxes == sorted(boxes)

@@ -15,9 +15,50 @@ from pathlib import Path
 import torch
 
 from ..conventions import shifts_angstrom_to_pixels, shifts_pixels_to_angstrom
+from ..fourier import fourier_downsample_volume
 from ..training.trainer import PoseInference
 
-__all__ = ["AbinitioResult", "write_poses", "finish_abinitio"]
+__all__ = ["AbinitioResult", "write_poses", "finish_abinitio", "polishing_box"]
+
+#: Nyquist of a polishing round's box, as a fraction of the resolution reached before it: room
+#: for the map to improve by 1/0.7 per round before the box has to grow (it grows by itself:
+#: a map at its box's Nyquist reports that resolution, and the next box is 1/0.7 larger).
+POLISH_NYQUIST_FRACTION = 0.7
+
+
+def polishing_box(image_box: int, pixel_size_angstrom: float, resolution_angstrom: float | None) -> int:
+    """Box of a polishing round: the particles Fourier-cropped so that Nyquist is 0.7 × the
+    resolution the map has reached (the growing-box stage of the resolution schedule).
+
+    A round reads frequencies up to 0.9 × that resolution only, so finer pixels would cost
+    (a map and a search at 256 px are 8× and 4× the work of 128 px) for nothing; the box grows
+    as the maps improve and is the particles' box once Nyquist is reached. The final map is
+    always reconstructed at the particles' box.
+
+    Args:
+        image_box: The particles' box ``n``, px.
+        pixel_size_angstrom: Their pixel size, Å.
+        resolution_angstrom: FSC = 0.143 resolution reached, Å (``None`` or not finite: ``n``).
+
+    Returns:
+        An even box ``m`` with ``32 <= m <= n`` (or ``n`` when ``n < 32``).
+    """
+    n = int(image_box)
+    if resolution_angstrom is None or not math.isfinite(resolution_angstrom) or resolution_angstrom <= 0:
+        return n
+    m = 2 * math.ceil(n * float(pixel_size_angstrom) / (POLISH_NYQUIST_FRACTION * float(resolution_angstrom)))
+    return int(min(n, max(32, m)))
+
+
+def _cropped(source, meta, box: int):
+    """The particles (and their metadata) Fourier-cropped to ``box`` (the same field of view)."""
+    from ..search.run import ResampledImages
+
+    n = int(source.box_size)
+    if box >= n:
+        return source, meta
+    return (ResampledImages(source, box),
+            meta.replace(box_size=box, pixel_size_angstrom=float(meta.pixel_size_angstrom) * n / box))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,8 +157,14 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
     encoder_rotmats = inference.rotmats
     if config.reconstruct:
         t2 = time.perf_counter()
-        rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress, reconstruct_threads,
-                           device)
+        if config.polish_rounds > 0:  # the encoder's map, for polishing: at a box for twice the working pixel
+            box = polishing_box(source.box_size, meta.pixel_size_angstrom, 2.0 * dataset.pixel_size_angstrom)
+            src, m_meta = _cropped(source, meta, box)
+            rec = _reconstruct(src, m_meta, inference.rotmats, shifts_a, config, outdir, progress,
+                               reconstruct_threads, device, write=box >= source.box_size)
+        else:
+            rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress,
+                               reconstruct_threads, device)
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             t3 = time.perf_counter()
@@ -142,6 +189,10 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     """``config.polish_rounds`` rounds of local search against the latest map, each followed by
     a new reconstruction; writes ``poses_encoder.star`` (the encoder's poses).
 
+    Each round searches and reconstructs at :func:`polishing_box` of the resolution reached
+    before it (a growing box); the last round's map is reconstructed at the particles' box and
+    written as ``map.mrc``.
+
     Returns:
         ``(reconstruction, inference with the polished poses and shifts, shifts in Å or None,
         (N,) angle in degrees between each polished pose and the nearest symmetry mate of the
@@ -154,18 +205,27 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     rot = inference.rotmats
     # origins refined with the poses when cryopose estimated them, from half a working pixel
     shift_step = 0.5 * dataset.pixel_size_angstrom if config.estimate_shifts else 0.0
-    for _ in range(config.polish_rounds):
-        posed = meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
-        res_limit = rec.resolution_fsc0p143_angstrom
-        res_limit = None if res_limit is None or not math.isfinite(res_limit) else 0.9 * float(res_limit)
-        rot, sh = polish_poses(source, posed, rot, rec.volume, symmetry=config.model.symmetry,
+    for r in range(config.polish_rounds):
+        res = rec.resolution_fsc0p143_angstrom
+        res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
+        box = min(polishing_box(source.box_size, meta.pixel_size_angstrom, res), int(rec.volume.shape[-1]))
+        src, m_meta = _cropped(source, meta, box)
+        reference = fourier_downsample_volume(rec.volume, box)
+        posed = m_meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
+        rot, sh = polish_poses(src, posed, rot, reference, symmetry=config.model.symmetry,
                                start_step_deg=config.polish_start_step_deg,
                                final_step_deg=config.polish_final_step_deg,
                                shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
                                return_shifts=True)
         if shift_step > 0:
             shifts_a = sh
-        rec = _reconstruct(source, meta, rot, shifts_a, config, outdir, progress, threads, device)
+        last = r == config.polish_rounds - 1
+        if not last:  # room for the map to improve by 1/0.7 before the next round (the box grows)
+            nxt = None if res_limit is None else POLISH_NYQUIST_FRACTION * res_limit / 0.9
+            src, m_meta = _cropped(source, meta, max(box, polishing_box(source.box_size, meta.pixel_size_angstrom,
+                                                                        nxt)))
+        rec = _reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, config, outdir,
+                           progress, threads, device, write=last)
     write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
     mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
     polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
@@ -232,9 +292,9 @@ def _report_and_summary(outdir: Path, report: bool, trainer, dataset, inference:
 
 
 def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int,
-                 device=None):
-    """Known-pose reconstruction at the original box from ``rotmats`` (grids on ``device``,
-    default the CPU); writes the maps."""
+                 device=None, write: bool = True):
+    """Known-pose reconstruction at ``stack``'s box from ``rotmats`` (grids on ``device``,
+    default the CPU); writes the maps (``map.mrc``, half maps, ``fsc.json``) when ``write``."""
     from ..io.atomic import atomic_write_json
     from ..io.mrc import write_map
     from ..metrics.fsc import report_from_curve
@@ -245,6 +305,8 @@ def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress:
     g = torch.Generator().manual_seed(config.training.seed)
     rec = reconstruct(stack, posed, symmetry=config.model.symmetry, generator=g, progress=progress,
                       threads=threads, device=device)
+    if not write:
+        return rec
     apix = float(meta.pixel_size_angstrom)
     write_map(outdir / "map.mrc", rec.volume, apix)
     if rec.half_maps is not None:
