@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..models.cryoposenet import CryoPoseNet
 from ..runtime import Runtime
 from ..search.run import ResampledImages
-from ..training.checkpoint import load_checkpoint, save_checkpoint
+from ..training.checkpoint import dataset_fingerprint, load_checkpoint, save_checkpoint
 from ..training.config import AbinitioConfig, config_from_dict
 from ..training.trainer import Trainer, estimate_volume_scale, infer_poses
 from .abinitio_finish import AbinitioResult, finish_abinitio, write_poses
@@ -189,20 +189,6 @@ def prepare_particles(dataset: ParticleDataset, config: AbinitioConfig, *, progr
     if config.estimate_shifts and shifts is not None:
         dataset.shifts_angstrom = shifts_pixels_to_angstrom(torch.as_tensor(shifts).double(), dataset.pixel_size_angstrom)
     return dataclasses.replace(config, invert_contrast=inverted), info
-
-
-def dataset_fingerprint(stack, metadata) -> dict:
-    """What identifies a data set for ``--resume``: particle count, box, pixel size (Å) and a
-    SHA-256 of the image names (``N@stack`` as the file gives them, in order)."""
-    import hashlib
-
-    names = metadata.image_paths or []
-    idx = metadata.image_indices if metadata.image_indices is not None else range(len(names))
-    h = hashlib.sha256()
-    for i, p in zip(idx, names):
-        h.update(f"{int(i)}@{Path(p).name}\n".encode())
-    return {"n_particles": int(len(metadata)), "box_size": int(stack.box_size),
-            "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}
 
 
 def _differences(then: dict, now: dict, prefix: str = "") -> list[str]:

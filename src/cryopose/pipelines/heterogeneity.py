@@ -165,7 +165,7 @@ def train_pose_aware(particles: str | Path, outdir: str | Path, config, *, force
     from ..io.particles import load_particles
     from ..training.checkpoint import HETEROGENEITY_FORMAT, save_checkpoint
     from ..training.heterogeneity import HeteroTrainer, build_pose_aware_model
-    from .abinitio import dataset_fingerprint
+    from ..training.checkpoint import dataset_fingerprint
 
     outdir = Path(outdir)
     _check_outdir(outdir, force=force, resume=resume)

@@ -35,7 +35,7 @@ from ..io.atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "SUPERVISED_FORMAT", "VAEGAN_FORMAT", "ROTINV_FORMAT", "SPATIAL_VAE_FORMAT",
            "HETERO_VAEGAN_FORMAT", "HETEROGENEITY_FORMAT", "FORMATS", "to_plain", "save_checkpoint",
-           "load_checkpoint", "read_torch_file", "checkpoint_format"]
+           "load_checkpoint", "read_torch_file", "checkpoint_format", "dataset_fingerprint"]
 
 #: Format tag of ``abinitio``'s ``checkpoint.pt`` and ``encoder.pt`` (CryoPoseNet).
 CHECKPOINT_FORMAT = "cryopose-cryoposenet-1"
@@ -220,3 +220,27 @@ def load_checkpoint(path: str | os.PathLike, formats: Iterable[str] = (CHECKPOIN
     state = dict(state)
     state["format"] = tag
     return state
+
+
+def dataset_fingerprint(stack, metadata) -> dict:
+    """What identifies a data set for ``--resume`` (every trainer's checkpoint stores it).
+
+    Args:
+        stack: The particle images (``box_size`` in px).
+        metadata: Their :class:`~cryopose.io.metadata.ParticleMetadata`.
+
+    Returns:
+        ``{"n_particles", "box_size", "pixel_size_angstrom" (rounded to 1e-6 Å),
+        "image_names_sha256"}``: the hash is over ``N@name`` of every image (the stack's file
+        name without its folder, so that a moved project still matches), in order.
+    """
+    import hashlib
+    from pathlib import Path
+
+    names = metadata.image_paths or []
+    idx = metadata.image_indices if metadata.image_indices is not None else range(len(names))
+    h = hashlib.sha256()
+    for i, p in zip(idx, names):
+        h.update(f"{int(i)}@{Path(p).name}\n".encode())
+    return {"n_particles": int(len(metadata)), "box_size": int(stack.box_size),
+            "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}

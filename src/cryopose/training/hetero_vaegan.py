@@ -49,7 +49,7 @@ import torch
 from ..data.dataset import ParticleDataset
 from ..models.hetero_vaegan import NOISE_MODELS, HeteroVAEGANConfig, InvariantVAEGAN
 from ..models.volume import spherical_mask
-from .checkpoint import HETERO_VAEGAN_FORMAT, save_checkpoint
+from .checkpoint import HETERO_VAEGAN_FORMAT, dataset_fingerprint, save_checkpoint
 from .hetero_vaegan_losses import critic_loss, generator_losses, make_fakes
 
 __all__ = ["HeteroVAEGANTrainConfig", "VAEGANFit", "model_config", "build_model", "encode_dataset",
@@ -311,19 +311,6 @@ class InvariantVAEGANRun:
     history: list[dict]
 
 
-def _fingerprint(stack, metadata) -> dict:
-    """Particle count, box, pixel size (Å) and SHA-256 of the image names (as ``abinitio``'s)."""
-    import hashlib
-
-    names = metadata.image_paths or []
-    idx = metadata.image_indices if metadata.image_indices is not None else range(len(names))
-    h = hashlib.sha256()
-    for i, p in zip(idx, names):
-        h.update(f"{int(i)}@{Path(p).name}\n".encode())
-    return {"n_particles": int(len(metadata)), "box_size": int(stack.box_size),
-            "pixel_size_angstrom": round(float(metadata.pixel_size_angstrom), 6), "image_names_sha256": h.hexdigest()}
-
-
 def _check_outdir(outdir: Path, *, force: bool, resume: bool) -> None:
     from ..errors import UserError
 
@@ -420,7 +407,7 @@ def train_invariant_vaegan(particles_path: str | Path, outdir: str | Path, confi
     box = stack.box_size if config.box_size is None else min(int(config.box_size), int(stack.box_size))
     if box < 8:
         raise UserError(f"working box {box} px is too small for the VAE-GAN (at least 8 px)")
-    fingerprint = _fingerprint(stack, meta)
+    fingerprint = dataset_fingerprint(stack, meta)
     if saved is not None:
         _check_resume(saved, config, fingerprint)
     _write_config(outdir / "config.yaml", config, particles_path, resume)
