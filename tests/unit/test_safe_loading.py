@@ -257,3 +257,21 @@ def test_random_bytes_are_not_a_pytorch_file(tmp_path):
     bad.write_bytes(b"\x13" + os.urandom(999))
     with pytest.raises(InputFileError, match=r"garbage\.pt: not a readable model file: not a PyTorch file \(damaged"):
         read_torch_file(bad, "model file")
+
+
+def test_heterogeneity_files_refuse_code_running_pickles(tmp_path, marker):
+    """The heterogeneity runs' checkpoints and model files (pose-aware resume, VAE-GAN resume and
+    its generator) go through the same weights-only loader."""
+    from cryopose.training.checkpoint import HETERO_VAEGAN_FORMAT, HETEROGENEITY_FORMAT
+    from cryopose.training.hetero_vaegan import load_generator
+
+    run = tmp_path / "inv"
+    run.mkdir()
+    _evil_torch(run / "model.pt", marker, format=HETERO_VAEGAN_FORMAT)
+    with pytest.raises(InputFileError, match="refused"):
+        load_generator(run)
+    for fmt in (HETERO_VAEGAN_FORMAT, HETEROGENEITY_FORMAT):
+        ck = _evil_torch(tmp_path / f"{fmt}.pt", marker, format=fmt)
+        with pytest.raises(InputFileError, match="refused"):
+            load_checkpoint(ck, formats=(fmt,))
+    assert not marker.exists()
