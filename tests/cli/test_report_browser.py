@@ -132,3 +132,34 @@ def test_demo_report_shows_viewing_directions_in_the_scoring_symmetrys_unit(demo
     sub = {im["src"]: im["alt"] for im in _render(chromium, demo_dir / "abinitio" / "report.html",
                                                    tmp_path / "profile")}
     assert "asymmetric unit of C1" in sub["angles.png"]
+
+
+@pytest.fixture(scope="module")
+def heterogeneity_report(tmp_path_factory) -> Path:
+    """``heterogeneity train`` + ``analyze`` on 150 particles of two EMPIAR-10076 states."""
+    maps = Path(__file__).resolve().parents[3] / "shared" / "data" / "maps"
+    root = tmp_path_factory.mktemp("report_browser_het")
+    mix = root / "mix"
+    assert main(["simulate", "--map", str(maps / "10076_classD_32.mrc"), "--map", str(maps / "10076_classE_32.mrc"),
+                 "--map-pixel-size", "13.1", "--class-fractions", "0.6,0.4", "-n", "150", "--snr", "2",
+                 "-o", str(mix), "--seed", "4"]) == 0
+    run = root / "run"
+    assert main(["heterogeneity", "train", str(mix.with_suffix(".star")), "-o", str(run), "--zdim", "2",
+                 "--no-progress", "--threads", "1"]) == 0
+    assert main(["heterogeneity", "analyze", str(run)]) == 0
+    return run / "analysis" / "report.html"
+
+
+def test_heterogeneity_report_renders_every_image(heterogeneity_report, chromium, tmp_path):
+    """The heterogeneity report: every image loads in Chromium, every file it names exists, and
+    the UMAP by class and by the true class and the class sizes are there."""
+    path = heterogeneity_report
+    refs = _references(path)
+    missing = [v for _, v in refs if not (path.parent / v).is_file()]
+    assert not missing, f"report names files that do not exist: {missing}"
+    images = _render(chromium, path, tmp_path / "profile")
+    srcs = {im["src"] for im in images}
+    assert {"umap_classes.png", "umap_truth.png", "class_sizes.png"} <= srcs
+    assert srcs == {v for tag, v in refs if tag == "img"}
+    broken = [im["src"] for im in images if im["width"] <= 0]
+    assert not broken, f"images that did not load in Chromium: {broken}"
