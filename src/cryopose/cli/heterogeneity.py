@@ -35,7 +35,7 @@ HELP = "heterogeneity: embed particles (pose-aware or invariant), then classes b
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``heterogeneity train`` and ``heterogeneity analyze`` sub-commands."""
-    from .common import add_datadir_argument
+    from .common import add_datadir_argument, add_runtime_arguments
 
     sub = parser.add_subparsers(dest="action", metavar="<action>")
     train = sub.add_parser("train", help="embed the particles: latents.npy, heterogeneity.json, model.pt")
@@ -51,12 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--max-resolution", type=float, default=None, metavar="A",
                        help="pose-aware: highest resolution compared, Å (default the working Nyquist)")
     train.add_argument("--no-whiten", action="store_true", help="pose-aware: do not whiten with the noise spectrum")
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the idle cores)")
     add_datadir_argument(train)
     train.add_argument("--resume", action="store_true", help="continue the run in OUTDIR (same options)")
     train.add_argument("--force", action="store_true", help="start again in an OUTDIR that holds a run")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_runtime_arguments(train, threads_help="torch CPU threads (default: the idle cores); the heterogeneity "
+                                              "trainers run on the CPU")
 
     an = sub.add_parser("analyze", help="UMAP + HDBSCAN classes, RELION subsets, class maps, report")
     an.add_argument("outdir", metavar="OUTDIR", help="a `heterogeneity train` output folder")
@@ -70,10 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     an.add_argument("--true-map-pixel-size", type=float, metavar="A",
                     help="voxel size of the --true-map files in Å, overriding their headers")
     an.add_argument("-o", "--output", metavar="DIR", help="analysis folder (default OUTDIR/analysis)")
-    an.add_argument("--seed", type=int, default=0, help="seed of UMAP and the half sets (default 0)")
     an.add_argument("--no-reconstruct", action="store_true", help="no maps")
     an.add_argument("--no-report", action="store_true", help="no report.html")
-    an.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_runtime_arguments(an, seed="seed of UMAP and the half sets (default 0)", progress=False)
     add_datadir_argument(an)
     an.add_argument("--force", action="store_true", help="replace an earlier analysis")
 
@@ -81,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _train(args) -> int:
     from ..pipelines.heterogeneity import train_heterogeneity
     from ..training.heterogeneity import PoseAwareConfig
-    from .common import configure_torch, write_run_config
+    from .common import runtime_from_args, write_run_config
 
-    configure_torch(None)
+    runtime_from_args(args, command="heterogeneity train", gpu=False, training=True).apply()
     opts = {"zdim": args.zdim, "epochs": args.epochs, "box_size": args.box_size, "batch_size": args.batch_size,
             "seed": args.seed, "num_threads": args.threads}
     given = {k: v for k, v in opts.items() if v is not None}
@@ -107,9 +105,9 @@ def _train(args) -> int:
 
 def _analyze(args) -> int:
     from ..pipelines.heterogeneity_analysis import analyze_heterogeneity
-    from .common import configure_torch
+    from .common import runtime_from_args
 
-    configure_torch(args.threads)
+    runtime_from_args(args, command="heterogeneity analyze", gpu=False).apply()
     res = analyze_heterogeneity(args.outdir, min_class_fraction=args.min_class_fraction, particles=args.particles,
                                 datadir=args.datadir, true_maps=args.true_maps,
                                 true_map_pixel_size_angstrom=args.true_map_pixel_size,
