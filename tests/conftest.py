@@ -75,9 +75,10 @@ def one_thread():
 @pytest.fixture
 def tmpfs(tmp_path):
     """A function ``tmpfs(size="2m", read_only=False) -> Path``: a fresh tmpfs of that size mounted
-    in the test's folder (unmounted afterwards), for full-disk and read-only cases. Skips, with
-    the reason, only where tmpfs cannot be mounted (not root, or no mount permission in a
-    container); on this project's machines the tests run as root and the mount works."""
+    in the test's folder (unmounted afterwards), for full-disk and read-only cases. Where tmpfs
+    cannot be mounted (not root, or no mount permission in a container) the test **fails** with
+    the reason, as a missing RELION does: no test may pass by not running. On this project's
+    machines the tests run as root and the mount works."""
     mounted = []
 
     def make(size: str = "2m", read_only: bool = False) -> Path:
@@ -88,7 +89,7 @@ def tmpfs(tmp_path):
         res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                              capture_output=True, text=True)
         if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root and mount permission): "
+            pytest.fail(f"cannot mount a tmpfs here (needs root and mount permission): "
                         f"{(res.stderr or res.stdout).strip()}")
         mounted.append(where)
         if read_only:
