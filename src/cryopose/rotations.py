@@ -33,52 +33,8 @@ grids in :mod:`cryopose.rotations_grids`; both are re-exported here.
 
 from __future__ import annotations
 
-from .rotations_core import (
-    as_tensor,
-    relion_euler_to_rotmat,
-    rotmat_to_relion_euler,
-    quaternion_to_rotmat,
-    rotmat_to_quaternion,
-    geodesic_distance_deg,
-    quaternion_multiply,
-    quaternion_conjugate,
-    rotmat_to_sixd,
-    sixd_to_rotmat,
-    axis_angle_to_rotmat,
-    rotmat_to_axis_angle,
-    project_to_rotmat,
-)
-from .rotations_grids import (
-    random_rotations,
-    healpix_order_for_step,
-    SphereGrid,
-    sphere_grid,
-    inplane_grid,
-    inplane_rotation,
-    so3_grid,
-    local_grid,
-)
+from . import rotations_core as _core, rotations_grids as _grids
+from .rotations_core import *  # noqa: F401,F403  (names listed in rotations_core.__all__)
+from .rotations_grids import *  # noqa: F401,F403  (names listed in rotations_grids.__all__)
 
-__all__ = [
-    "as_tensor",
-    "relion_euler_to_rotmat",
-    "rotmat_to_relion_euler",
-    "quaternion_to_rotmat",
-    "rotmat_to_quaternion",
-    "geodesic_distance_deg",
-    "quaternion_multiply",
-    "quaternion_conjugate",
-    "rotmat_to_sixd",
-    "sixd_to_rotmat",
-    "axis_angle_to_rotmat",
-    "rotmat_to_axis_angle",
-    "project_to_rotmat",
-    "random_rotations",
-    "healpix_order_for_step",
-    "SphereGrid",
-    "sphere_grid",
-    "inplane_grid",
-    "inplane_rotation",
-    "so3_grid",
-    "local_grid",
-]
+__all__ = [*_core.__all__, *_grids.__all__]
