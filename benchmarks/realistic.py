@@ -64,21 +64,23 @@ Scoring, with the project's own tools:
 * **pose error**: ``cryopose.metrics.pose_error.align_rotations`` (the ``evaluate-poses``
   alignment: global rotation, both hands, modulo D2 for β-gal / C1 for 4AKE): median and % of
   particles within 5°;
-* **shift error** in px: ``|origin_est − origin_true − (R_i t)_xy|`` per particle, ``t`` the one
-  3D translation between the method's map and the truth fitted by least squares over all
-  particles (``R_i`` the true rotations). An ab initio map's origin is arbitrary — it is
+* **shift error** in px: ``|origin_est − origin_true − (R_est,i t)_xy|`` per particle, ``t`` the
+  one 3D translation of the method's map (in its own frame, ``R_est,i`` the method's poses)
+  fitted by least squares over all particles. An ab initio map's origin is arbitrary — it is
   wherever the centring put the particles' common centre — just as its orientation and hand
   are (which the pose error removes by the global rotation): a user puts the map into a
   reference's frame by rotating *and* translating it. Three parameters for thousands of
-  particles hide no per-particle error. The raw ``|origin_est − origin_true|`` is in the table
-  too (and the JSON). When the method writes no origins (``abinitio --no-estimate-shifts``
-  keeps the file's, i.e. none), the raw error is against zero, i.e. ``|true shift|`` (marked
-  ``*``);
+  particles hide no per-particle error. (The fit uses the method's poses, not the true ones: a
+  symmetric particle's estimated poses are any of its symmetry mates, particle by particle,
+  and one translation of the map is then a different vector for each mate in the truth's
+  frame.) The raw ``|origin_est − origin_true|`` is in the table too (and the JSON). When the
+  method writes no origins (``abinitio --no-estimate-shifts`` keeps the file's, i.e. none), the
+  raw error is against zero, i.e. ``|true shift|`` (marked ``*``);
 * **FSC 0.143 vs truth**: the particles reconstructed (``cryopose reconstruct``, C1, seed 0 half
-  split) from the method's poses *aligned into the truth frame* and its origins moved by the
-  same fitted translation, against the true map, ``cryopose.metrics.fsc.fsc_report``; the
-  **known-pose** value is the same for the
-  true poses and origins (``truth.star``); **ratio** = method / known (≥ 1; 1 = as good as
+  split) from the method's poses *aligned into the truth frame* by the one global rotation and
+  hand (no per-particle symmetry mates) and its origins moved by the same fitted translation,
+  against the true map, ``cryopose.metrics.fsc.fsc_report``; the **known-pose** value is the
+  same for the true poses and origins (``truth.star``); **ratio** = method / known (≥ 1; 1 = as good as
   known poses). The runs' own half-map FSC 0.143 (``summary.json`` / ``report.json``) and the
   known-pose half-map value are in the JSON;
 * **wall time** of the ``abinitio`` / ``refine`` process.
@@ -191,12 +193,17 @@ def known_pose(meta: dict, args) -> dict:
     return res
 
 
-def _fit_translation(rot_true: np.ndarray, d_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares 3D translation ``t`` with ``origin_est − origin_true ≈ (R_i t)_xy``; returns
-    ``(t, residual errors)`` (a map shifted by ``t`` moves every particle's content by ``(R_i t)_xy``)."""
-    a = rot_true[:, :2, :].reshape(-1, 3)
+def _fit_translation(rot_est: np.ndarray, d_px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares 3D translation ``t`` of the method's map, in its own frame, with
+    ``origin_est − origin_true ≈ (R_est,i t)_xy``; returns ``(t, residual errors)``.
+
+    A map shifted by ``t`` moves particle ``i``'s projection by ``(R_est,i t)_xy`` under the
+    method's own pose. (The true poses cannot stand in for ``R_est``: a symmetric particle's
+    estimated poses are any of its symmetry mates, particle by particle, and ``t`` seen through
+    ``R_true`` would then be a different vector for each mate.)"""
+    a = rot_est[:, :2, :].reshape(-1, 3)
     t, *_ = np.linalg.lstsq(a, d_px.reshape(-1), rcond=None)
-    resid = d_px - (rot_true[:, :2, :] @ t)
+    resid = d_px - (rot_est[:, :2, :] @ t)
     return t, np.linalg.norm(resid, axis=1)
 
 
@@ -206,6 +213,7 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
 
     from cryopose.io.star import read_star, write_star
     from cryopose.metrics.pose_error import align_rotations, evaluate_poses
+    from cryopose.metrics.pose_error import MIRROR
 
     d = Path(meta["dir"])
     apix = float(meta["pixel_size_angstrom"])
@@ -221,13 +229,18 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
     true_sh = ref.shifts_angstrom.double().numpy()
     d_px = (est_sh - true_sh) / apix
     sh_err = np.linalg.norm(d_px, axis=1)
-    t, resid = _fit_translation(ref.rotmats.double().numpy(), d_px)
+    rot_est = est.rotmats.double()
+    t, resid = _fit_translation(rot_est.numpy(), d_px)
     ev_dir = run_dir / "eval"
     ev_dir.mkdir(parents=True, exist_ok=True)
     aligned_star = ev_dir / "aligned.star"
-    # the map's origin is arbitrary: move the origins by the fitted global translation
-    moved_sh = est_sh - apix * (ref.rotmats.double().numpy()[:, :2, :] @ t)
-    write_star(aligned_star, est.replace(rotmats=aln.aligned_est.float(),
+    # the map's origin is arbitrary: move the origins by the fitted translation (centring the
+    # method's map), and its orientation and hand: bring every pose into the truth's frame by the
+    # one global rotation (and mirror), not by per-particle symmetry mates (the map is not
+    # symmetric about the box centre until it is centred; the truth is)
+    moved_sh = est_sh - apix * (rot_est.numpy()[:, :2, :] @ t)
+    rot_h = MIRROR.double() @ rot_est @ MIRROR.double() if aln.mirrored else rot_est
+    write_star(aligned_star, est.replace(rotmats=(rot_h @ aln.global_rotation).float(),
                                          shifts_angstrom=torch.from_numpy(moved_sh).float()))
     aligned_map = ev_dir / "aligned.mrc"
     cmd = cryopose_cmd("reconstruct", str(aligned_star), "-o", str(aligned_map), *_threads(args), "--no-progress",

@@ -113,3 +113,29 @@ def test_shifts_and_views_are_as_requested(rd):
     cos_t = np.cos(np.radians(geo["euler_uniform"][:, 1]))
     assert abs(cos_t.mean()) < 0.02 and cos_t.var() == pytest.approx(1 / 3, rel=0.03)
     assert np.array_equal(geo["euler_preferred"][~geo["preferred"]], geo["euler_uniform"][~geo["preferred"]])
+
+
+def test_scoring_fits_the_map_translation_in_the_methods_frame():
+    """``realistic._fit_translation``: an off-centre map of a D2 particle, seen through poses that
+    are random symmetry mates of the truth, is one translation in the method's frame (residual
+    zero) and not one in the truth's frame."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        realistic = importlib.import_module("realistic")
+    finally:
+        sys.path.remove(str(BENCH))
+    from cryopose.rotations import random_rotations
+    from cryopose.symmetry import symmetry_operators
+
+    g = torch.Generator().manual_seed(0)
+    r_true = random_rotations(300, generator=g).double()
+    ops = symmetry_operators("D2", dtype=torch.float64)
+    r_est = r_true @ ops[torch.randint(len(ops), (300,), generator=g)]  # the same images (D2 map)
+    t = np.array([1.5, -8.0, 2.5])
+    d = r_est.numpy()[:, :2, :] @ t
+    fit, resid = realistic._fit_translation(r_est.numpy(), d)
+    assert np.allclose(fit, t) and resid.max() < 1e-9
+    _, resid_truth_frame = realistic._fit_translation(r_true.numpy(), d)
+    assert np.median(resid_truth_frame) > 2.0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cryopose.ctf import CTFParams, compute_ctf
+from cryopose.errors import UserError
 from cryopose.metrics.pose_error import symmetry_aware_errors
 from cryopose.projection import prepare_volume_ft, project, slice_volume_ft
 from cryopose.rotations import axis_angle_to_rotmat, random_rotations
@@ -106,6 +107,22 @@ def test_search_recovers_noise_free_poses_and_shifts(akvol):
     assert (res.shifts_angstrom / px - sh).norm(dim=-1).max() < 0.35
     assert res.scores.min() > 0.97 and res.scores.shape == (16,)
     assert res.info["global_rotations"] == 4608 and res.info["steps_deg"] == [15.0, 7.5, 3.75, 1.875]
+
+
+def test_search_centres_the_shift_lattice_on_starting_origins(akvol):
+    vol, px = akvol
+    img, rot, sh, ctf = _particles(vol, px, 12, 5, shift_px=0.0)
+    big = torch.tensor([[5.0, -4.0]]).repeat(12, 1) + 0.6 * sh.new_tensor(np.random.default_rng(5).normal(size=(12, 2)))
+    img = project(vol, rot, shifts_px=big, ctf=compute_ctf(ctf, vol.shape[-1], px))
+    cfg = SearchConfig(shift_range_angstrom=1.5 * px, final_step_deg=1.875)
+    start = (big + 0.8 * torch.tensor([[1.0, -1.0]])) * px  # origins known to about a pixel
+    res = search_poses(img, vol, px, ctf=ctf, config=cfg, shifts_angstrom=start)
+    assert symmetry_aware_errors(res.rotmats, rot).max() < 2.5
+    assert (res.shifts_angstrom / px - big).norm(dim=-1).max() < 0.35  # the starting origins are included
+    blind = search_poses(img, vol, px, ctf=ctf, config=cfg)  # the same lattice around zero cannot reach 6 px
+    assert (blind.shifts_angstrom / px - big).norm(dim=-1).min() > 3.0
+    with pytest.raises(UserError, match="starting origins"):
+        search_poses(img, vol, px, ctf=ctf, config=cfg, shifts_angstrom=start[:3])
 
 
 def test_search_with_noise_is_close(akvol):

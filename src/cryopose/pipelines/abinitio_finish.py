@@ -168,8 +168,9 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             t3 = time.perf_counter()
-            rec, inference, shifts_a, polish_change = _polish(source, meta, dataset, inference, rec, shifts_a,
-                                                              config, outdir, progress, reconstruct_threads, device)
+            rec, inference, shifts_a, polish_change, centring = _polish(
+                source, meta, dataset, inference, rec, shifts_a, config, outdir, progress, reconstruct_threads, device)
+            prep = {**prep, "map_centring_angstrom": [float(v) for v in centring]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
         map_path = outdir / "map.mrc"
@@ -186,17 +187,21 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
 
 def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, config, outdir: Path,
             progress: bool, threads: int, device=None):
-    """``config.polish_rounds`` rounds of local search against the latest map, each followed by
-    a new reconstruction; writes ``poses_encoder.star`` (the encoder's poses).
+    """``config.polish_rounds`` rounds of search against the latest map, each followed by a new
+    reconstruction; writes ``poses_encoder.star`` (the encoder's poses). The first
+    ``config.polish_global_rounds`` rounds are global searches (:func:`_global_round`), the others local.
 
     Each round searches and reconstructs at :func:`polishing_box` of the resolution reached
     before it (a growing box); the last round's map is reconstructed at the particles' box and
     written as ``map.mrc``.
 
+    When cryopose estimates the origins, each round first centres its reference on the map's
+    density and moves the origins with it (:func:`_centred`), so ``map.mrc`` is centred.
+
     Returns:
         ``(reconstruction, inference with the polished poses and shifts, shifts in Å or None,
         (N,) angle in degrees between each polished pose and the nearest symmetry mate of the
-        encoder's)``.
+        encoder's, (3,) total map translation (x, y, z) in Å removed by the centring)``.
     """
     from ..rotations import geodesic_distance_deg
     from ..symmetry import expand_by_symmetry
@@ -205,18 +210,25 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     rot = inference.rotmats
     # origins refined with the poses when cryopose estimated them, from half a working pixel
     shift_step = 0.5 * dataset.pixel_size_angstrom if config.estimate_shifts else 0.0
+    centring_total = torch.zeros(3, dtype=torch.float64)
     for r in range(config.polish_rounds):
         res = rec.resolution_fsc0p143_angstrom
         res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
         box = min(polishing_box(source.box_size, meta.pixel_size_angstrom, res), int(rec.volume.shape[-1]))
         src, m_meta = _cropped(source, meta, box)
         reference = fourier_downsample_volume(rec.volume, box)
+        if shift_step > 0 and shifts_a is not None:  # the map centred on its density, the origins with it
+            reference, shifts_a, moved = _centred(reference, rot, shifts_a, float(m_meta.pixel_size_angstrom))
+            centring_total = centring_total + moved
         posed = m_meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
-        rot, sh = polish_poses(src, posed, rot, reference, symmetry=config.model.symmetry,
-                               start_step_deg=config.polish_start_step_deg,
-                               final_step_deg=config.polish_final_step_deg,
-                               shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
-                               return_shifts=True)
+        if r < config.polish_global_rounds:
+            rot, sh = _global_round(src, posed, reference, config, res_limit, shift_step > 0, progress)
+        else:
+            rot, sh = polish_poses(src, posed, rot, reference, symmetry=config.model.symmetry,
+                                   start_step_deg=config.polish_start_step_deg,
+                                   final_step_deg=config.polish_final_step_deg,
+                                   shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
+                                   return_shifts=True)
         if shift_step > 0:
             shifts_a = sh
         last = r == config.polish_rounds - 1
@@ -233,7 +245,58 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
         inference, rotmats=rot.float(),
         shifts_px=None if shifts_a is None else shifts_angstrom_to_pixels(shifts_a.float(),
                                                                           dataset.pixel_size_angstrom))
-    return rec, inference, shifts_a, polish_change
+    return rec, inference, shifts_a, polish_change, centring_total
+
+
+def _centred(reference: torch.Tensor, rot: torch.Tensor, shifts_a: torch.Tensor, pixel_size_angstrom: float):
+    """The round's reference moved so that its density centre is the box centre, and the origins
+    that keep every image the same (:mod:`cryopose.reconstruction.centring`), unless the centre
+    is already within half a pixel. Returns ``(reference, origins in Å, (3,) Å moved)``."""
+    from ..reconstruction.centring import density_centre_px, recentred_origins_angstrom, shift_volume
+
+    c = density_centre_px(reference)
+    if float(c.norm()) < 0.5:
+        return reference, shifts_a, torch.zeros(3, dtype=torch.float64)
+    moved = c * pixel_size_angstrom
+    return (shift_volume(reference, -c), recentred_origins_angstrom(rot, shifts_a, moved), moved)
+
+
+#: Global shift lattice of a global polishing round: ± this many pixels of the round's box
+#: around the encoder's origins, one-pixel steps (refined locally to a quarter pixel).
+GLOBAL_SHIFT_RANGE_PX = 2.0
+
+
+def _global_round(src, posed, reference: torch.Tensor, config, res_limit: float | None, search_shifts: bool,
+                  progress: bool):
+    """A global polishing round: every particle's pose over the 15° SO(3)
+    grid of the map's asymmetric unit, refined locally to ``config.polish_start_step_deg``, its
+    origin on a ±:data:`GLOBAL_SHIFT_RANGE_PX` lattice centred on the current one (when
+    ``search_shifts``; the current origins are kept otherwise).
+
+    Returns:
+        ``((N, 3, 3) poses, (N, 2) origins in Å)``.
+    """
+    from ..search.projection_matching import SearchConfig, search_poses
+
+    apix = float(posed.pixel_size_angstrom)
+    cfg = SearchConfig(symmetry=config.model.symmetry, step_deg=15.0,
+                       final_step_deg=min(15.0, float(config.polish_start_step_deg)),
+                       shift_range_angstrom=GLOBAL_SHIFT_RANGE_PX * apix if search_shifts else 0.0,
+                       shift_step_angstrom=apix, max_resolution_angstrom=res_limit)
+    start = posed.shifts_angstrom
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(posed), desc="global search", unit="particle")
+    try:
+        res = search_poses(src, reference, apix, ctf=posed.ctf, config=cfg,
+                           progress=None if bar is None else (lambda done, total: bar.update(done - bar.n)),
+                           shifts_angstrom=None if start is None else start.float())
+    finally:
+        if bar is not None:
+            bar.close()
+    return res.rotmats.float(), res.shifts_angstrom.float()
 
 
 def _summary(meta, dataset, model, trainer, inference: PoseInference, config, prep: dict, rec, polish_change,
@@ -253,6 +316,7 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "contrast_fraction_bright": prep.get("contrast", {}).get("fraction_bright"),
         "shifts_estimated": bool(config.estimate_shifts),
         "centring": prep.get("centring"),
+        "map_centring_angstrom": prep.get("map_centring_angstrom"),
         "noise_spectrum": None if dataset.noise_spectrum is None else {
             "frequency_per_angstrom": [float(v) for v in dataset.noise_spectrum.frequencies_per_angstrom()],
             "power": list(dataset.noise_spectrum.power),

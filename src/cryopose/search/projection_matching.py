@@ -167,7 +167,8 @@ def _check_inputs(source, reference: torch.Tensor, pixel_size: float, ctf: CTFPa
 
 def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParams | None = None,
                  config: SearchConfig = SearchConfig(),
-                 progress: Callable[[int, int], None] | None = None) -> SearchResult:
+                 progress: Callable[[int, int], None] | None = None,
+                 shifts_angstrom: torch.Tensor | None = None) -> SearchResult:
     """Find every particle's pose and shift by exhaustive, coarse-to-fine projection matching.
 
     Args:
@@ -181,13 +182,17 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
         ctf: ``N`` particles' CTF parameters, or ``None`` for CTF-free images.
         config: Grid, shift, band and chunking options.
         progress: Called as ``progress(done, total)`` after every particle chunk.
+        shifts_angstrom: ``(N, 2)`` starting RELION origins in Å (e.g. from an earlier
+            estimate): the shift lattice of ``config`` is centred on each particle's origin
+            instead of on zero (default zero for all).
 
     Returns:
         :class:`SearchResult`. Poses are RELION matrices (projector equation of
-        :mod:`cryopose.conventions`), shifts RELION origins in Å.
+        :mod:`cryopose.conventions`), shifts RELION origins in Å (the starting origins included).
 
     Raises:
-        UserError: Reference not cubic, box mismatch, CTF count mismatch, bad options.
+        UserError: Reference not cubic, box mismatch, CTF count mismatch, bad options, starting
+            origins not ``(N, 2)``.
     """
     t_start = time.perf_counter()
     ref_vol = torch.as_tensor(np.asarray(reference) if not isinstance(reference, torch.Tensor) else reference)
@@ -201,6 +206,12 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
     shift_range_px = config.shift_range_angstrom / pixel_size_angstrom
     shifts0 = shift_lattice(shift_range_px, shift_step_px)
     search_shifts = shift_range_px > 0
+    start_px = None
+    if shifts_angstrom is not None:
+        start_px = torch.as_tensor(shifts_angstrom).to(torch.float32) / float(pixel_size_angstrom)
+        if start_px.shape != (n_particles, 2) or not bool(torch.isfinite(start_px).all()):
+            raise UserError(f"starting origins must be {n_particles} finite (x, y) pairs in Å, "
+                            f"got shape {tuple(start_px.shape)}")
     t_prep = time.perf_counter()
     rot_out = torch.empty(n_particles, 3, 3)
     sh_out = torch.zeros(n_particles, 2)
@@ -217,7 +228,8 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
                             "resample one of them to the other's grid")
         rot, sh, v, gv, dt_global, dt_local = _search_chunk(
             imgs, None if ctf is None else ctf[idx], ref, pixel_size_angstrom, mask, shifts0,
-            shift_step_px if search_shifts else None, config)
+            shift_step_px if search_shifts else None, config,
+            None if start_px is None else start_px[torch.as_tensor(idx)])
         t_global += dt_global
         t_local += dt_local
         rot_out[idx] = rot[:, 0].to(torch.float32)
@@ -236,10 +248,12 @@ def search_poses(images, reference, pixel_size_angstrom: float, *, ctf: CTFParam
 
 def _search_chunk(imgs: torch.Tensor, ctf: CTFParams | None, ref: _Reference, pixel_size_angstrom: float,
                   mask: torch.Tensor | None, shifts0: torch.Tensor, shift_step_px: float | None,
-                  config: SearchConfig):
+                  config: SearchConfig, start_px: torch.Tensor | None = None):
     """Global stage then the local levels for one chunk of particles ``(B, n, n)``.
 
-    ``shift_step_px`` is the global shift step in pixels, ``None`` when shifts are not searched.
+    ``shift_step_px`` is the global shift step in pixels, ``None`` when shifts are not searched;
+    ``start_px`` ``(B, 2)`` the starting origins in pixels the lattice is centred on (the images
+    are moved by them in Fourier space, which leaves every NCC unchanged, and they are added back).
 
     Returns:
         ``(rot (B, C, 3, 3), sh (B, C, 2) px, score (B, C), global score (B, C), seconds of the
@@ -248,6 +262,8 @@ def _search_chunk(imgs: torch.Tensor, ctf: CTFParams | None, ref: _Reference, pi
     with torch.no_grad():
         t0 = time.perf_counter()
         x, c = _prepare_chunk(imgs, ctf, ref, pixel_size_angstrom, mask)
+        if start_px is not None:
+            x = x * origin_phases_band(start_px, ref.full).conj()
         xg, cg = x[:, ref.sub[0]], c[:, ref.sub[0]]
         gj, gs, gv = _global_stage(xg, cg, ref, shifts0, _POOL * config.n_candidates,
                                    config.max_block_elements)
@@ -262,6 +278,8 @@ def _search_chunk(imgs: torch.Tensor, ctf: CTFParams | None, ref: _Reference, pi
             step_sh = max(step_sh / 2.0, config.final_shift_step_px) if shift_step_px is not None else 0.0
             keep = config.n_local_candidates if level < len(ref.steps) - 1 else 1
             rot, sh, v = _local_stage(x, c, ref, level, rot, sh, step_sh, keep, config.max_block_elements)
+        if start_px is not None:
+            sh = sh + start_px[:, None, :]
         t2 = time.perf_counter()
     return rot, sh, v, gv, t1 - t0, t2 - t1
 

@@ -240,6 +240,16 @@ class AbinitioConfig:
             resolution of the round before (a resolution schedule: the band grows as the map
             improves); on the demo's particles the median error went 4.18° → 2.89° → 2.70°
             over three rounds (39, 89, 110 s on one thread; ``benchmarks/polish_rounds.py``).
+        polish_global_rounds: The first this many polishing rounds search every pose globally
+            (:func:`cryopose.search.projection_matching.search_poses`: the 15° SO(3) grid of the
+            map's asymmetric unit, refined locally down to ``polish_start_step_deg``, origins on a
+            ±2-pixel lattice around the current ones) instead of locally around the current pose;
+            the later rounds are local. The encoder's large errors are not local, and a global
+            search is only as good as its map: on 20,000 realistic β-gal particles (40 % in one
+            view) the encoder had the preferred view right and the others 45° off (median); one
+            global round against the encoder's map and two local rounds left those 20.3° off,
+            and a second global search against that map brought them to 9.1°
+            (``docs/results/real-conditions.md``). 0 = every round local.
         polish_start_step_deg: First step of the local lattice, degrees.
         polish_final_step_deg: Last step, degrees (halvings from the first).
     """
@@ -253,6 +263,7 @@ class AbinitioConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     reconstruct: bool = True
     polish_rounds: int = 3
+    polish_global_rounds: int = 2
     polish_start_step_deg: float = 3.75
     polish_final_step_deg: float = 0.9375
 
@@ -262,6 +273,7 @@ class AbinitioConfig:
             if self.box_size < 16:
                 raise UserError(f"--box-size must be at least 16 px, got {self.box_size}")
         _positive("--polish-rounds", self.polish_rounds, integer=True, allow_zero=True)
+        _positive("--global-rounds", self.polish_global_rounds, integer=True, allow_zero=True)
         _positive("polish_start_step_deg", self.polish_start_step_deg)
         _positive("polish_final_step_deg", self.polish_final_step_deg)
 
