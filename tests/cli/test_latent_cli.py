@@ -69,6 +69,7 @@ def test_analyze_writes_star_metrics_and_figures(trained, capsys, monkeypatch):
     doc = json.loads((run / "analysis.json").read_text())
     m = doc["metrics"]
     assert {"angle_rmse_weighted_deg", "defocus_rmse_um", "outlier_auc"} <= set(m)
+    assert m["angle_source"] == "equivariant planes" and m["angle_branch_from"] in ("first plane", "images")
     assert 0.0 <= min(m["outlier_auc"].values()) <= 1.0
     for png in ("latent_pca.png", "roc.png", "angle_hexbin.png", "defocus_hexbin.png"):
         p = run / png
@@ -89,6 +90,11 @@ def test_analyze_without_reference_and_errors(trained, tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "checkpoint.pt not found" in err
     assert main(["latent", "train", str(star), "-o", str(tmp_path / "x"), "--latent-dim", "2"]) == 2
+    assert main(["latent", "train", str(star), "-o", str(tmp_path / "y"), "--latent-dim", "3",
+                 "--equivariance-order-2", "2"]) == 2  # a second plane needs L >= 5
+    assert main(["latent", "analyze", str(run), "--particles", str(star), "--no-figures", "--angle-from", "pca",
+                 "-o", str(tmp_path / "pca.star")]) == 0
+    assert json.loads((run / "analysis.json").read_text())["metrics"]["angle_source"] == "pca"
 
 
 @pytest.mark.relion
@@ -118,3 +124,4 @@ def test_train_with_hyperparameter_search(trained, tmp_path):
     trials = json.loads((run / "hpo_trials.json").read_text())
     assert len(trials) == 2 and {"learning_rate", "lambda_reg", "lambda_gan", "extra_decoder_depth"} <= set(trials[0])
     assert (run / "checkpoint.pt").is_file()
+

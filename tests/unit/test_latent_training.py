@@ -74,7 +74,7 @@ def test_train_checkpoint_resume_and_determinism(tmp_path):
     model, scaling, config, raw = load_latent_checkpoint(ck)
     assert raw["epoch"] == 3 and config.epochs == 3 and scaling.high > scaling.low
     codes = encode_latents(model, x, config, scaling)
-    assert codes.mu.shape == (96, 3) and codes.logvar.shape == (96, 3) and codes.reconstruction_loss.shape == (96,)
+    assert codes.mu.shape == (96, 5) and codes.logvar.shape == (96, 5) and codes.reconstruction_loss.shape == (96,)
     assert np.all(np.isfinite(codes.reconstruction_loss))
     with pytest.raises(UserError):  # other options cannot resume this checkpoint
         train_vaegan(x, LatentTrainConfig(train_box_size=None, epochs=3, batch_size=16, seed=4),

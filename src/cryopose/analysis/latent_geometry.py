@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 __all__ = ["LatentPCA", "fit_latent_pca", "polar_coordinates", "angle_from_polar", "defocus_from_radius",
-           "confidence_weights"]
+           "confidence_weights", "plane_angles", "combine_planes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +155,69 @@ def defocus_from_radius(radius, *, defocus_values=None, defocus_range=None, incr
 def confidence_weights(defocus_um) -> np.ndarray:
     """Paper weights ``w = exp(Δf / µm) − 1`` (defocus in micrometres)."""
     return np.expm1(np.asarray(defocus_um, dtype=np.float64))
+
+
+def plane_angles(latents, planes, *, fit_mask=None) -> list[np.ndarray]:
+    """Polar angles of the equivariant latent planes, about the latent mean.
+
+    Args:
+        latents: ``(N, L)`` latent means.
+        planes: ``((j, k), ...)``: plane ``(μ_j, μ_j+1)`` (0-based ``j``) turned by ``−k θ`` in
+            training (:meth:`cryopose.training.latent_config.LatentTrainConfig.equivariant_planes`).
+        fit_mask: ``(N,)`` particles whose mean is the centre (all if ``None``).
+
+    Returns:
+        One ``(N,)`` array per plane: ``atan2`` of the centred plane, degrees in [0°, 360°).
+
+    Raises:
+        ValueError: A plane outside the latent's ``L`` axes.
+    """
+    z = np.asarray(latents, dtype=np.float64)
+    m = np.ones(z.shape[0], dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool)
+    out = []
+    for j, _ in planes:
+        if j + 1 >= z.shape[1]:
+            raise ValueError(f"plane ({j}, {j + 1}) needs at least {j + 2} latent axes, got {z.shape[1]}")
+        p = z[:, j:j + 2] - z[m, j:j + 2].mean(axis=0)
+        out.append(np.degrees(np.arctan2(p[:, 1], p[:, 0])) % 360.0)
+    return out
+
+
+def combine_planes(phi1_deg, phi2_deg, *, order1: int = 1, order2: int = 2, weights=None) -> tuple[np.ndarray, float]:
+    """In-plane angle from a coarse plane of order ``k₁`` and a fine plane of order ``k₂``.
+
+    ``ψ₁ = φ₁/k₁`` (modulo ``360°/k₁``) and ``ψ₂ = φ₂/k₂`` (modulo ``360°/k₂``) carry the same
+    angle up to their own global offsets. The offset ``o`` between them is the circular mean
+    of ``k₂ (ψ₁ − ψ₂)`` divided by ``k₂`` (well defined modulo ``360°/k₂``, which is all that is
+    needed); the estimate is ``ψ₂ + o`` on the branch nearest ``ψ₁``:
+    ``ψ̂ = ψ₁ − wrap(ψ₁ − ψ₂ − o)`` with ``wrap`` to ``[−180°/k₂, 180°/k₂)``. So the fine plane
+    sets the precision and the coarse plane needs only to be right within ``±180°/k₂``.
+
+    Args:
+        phi1_deg, phi2_deg: ``(N,)`` polar angles (degrees) of the two planes (:func:`plane_angles`).
+        order1, order2: ``k₁`` and ``k₂`` (``k₂`` a multiple of ``k₁``, larger than it).
+        weights: ``(N,)`` non-negative weights of the offset's mean (uniform if ``None``).
+
+    Returns:
+        ``(ψ̂ in [0°, 360°/k₁) as (N,) degrees, R)``: ``R`` in [0, 1] is the resultant length of
+        ``k₂ (ψ₁ − ψ₂)`` — near 1 when the two planes agree, near 0 when one is noise.
+
+    Raises:
+        ValueError: Orders that are not ``1 <= k₁ < k₂`` with ``k₂`` a multiple of ``k₁``, or
+            arrays of other lengths.
+    """
+    k1, k2 = int(order1), int(order2)
+    if not (1 <= k1 < k2 and k2 % k1 == 0):
+        raise ValueError(f"need 1 <= order1 < order2 with order2 a multiple of order1, got {k1} and {k2}")
+    p1 = np.asarray(phi1_deg, dtype=np.float64).reshape(-1) / k1
+    p2 = (np.asarray(phi2_deg, dtype=np.float64).reshape(-1) / k2) % (360.0 / k2)
+    if p1.shape != p2.shape:
+        raise ValueError(f"need two equal-length angle arrays, got {p1.shape} and {p2.shape}")
+    w = np.ones_like(p1) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    a = np.radians(k2 * (p1 - p2))
+    c, s = np.sum(w * np.cos(a)), np.sum(w * np.sin(a))
+    resultant = float(np.hypot(c, s) / max(np.sum(w), 1e-300))
+    offset = np.degrees(np.arctan2(s, c)) / k2
+    period2 = 360.0 / k2
+    wrapped = (p1 - p2 - offset + period2 / 2.0) % period2 - period2 / 2.0
+    return (p1 - wrapped) % (360.0 / k1), resultant

@@ -42,19 +42,9 @@ from .latent_geometry import (LatentPCA, angle_from_polar, confidence_weights, d
                               polar_coordinates)
 
 __all__ = [
-    "AngleAlignment",
-    "circular_difference_deg",
-    "align_angles",
-    "apply_alignment",
-    "weighted_rmse",
-    "lowpass_contrast",
-    "radius_direction_from_contrast",
-    "OrbitAnalysisConfig",
-    "LatentAnalysis",
-    "analyze_latents",
-    "reference_values",
-    "defocus_distribution_from",
-    "analyze_checkpoint",
+    "AngleAlignment", "circular_difference_deg", "align_angles", "apply_alignment", "weighted_rmse",
+    "lowpass_contrast", "radius_direction_from_contrast", "OrbitAnalysisConfig", "LatentAnalysis", "analyze_latents",
+    "reference_values", "defocus_distribution_from", "analyze_checkpoint",
 ]
 
 
@@ -214,6 +204,12 @@ class OrbitAnalysisConfig:
             detector that also drops part of the outer orbit unevenly moves the centre).
         lof_neighbors: LOF neighbourhood size.
         seed: Random state of the detectors.
+        angle_from: ``"auto"``: from the equivariant latent planes when the model was trained
+            with the rotation-equivariance prior (``planes`` of :func:`analyze_latents`: the
+            polar angle of ``(μ₁, μ₂)`` about the mean divided by ``k``, refined by the second
+            plane with :func:`cryopose.analysis.latent_geometry.combine_planes`), else as
+            ``"pca"``; ``"pca"``: the paper's eq. 4 on PC1-PC2 (which picks the defocus axis
+            when the defocus spreads the latent more than the in-plane orbit does).
 
     Raises:
         ValueError: Bad values (on construction).
@@ -230,6 +226,7 @@ class OrbitAnalysisConfig:
     exclude_outliers_from_fit: bool = False
     lof_neighbors: int = 20
     seed: int = 0
+    angle_from: str = "auto"
 
     def __post_init__(self):
         from .outliers import FEATURE_SETS, OUTLIER_METHODS
@@ -247,6 +244,8 @@ class OrbitAnalysisConfig:
         put("outlier_methods", tuple(self.outlier_methods))
         if int(self.symmetry_order) < 1:
             raise ValueError(f"symmetry order must be >= 1, got {self.symmetry_order}")
+        if self.angle_from not in ("auto", "pca"):
+            raise ValueError(f"angle source must be auto or pca, got {self.angle_from!r}")
         if self.radius_direction not in ("auto", "increasing", "decreasing"):
             raise ValueError(f"radius direction must be auto, increasing or decreasing, got {self.radius_direction!r}")
         if self.outlier_features not in FEATURE_SETS:
@@ -295,7 +294,8 @@ class LatentAnalysis:
 
 
 def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruction_loss=None, contrast=None,
-                    true_psi_deg=None, true_defocus_um=None, outlier_labels=None) -> LatentAnalysis:
+                    true_psi_deg=None, true_defocus_um=None, outlier_labels=None, planes=(), images=None,
+                    image_pixel_size_angstrom=None) -> LatentAnalysis:
     """In-plane angles, defocus and outlier scores from latent codes (Miolane et al. 2020).
 
     Steps: outlier scores (:mod:`cryopose.analysis.outliers`); PCA of the latent means of the
@@ -312,6 +312,13 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
         true_defocus_um: ``(N,)`` reference defocus (µm) for the metrics and the paper's weights.
         outlier_labels: ``(N,)`` 0/1 (1 = junk) for ROC AUCs; angle and defocus errors are then
             measured on the true particles only.
+        planes: The model's equivariant planes, ``((j, k), ...)``
+            (:meth:`cryopose.training.latent_config.LatentTrainConfig.equivariant_planes`;
+            empty for the paper's model): with ``config.angle_from="auto"`` the angle is read
+            from them instead of the PCA.
+        images: Callable ``f(index_array) -> (B, m, m)`` tensor of the network's input images,
+            used to pick the 180° branch when the first plane is flat (``None``: no images).
+        image_pixel_size_angstrom: Pixel size of those images (Å), for the branch's low-pass.
 
     Returns:
         :class:`LatentAnalysis`.
@@ -319,6 +326,7 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
     Raises:
         ValueError: Inconsistent lengths or ``radius_direction="auto"`` without ``contrast``.
     """
+    from .latent_branch import angles_from_planes
     from .outliers import outlier_features, outlier_scores
 
     z = np.asarray(mu, dtype=np.float64)
@@ -336,6 +344,11 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
     center = np.zeros(2)
     radius, phi = polar_coordinates(comps, center)
     psi = angle_from_polar(phi, symmetry_order=config.symmetry_order)
+    plane_info: dict = {}
+    use_planes = config.angle_from == "auto" and len(planes) > 0
+    if use_planes:
+        psi, plane_info = angles_from_planes(z, tuple(planes), config.symmetry_order, fit_mask, images,
+                                              image_pixel_size_angstrom)
     if config.radius_direction == "auto":
         if contrast is None:
             raise ValueError("radius_direction='auto' needs the images' low-pass contrast")
@@ -352,7 +365,8 @@ def analyze_latents(mu, *, config: OrbitAnalysisConfig, logvar=None, reconstruct
                             defocus_um=defocus, confidence=confidence, outlier_scores=scores, fit_mask=fit_mask,
                             radius_increasing=increasing)
     result.metrics = {"explained_variance_ratio": pca.explained_variance_ratio.tolist(),
-                      "radius_increases_with_defocus": bool(increasing)}
+                      "radius_increases_with_defocus": bool(increasing),
+                      "angle_source": "equivariant planes" if use_planes else "pca", **plane_info}
     _score_against_truth(result, config, true_psi_deg=true_psi_deg, true_defocus_um=true_defocus_um,
                          outlier_labels=outlier_labels)
     return result
@@ -452,13 +466,15 @@ def analyze_checkpoint(checkpoint_path, stack, metadata=None, *, config: OrbitAn
         UserError: Unreadable checkpoint or images of another box than the model's.
     """
     from ..errors import UserError
-    from ..training.latent import encode_latents, load_latent_checkpoint
+    from ..training.latent import encode_latents, load_latent_checkpoint, prepare_batch
 
     model, scaling, train_config, ck = load_latent_checkpoint(checkpoint_path)
     first = stack[np.array([0])]
     if int(first.shape[-1]) != int(ck["box_size"]):
         raise UserError(f"images are {first.shape[-1]} px but the model was trained on {ck['box_size']} px images")
     codes = encode_latents(model, stack, train_config, scaling, progress=progress)
+    apix = getattr(stack, "pixel_size_angstrom", None) or getattr(metadata, "pixel_size_angstrom", None)
+    pixel = None if not apix else float(apix) * int(ck["box_size"]) / train_config.network_box(int(ck["box_size"]))
     contrast = None
     if config.radius_direction == "auto":
         parts = []
@@ -470,5 +486,7 @@ def analyze_checkpoint(checkpoint_path, stack, metadata=None, *, config: OrbitAn
     analysis = analyze_latents(codes.mu, config=config, logvar=codes.logvar,
                                reconstruction_loss=codes.reconstruction_loss, contrast=contrast,
                                true_psi_deg=ref["psi_deg"], true_defocus_um=ref["defocus_um"],
-                               outlier_labels=ref["outlier"])
+                               outlier_labels=ref["outlier"], planes=train_config.equivariant_planes(),
+                               images=lambda idx: prepare_batch(stack, idx, train_config, scaling),
+                               image_pixel_size_angstrom=pixel)
     return analysis, codes, ref

@@ -8,8 +8,10 @@ and OUTDIR/config.yaml. --hpo-trials N first searches the learning rate, decoder
 and λ_GAN on the validation loss with Optuna (optional extra: pip install 'cryopose[hpo]').
 
 `cryopose latent analyze OUTDIR` encodes the particles, takes the PCA of the latent means,
-reads the in-plane angle from the polar angle of the first two components (eq. 4; divided by
-k for a k-fold symmetric view), the defocus from the radius by quantile matching with the
+reads the in-plane angle from the model's equivariant planes (default, for a model trained with
+the rotation-equivariance prior: ψ modulo 180° from the order-2 plane (μ4, μ5), the branch from
+(μ1, μ2) or, when that plane is flat, from the images; --angle-from pca: the paper's polar angle
+of the first two components, eq. 4; divided by k for a k-fold symmetric view), the defocus from the radius by quantile matching with the
 known defocus distribution (eq. 5), and scores outliers with IsolationForest,
 LocalOutlierFactor and robust covariance. Writes OUTDIR/latent_particles.star (rlnAnglePsi and
 rlnDefocusU/V replaced by the estimates, the input values kept as rlnCryoposeInput*, plus
@@ -39,7 +41,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, metavar="A", help="particle pixel size in Å (header override)")
     add_datadir_argument(p)
     g = p.add_argument_group("network and loss")
-    g.add_argument("--latent-dim", type=int, default=3, help="latent dimension L (paper: 3 or 4; default 3)")
+    g.add_argument("--latent-dim", type=int, default=5,
+                   help="latent dimension L (paper: 3 or 4; default 5: the cone's three axes and a second "
+                        "equivariant plane)")
     g.add_argument("--train-box", type=int, default=32,
                    help="Fourier-downsample to this box before the networks (default 32; 0 = the data's box)")
     g.add_argument("--channels", type=int, default=16, help="first-layer filters (default 16)")
@@ -52,6 +56,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="rotation-equivariance prior (not in the paper; 0 = the paper's model; default 10)")
     g.add_argument("--equivariance-order", type=int, default=1,
                    help="k of a k-fold symmetric view for the equivariance prior (default 1)")
+    g.add_argument("--equivariance-order-2", type=int,
+                   help="order of the second equivariant plane (mu4, mu5) (default 2k when L >= 5; 0 = none)")
+    g.add_argument("--equivariance-normalization", choices=("split", "total"), default="split",
+                   help="split: each plane and the rest divided by its own mean square (a plane cannot "
+                        "shrink away); total: by the whole latent's (default split)")
     g.add_argument("--no-mask", action="store_true", help="do not apply the soft circular mask (inscribed circle)")
     g.add_argument("--invert-contrast", action="store_true", help="particles are dark: negate them first")
     t = p.add_argument_group("optimisation")
@@ -80,6 +89,9 @@ def _add_analyze(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="STAR", help="output STAR (default OUTDIR/latent_particles.star)")
     p.add_argument("--symmetry-order", type=int, default=1,
                    help="k of a k-fold symmetric projection: angles are estimated modulo 360/k (default 1)")
+    p.add_argument("--angle-from", choices=("auto", "pca"), default="auto",
+                   help="auto: the equivariant latent planes when the model has them (the 180° branch from "
+                        "the images if the first plane is flat), else the PCA; pca: the paper's eq. 4")
     d = p.add_mutually_exclusive_group()
     d.add_argument("--defocus-values", type=float, nargs="+", metavar="UM",
                    help="known defocus values in µm (equal shares)")
@@ -120,7 +132,8 @@ def _train_config(args):
         decoder_depth=args.decoder_depth, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         final_lr_fraction=args.final_lr_fraction, lambda_reg=args.lambda_reg, lambda_gan=args.lambda_gan,
         lambda_cone=args.lambda_cone, lambda_equivariance=args.lambda_equivariance,
-        equivariance_order=args.equivariance_order,
+        equivariance_order=args.equivariance_order, equivariance_order_2=args.equivariance_order_2,
+        equivariance_normalization=args.equivariance_normalization,
         mask_radius_fraction=None if args.no_mask else 1.0, kl_warmup_epochs=args.kl_warmup_epochs,
         validation_fraction=args.validation_fraction, invert_contrast=args.invert_contrast, seed=args.seed)
 
@@ -274,6 +287,7 @@ def _run_analyze(args) -> int:
             known = defocus_distribution_from(df)
     try:
         config = OrbitAnalysisConfig(symmetry_order=args.symmetry_order, radius_direction=args.radius_direction,
+                                     angle_from=args.angle_from,
                                      outlier_features=args.outlier_features, contamination=args.contamination,
                                      primary_outlier_method=args.primary_outlier_method, seed=args.seed,
                                      exclude_outliers_from_fit=args.exclude_outliers_from_fit, **known)

@@ -14,7 +14,8 @@ Loss of one minibatch of ``B`` images scaled to [0, 1] (:class:`ImageScaling`):
   log(1 − D(Dec(z_p)))``; with ``λ_GAN = 0`` the discriminator is not used (plain VAE);
 * ``L_cone = mean (μ₁² + μ₂² − μ₃²)²`` on the latent means (the paper's cone prior);
 * ``L_equi`` (an addition, ``λ_equivariance > 0``): the rotation-equivariance prior of
-  :func:`cryopose.training.latent_losses.vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``.
+  :func:`cryopose.training.latent_losses.vaegan_losses` — an image turned by ``θ`` must have ``(μ₁, μ₂)`` turned by ``−kθ``
+  and, by default (``L >= 5``), ``(μ₄, μ₅)`` by ``−2kθ`` (:meth:`LatentTrainConfig.equivariant_planes`).
   Without it (``λ_equivariance = 0``, the paper's model) the in-plane orbits are closed curves
   but rarely circles about the PCA axis in CPU-sized training runs (``benchmarks/inplane.py``).
 

@@ -45,7 +45,9 @@ class LatentTrainConfig:
     image). The paper's code averages the BCE over pixels instead, so its ``λ`` correspond to
     ``λ · m²`` here for ``m × m`` network inputs; its cone weight 1 is therefore a strong cone
     (the default 100 here, at 32 px). The defaults were chosen on simulated in-plane data
-    (``benchmarks/inplane.py``); ``lambda_equivariance=0`` is the paper's model.
+    (``benchmarks/inplane.py``) and checked on relion_project single views
+    (``benchmarks/latent_views.py``: the second equivariant plane, ``latent_dim=5`` and the
+    ``split`` normalisation); ``latent_dim=3, lambda_equivariance=0`` is the paper's model.
 
     Attributes:
         latent_dim: Latent dimension ``L`` (paper: 3 or 4).
@@ -67,6 +69,12 @@ class LatentTrainConfig:
         equivariance_order: ``k`` of the prior: ``(μ₁, μ₂)`` turns by ``−k θ`` when the image
             turns by ``θ``. Use the ``k`` of a ``k``-fold symmetric view (its images repeat
             every ``360°/k``, so only the quotient angle can be encoded).
+        equivariance_order_2: Order ``k₂`` of a second equivariant plane ``(μ₄, μ₅)``, which the
+            prior turns by ``−k₂ θ`` (``None``: ``2 k`` when ``latent_dim >= 5``, else none;
+            0 = none). Views whose first angular harmonic is weak (β-gal: ~4 % of the
+            non-symmetric power against ~25 % in the second) leave ``(μ₁, μ₂)`` nearly flat,
+            while the ``k₂`` plane gives ``ψ`` modulo ``360°/k₂`` precisely; the analysis takes
+            the branch from ``(μ₁, μ₂)`` (:func:`cryopose.analysis.latent_geometry.combine_planes`).
         equivariance_normalization: ``"total"`` or ``"split"`` (see :mod:`cryopose.training.latent`).
         mask_radius_fraction: Multiply every image by a soft circular mask of this radius
             (fraction of ``n/2``) so that in-plane rotations keep the image inside the box
@@ -82,7 +90,7 @@ class LatentTrainConfig:
         UserError: Values out of range (on construction).
     """
 
-    latent_dim: int = 3
+    latent_dim: int = 5
     train_box_size: int | None = 32
     channels: int = 16
     decoder_depth: int | None = None
@@ -96,7 +104,8 @@ class LatentTrainConfig:
     lambda_cone: float = 100.0
     lambda_equivariance: float = 10.0
     equivariance_order: int = 1
-    equivariance_normalization: str = "total"
+    equivariance_order_2: int | None = None
+    equivariance_normalization: str = "split"
     mask_radius_fraction: float | None = 1.0
     kl_warmup_epochs: int = 0
     validation_fraction: float = 0.1
@@ -127,6 +136,10 @@ class LatentTrainConfig:
             raise UserError(f"equivariance normalisation must be total or split, got {self.equivariance_normalization!r}")
         if int(self.equivariance_order) < 1:
             raise UserError(f"equivariance order must be >= 1, got {self.equivariance_order}")
+        k2 = self.equivariance_order_2
+        if k2 is not None and (int(k2) < 0 or (int(k2) > 0 and int(self.latent_dim) < 5)):
+            raise UserError(f"equivariance order 2 must be >= 0 and needs latent dimension >= 5, got {k2} "
+                            f"with L = {self.latent_dim}")
         if not (0.0 < self.final_lr_fraction <= 1.0):
             raise UserError(f"final learning-rate fraction must be in (0, 1], got {self.final_lr_fraction}")
         if not (0.0 <= self.validation_fraction <= 0.5):
@@ -134,6 +147,17 @@ class LatentTrainConfig:
         lo, hi = self.scaling_quantiles
         if not (0.0 <= lo < hi <= 1.0):
             raise UserError(f"scaling quantiles must satisfy 0 <= low < high <= 1, got {self.scaling_quantiles}")
+
+    def equivariant_planes(self) -> tuple[tuple[int, int], ...]:
+        """``((latent index of the plane's first axis, order), ...)`` the prior turns: ``(0, k)``
+        and, with a second plane, ``(3, k₂)``; empty when ``lambda_equivariance`` is 0."""
+        if self.lambda_equivariance <= 0:
+            return ()
+        k2 = self.equivariance_order_2
+        if k2 is None:
+            k2 = 2 * int(self.equivariance_order) if int(self.latent_dim) >= 5 else 0
+        planes = ((0, int(self.equivariance_order)),)
+        return planes + ((3, int(k2)),) if k2 else planes
 
     def model_config(self, box_size: int) -> VAEGANConfig:
         """The :class:`VAEGANConfig` for images of ``box_size`` px (after downsampling)."""

@@ -49,7 +49,7 @@ def vaegan_losses(model: VAEGAN, x: torch.Tensor, config: LatentTrainConfig, *, 
     prior = None
     equi = torch.zeros((), dtype=x.dtype)
     if config.lambda_equivariance > 0 and model.training:
-        equi = _equivariance(model, x, mu, generator, order=int(config.equivariance_order),
+        equi = _equivariance(model, x, mu, generator, planes=config.equivariant_planes(),
                              split=config.equivariance_normalization == "split")
         total = total + config.lambda_equivariance * equi
     if config.lambda_gan > 0 and model.training:
@@ -69,34 +69,38 @@ def vaegan_losses(model: VAEGAN, x: torch.Tensor, config: LatentTrainConfig, *, 
 
 
 def _equivariance(model: VAEGAN, x: torch.Tensor, mu: torch.Tensor, generator: torch.Generator | None, *,
-                  order: int = 1, split: bool = False) -> torch.Tensor:
+                  planes: tuple[tuple[int, int], ...] = ((0, 1),), split: bool = False) -> torch.Tensor:
     """Rotation-equivariance prior (an addition to the paper).
 
     Each image is turned by a random ``θ`` (:func:`cryopose.data.transforms.rotate_images`,
-    which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with
-    ``(μ₁, μ₂)`` turned by ``−k θ`` and ``μ₃…`` unchanged, so that the polar angle of ``(μ₁, μ₂)``
-    moves with ``k ψ`` and the in-plane orbit is a circle about the ``μ₃`` axis (``k = order``,
-    1 unless the view is ``k``-fold symmetric). ``split=False``: the squared error divided by
-    ``mean |μ|²`` (so that shrinking the whole latent does not satisfy it); ``split=True``: the
-    errors of ``(μ₁, μ₂)`` and of ``(μ₃, …)`` each divided by their own mean square, so that
-    shrinking ``(μ₁, μ₂)`` alone does not pay either.
+    which lowers ``ψ`` by ``θ``); its latent mean must be that of the original with every
+    plane ``(μ_j, μ_j+1)`` of ``planes`` (``(j, k)`` pairs: ``(0, 1)`` is ``(μ₁, μ₂)`` of a
+    view without symmetry) turned by ``−k θ`` and the other coordinates unchanged, so that the
+    polar angle of a plane moves with ``k ψ`` and the in-plane orbit is a circle about the
+    invariant axes. ``split=False``: the squared error divided by ``mean |μ|²`` (shrinking
+    the whole latent does not satisfy it, but a plane much smaller than ``μ₃`` is nearly
+    free); ``split=True``: the error of each plane and of the invariant rest each divided by
+    its own mean square, so that shrinking a plane does not pay.
     """
     from ..data.transforms import rotate_images
     from .inplane import random_angles
 
     theta = random_angles(x.shape[0], generator=generator, dtype=x.dtype)
     mu_rot, _ = model.encoder(rotate_images(x, theta))
-    c, s = torch.cos(order * theta), torch.sin(order * theta)
-    # turn (μ1, μ2) by −kθ: (c μ1 + s μ2, −s μ1 + c μ2)
     target = mu.clone()
-    target[:, 0] = c * mu[:, 0] + s * mu[:, 1]
-    target[:, 1] = -s * mu[:, 0] + c * mu[:, 1]
+    rest = torch.ones(mu.shape[1], dtype=torch.bool)
+    for j, k in planes:
+        c, s = torch.cos(k * theta), torch.sin(k * theta)
+        # turn (μj, μj+1) by −kθ: (c μj + s μj+1, −s μj + c μj+1)
+        target[:, j] = c * mu[:, j] + s * mu[:, j + 1]
+        target[:, j + 1] = -s * mu[:, j] + c * mu[:, j + 1]
+        rest[j:j + 2] = False
     d = (mu_rot - target).pow(2)
     sq = mu.detach().pow(2)
     if not split:
         return d.sum(1).mean() / (sq.sum(1).mean() + 1e-6)
-    err = d[:, :2].sum(1).mean() / (sq[:, :2].sum(1).mean() + 1e-6)
-    return err + d[:, 2:].sum(1).mean() / (sq[:, 2:].sum(1).mean() + 1e-6)
+    groups = [slice(j, j + 2) for j, _ in planes] + ([rest] if bool(rest.any()) else [])
+    return sum(d[:, g].sum(1).mean() / (sq[:, g].sum(1).mean() + 1e-6) for g in groups)
 
 
 def _discriminator_loss(model: VAEGAN, x: torch.Tensor, recon: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
