@@ -180,22 +180,6 @@ def _fsc_vs_truth(map_path: Path, truth_path: Path) -> dict:
             "fsc0p5_angstrom": rep["resolution_fsc0p5_angstrom"], "fsc0p5_crossed": rep["fsc0p5_crossed"]}
 
 
-def _rotated_map(volume, g):
-    """``V'(x) = V(gᵀ x)`` by trilinear interpolation (``g`` ``(3, 3)`` acting on ``(x, y, z)``)."""
-    import torch
-    import torch.nn.functional as F
-
-    from cryopose.fourier import frequency_indices
-
-    v = torch.as_tensor(np.array(volume, dtype=np.float64))
-    n = v.shape[-1]
-    c = frequency_indices(n, dtype=torch.float64)
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    src = torch.stack([x, y, z], dim=-1).reshape(-1, 3) @ torch.as_tensor(g, dtype=torch.float64)  # rows (gᵀ r)ᵀ
-    grid = ((src + n // 2) * (2.0 / (n - 1)) - 1.0).reshape(1, n, n, n, 3)
-    return F.grid_sample(v[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
-
-
 def _fitted_map_fsc(map_path: Path, truth_path: Path, global_rotation, mirrored: bool) -> dict:
     """The method's own map put onto the truth as a user fits one map into another: rotated by the
     poses' global rotation (and mirrored to the truth's hand), then translated to the peak of
@@ -209,12 +193,13 @@ def _fitted_map_fsc(map_path: Path, truth_path: Path, global_rotation, mirrored:
     from cryopose.io.mrc import read_map
     from cryopose.metrics.fsc import fsc_report
     from cryopose.metrics.pose_error import MIRROR
+    from cryopose.models.volume import rotate_volume
     from cryopose.reconstruction.centring import shift_volume
 
     est, ref = read_map(map_path), read_map(truth_path)
     g = torch.as_tensor(global_rotation, dtype=torch.float64)
     jm = MIRROR.double() if mirrored else torch.eye(3, dtype=torch.float64)
-    a = _rotated_map(est.volume, (jm @ g).T)  # aligned(y) = V_est(J^m G y)
+    a = rotate_volume(torch.as_tensor(np.array(est.volume, dtype=np.float64)), (jm @ g).T)  # V_est(J^m G y)
     b = torch.as_tensor(np.array(ref.volume, dtype=np.float64))
     n = b.shape[-1]
     cc = centered_ifft3(centered_fft3(b) * centered_fft3(a).conj()).real.numpy()
@@ -274,8 +259,8 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
     import torch
 
     from cryopose.io.star import read_star, write_star
-    from cryopose.metrics.pose_error import align_rotations, evaluate_poses
-    from cryopose.metrics.pose_error import MIRROR
+    from cryopose.metrics.pose_error import MIRROR, align_rotations, evaluate_poses
+    from cryopose.reconstruction.centring import recentred_origins_angstrom
 
     d = Path(meta["dir"])
     apix = float(meta["pixel_size_angstrom"])
@@ -300,10 +285,10 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
     # method's map), and its orientation and hand: bring every pose into the truth's frame by the
     # one global rotation (and mirror), not by per-particle symmetry mates (the map is not
     # symmetric about the box centre until it is centred; the truth is)
-    moved_sh = est_sh - apix * (rot_est.numpy()[:, :2, :] @ t)
+    moved_sh = recentred_origins_angstrom(rot_est, torch.from_numpy(est_sh), torch.from_numpy(t * apix))
     rot_h = MIRROR.double() @ rot_est @ MIRROR.double() if aln.mirrored else rot_est
     write_star(aligned_star, est.replace(rotmats=(rot_h @ aln.global_rotation).float(),
-                                         shifts_angstrom=torch.from_numpy(moved_sh).float()))
+                                         shifts_angstrom=moved_sh))
     aligned_map = ev_dir / "aligned.mrc"
     cmd = cryopose_cmd("reconstruct", str(aligned_star), "-o", str(aligned_map), *_threads(args), "--no-progress",
                        "--force")

@@ -51,3 +51,22 @@ def test_recentred_origins_show_the_centred_map_as_the_old_origins_showed_the_ma
     wrong = project(centred, rot, shifts_px=origins_px)  # without moving the origins: not the same images
     assert (wrong - seen).norm() / seen.norm() > 10 * err
     assert torch.allclose(recentred_origins_angstrom(rot, None, torch.zeros(3)), torch.zeros(20, 2))
+
+
+def test_rotate_volume_turns_about_the_centre_as_symmetrize_volume_samples():
+    """``rotate_volume`` (``V'(x) = V(gᵀ x)``): a quarter turn about z on an odd box is a
+    clockwise ``rot90`` of the (y, x) planes, and a turn and its inverse give the map back."""
+    from cryopose.models.volume import rotate_volume
+    from cryopose.rotations import axis_angle_to_rotmat
+
+    g = torch.Generator().manual_seed(1)
+    vol = torch.rand(15, 15, 15, generator=g, dtype=torch.float64)
+    quarter = axis_angle_to_rotmat(torch.tensor([0.0, 0.0, torch.pi / 2], dtype=torch.float64))
+    assert torch.allclose(rotate_volume(vol, quarter), torch.rot90(vol, -1, dims=(1, 2)), atol=1e-9)
+    k = torch.arange(15, dtype=torch.float64) - 7
+    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
+    blob = torch.exp(-((x - 2) ** 2 + (y + 1) ** 2 + z ** 2) / 8.0)  # smooth, off the axis
+    turn = axis_angle_to_rotmat(torch.tensor([0.3, -0.5, 0.7], dtype=torch.float64))
+    back = rotate_volume(rotate_volume(blob, turn), turn.T)
+    assert (back - blob).norm() / blob.norm() < 0.12  # two trilinear resamplings
+    assert (rotate_volume(blob, turn) - blob).norm() / blob.norm() > 0.3
