@@ -129,10 +129,9 @@ def test_polish_refines_perturbed_poses_against_the_map():
 
 
 def test_global_polishing_round_corrects_poses_far_off_and_origins_a_pixel_off():
-    """``abinitio``'s global polishing round (``abinitio_finish._global_round``): poses 90° off,
+    """The global polishing round (``polish.global_round``) of ``abinitio`` and ``refine``: poses 90° off,
     which a local round cannot reach, and origins about a pixel off are found again."""
-    from cryopose.pipelines.abinitio_finish import _global_round
-    from cryopose.training.config import AbinitioConfig
+    from cryopose.pipelines.polish import global_round
 
     vol = _volume()
     rot = random_rotations(16, generator=torch.Generator().manual_seed(7))
@@ -140,12 +139,13 @@ def test_global_polishing_round_corrects_poses_far_off_and_origins_a_pixel_off()
     start_sh = (sh + torch.tensor([[0.9, -0.8]])) * APIX
     meta = ParticleMetadata(pixel_size_angstrom=APIX, box_size=N, ctf=ctf, shifts_angstrom=start_sh.double())
     far = (rot @ relion_euler_to_rotmat(torch.tensor([[0.0, 90.0, 0.0]], dtype=torch.float64))).float()
-    config = AbinitioConfig()
     local = polish_poses(img, meta, far, vol.float())
     assert float(geodesic_distance_deg(local.double(), rot).median()) > 30.0
-    out_rot, out_sh = _global_round(img, meta, vol.float(), config, None, True, False)
+    out_rot, out_sh = global_round(img, meta, vol.float(), symmetry="C1", refine_to_deg=3.75, max_resolution_angstrom=None,
+                                  search_shifts=True)
     err = geodesic_distance_deg(out_rot.double(), rot)
     assert float(err.median()) < 3.0 and float(err.max()) < 6.0  # refined to 3.75° steps
     assert float((out_sh / APIX - sh).norm(dim=-1).max()) < 0.5
-    keep_rot, keep_sh = _global_round(img, meta, vol.float(), config, None, False, False)
+    keep_rot, keep_sh = global_round(img, meta, vol.float(), symmetry="C1", refine_to_deg=3.75,
+                                    max_resolution_angstrom=None, search_shifts=False)
     assert torch.equal(keep_sh, start_sh.float())  # origins kept when cryopose does not estimate them

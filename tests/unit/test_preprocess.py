@@ -132,3 +132,40 @@ def test_whitening_without_ctf_gives_the_filter_as_ctf():
     b = ds.batch(np.arange(4))
     assert b.ctf is not None and torch.allclose(b.ctf, ds.whitening.expand(4, -1, -1))
     assert math.isfinite(float(b.images.sum()))
+
+
+def test_each_optics_group_is_whitened_with_its_own_spectrum():
+    """Two optics groups, white and coloured background (as two detectors or doses): each group
+    gets its own spectrum and comes out white, where one pooled spectrum leaves both coloured;
+    the CTFs of a batch carry each particle's group filter, and a saved normalisation (as
+    ``predict`` reads it from encoder.pt) rebuilds the same images."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(8)
+    n_each = 200
+    images = torch.cat([torch.randn(n_each, BOX, BOX, generator=g, dtype=torch.float64),
+                        _coloured_noise(n_each, BOX, 6.0, g)]).float()
+    groups = np.repeat([1, 2], n_each)
+    meta = ParticleMetadata(pixel_size_angstrom=APIX, box_size=BOX, image_indices=np.arange(2 * n_each),
+                            optics_group=groups)
+    ds = ParticleDataset(TensorStack(images), meta, per_image=True, whiten=True)
+    assert sorted(ds.noise_spectra_by_group) == [1, 2]
+    assert ds.noise_spectra_by_group[2].colour_ratio() > 2.5 > 1.3 > ds.noise_spectra_by_group[1].colour_ratio()
+    for grp in (1, 2):
+        idx = np.flatnonzero(groups == grp)
+        after = estimate_noise_spectrum(ds.images(idx), pixel_size_angstrom=APIX)
+        assert after.colour_ratio() == pytest.approx(1.0, abs=0.2), grp
+    pooled = ParticleDataset(TensorStack(images), meta.replace(optics_group=None), per_image=True, whiten=True)
+    assert pooled.noise_spectra_by_group == {}
+    ratios = [estimate_noise_spectrum(pooled.images(np.flatnonzero(groups == grp)),
+                                      pixel_size_angstrom=APIX).colour_ratio() for grp in (1, 2)]
+    assert ratios[0] < 0.8 and ratios[1] > 1.3  # one spectrum for both: over- and under-whitened
+    b = ds.batch(np.array([0, n_each]))
+    assert torch.allclose(b.ctf[0], ds.whitening_for([0])[0]) and not torch.allclose(b.ctf[0], b.ctf[1])
+    again = ParticleDataset(TensorStack(images), meta, normalization=ds.normalization)
+    assert torch.allclose(again.images(np.arange(0, 2 * n_each, 37)), ds.images(np.arange(0, 2 * n_each, 37)),
+                          atol=1e-5)
+    saved = dataclasses.asdict(ds.normalization)
+    assert Normalization(**saved) == ds.normalization
+    with pytest.raises(ValueError, match="pooled"):
+        Normalization(std=1.0, group_noise_power=((1, (1.0, 1.0)),))

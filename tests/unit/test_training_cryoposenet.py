@@ -302,7 +302,7 @@ def test_resume_refusal_names_each_differing_option():
 
 
 def test_polishing_box_grows_with_the_resolution():
-    from cryopose.pipelines.abinitio_finish import polishing_box
+    from cryopose.pipelines.polish import polishing_box
 
     assert polishing_box(128, 3.54, None) == 128 and polishing_box(128, 3.54, float("inf")) == 128
     assert polishing_box(128, 3.54, 30.0) == 44      # Nyquist 0.7 × 30 Å: 2·ceil(453 Å / 21 Å) = 44 px

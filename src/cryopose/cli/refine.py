@@ -2,8 +2,10 @@
 regressor (Lian et al. 2022) on it, infer the rest, reconstruct the map and report.
 
 Writes OUTDIR/particles.star (final poses; rlnCryoposePoseSource 0 = search, 1 = network,
-2 = network + local search), OUTDIR/map.mrc, half1.mrc, half2.mrc (and map_network_only.mrc
-with --local-refine), OUTDIR/model.pt
+2 = network + local search: how each pose was first found; with --polish-rounds > 0, the
+default, every pose is then refined against the data's own map), OUTDIR/map.mrc, half1.mrc,
+half2.mrc (at the particles' box after polishing, else on the working grid; and
+map_network_only.mrc on the working grid with --local-refine), OUTDIR/model.pt
 (model_kind "supervised"; records the network's input pixel size and --invert-contrast for
 `cryopose predict`), OUTDIR/report.json (timings, per-particle speed of search vs
 inference, FSC resolutions, known-pose resolution and pose errors when the input STAR has
@@ -43,7 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "size by more than 1 %% (and is no binned copy of their box), with a warning")
     parser.add_argument("--map-pixel-size", type=float, metavar="A", help="the reference's voxel size in Å")
     parser.add_argument("--symmetry", default="C1", help="point group of the reference (default C1)")
-    parser.add_argument("--box-size", type=int, metavar="PX", help="Fourier-crop the particles to this box")
+    parser.add_argument("--box-size", type=int, metavar="PX",
+                        help="working box of search, network and local refinement (Fourier-cropped; default: "
+                             "pixels of about 10 Å, 32-48 px, as abinitio's training box)")
+    parser.add_argument("--polish-rounds", type=int, default=2, metavar="N",
+                        help="rounds of local refinement of every pose against the data's own map, growing "
+                             "the box up to the particles' (default 2; 0 = the map on the working grid only)")
     parser.add_argument("--network-box", type=int, metavar="PX",
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
     add_contrast_arguments(parser)
@@ -114,7 +121,8 @@ def _load_inputs(args):
         UserError: Unreadable inputs, a reference whose scale does not fit the particles.
     """
     from ..io.particles import load_particles
-    from ..search.run import load_reference, working_grid
+    from ..pipelines.refine import refine_working_grid
+    from ..search.run import load_reference
     from .common import check_reference_scale, particle_options
 
     stack, meta = load_particles(args.particles, pixel_size_angstrom=args.pixel_size, **particle_options(args))
@@ -125,8 +133,8 @@ def _load_inputs(args):
                          particle_box=int(meta.box_size or stack.box_size), particle_pixel_angstrom=meta.pixel_size_angstrom)
     check_reference_scale("refine", args.reference, ref, int(meta.box_size or stack.box_size),
                           meta.pixel_size_angstrom, force=args.force)
-    box, _ = working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom, ref.pixel_size_angstrom,
-                          args.box_size)
+    box, _ = refine_working_grid(int(meta.box_size or stack.box_size), meta.pixel_size_angstrom,
+                                 ref.pixel_size_angstrom, args.box_size)
     return stack, meta, ref, box
 
 
@@ -144,6 +152,7 @@ def _refine_config(args, box: int):
                           cv_w=args.cv_w, cv_iterations=args.cv_iterations, cv_max_particles=args.cv_max_particles,
                           test_time_turns=args.test_time_turns, int8_inference=args.int8,
                           local_refine=args.local_refine, local_refine_step_deg=args.local_step,
+                          polish_rounds=args.polish_rounds,
                           box_size=args.box_size, network_box_size=args.network_box,
                           invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),

@@ -24,7 +24,14 @@ from ..fourier import centered_fft2, centered_ifft2
 from .preprocess import CentringResult, NoiseSpectrum, centre_particles, estimate_noise_spectrum, whitening_filter
 from .transforms import Normalization, downsample, estimate_normalization, invert_contrast, normalize
 
-__all__ = ["ParticleBatch", "ParticleDataset", "TensorStack", "centre_images"]
+__all__ = ["ParticleBatch", "ParticleDataset", "TensorStack", "centre_images", "MIN_GROUP_PARTICLES",
+           "GROUP_SAMPLE"]
+
+#: Optics groups with fewer particles share the pooled noise spectrum (a spectrum from fewer
+#: backgrounds is noisy at low frequency, where a shell holds few pixels).
+MIN_GROUP_PARTICLES = 50
+#: Particles per optics group read to estimate its noise spectrum.
+GROUP_SAMPLE = 300
 
 
 class TensorStack:
@@ -107,7 +114,10 @@ class ParticleDataset:
         whiten: When estimating the normalisation: also estimate the noise power spectrum from
             the background (:func:`cryopose.data.preprocess.estimate_noise_spectrum`) and
             whiten the images; the CTFs of :meth:`batch` are then multiplied by the same
-            filter, so model predictions are whitened with the images.
+            filter, so model predictions are whitened with the images. With several optics
+            groups (``metadata.optics_group``), each group of at least
+            :data:`MIN_GROUP_PARTICLES` particles gets its own spectrum (from up to
+            :data:`GROUP_SAMPLE` of its particles), as RELION's noise model.
         cache_limit_mb: Keep the preprocessed images in memory when they fit.
         chunk_size: Images read at a time when caching or estimating.
 
@@ -146,11 +156,15 @@ class ParticleDataset:
                 spectrum = estimate_noise_spectrum(normalize(raw, normalization),
                                                    pixel_size_angstrom=self.pixel_size_angstrom,
                                                    particle_radius_fraction=normalization.background_radius)
-                normalization = dataclasses.replace(normalization, noise_power=spectrum.power)
+                normalization = dataclasses.replace(normalization, noise_power=spectrum.power,
+                                                    group_noise_power=self._group_spectra(normalization))
         self.normalization = normalization
         self.whitening: torch.Tensor | None = None
+        self._filters: torch.Tensor | None = None  # (1 + G, m, m): pooled, then per group
+        self._filter_of: torch.Tensor | None = None  # (N,) row of _filters for each particle
         if normalization.noise_power is not None:
             self.whitening = whitening_filter(normalization.noise_power, m)
+            self._set_group_filters(normalization)
         if len(stack) * m * m * 4 / 2**20 <= cache_limit_mb:
             parts = [self._prepared(np.arange(s, min(s + self.chunk_size, len(stack))))
                      for s in range(0, len(stack), self.chunk_size)]
@@ -158,6 +172,59 @@ class ParticleDataset:
 
     def __len__(self) -> int:
         return len(self.metadata)
+
+    def _group_spectra(self, normalization: Normalization):
+        """``((group, power), ...)`` for the optics groups with at least
+        :data:`MIN_GROUP_PARTICLES` particles when there are several groups, else ``None``."""
+        groups = self.metadata.optics_group
+        if groups is None:
+            return None
+        groups = np.asarray(groups)
+        values, counts = np.unique(groups, return_counts=True)
+        if values.size < 2:
+            return None
+        out = []
+        for g, c in zip(values.tolist(), counts.tolist()):
+            if c < MIN_GROUP_PARTICLES:
+                continue
+            pos = np.flatnonzero(groups == g)
+            pick = pos[np.unique(np.linspace(0, pos.size - 1, min(pos.size, GROUP_SAMPLE)).round().astype(np.int64))]
+            spec = estimate_noise_spectrum(normalize(self._raw(pick), normalization),
+                                           pixel_size_angstrom=self.pixel_size_angstrom,
+                                           particle_radius_fraction=normalization.background_radius)
+            out.append((int(g), spec.power))
+        return tuple(out) or None
+
+    def _set_group_filters(self, normalization: Normalization) -> None:
+        """Per-particle whitening filters from the per-group spectra (particles of other groups,
+        or without a group, use the pooled filter)."""
+        if normalization.group_noise_power is None or self.metadata.optics_group is None:
+            return
+        rows = [self.whitening] + [whitening_filter(power, self.box_size) for _, power in normalization.group_noise_power]
+        self._filters = torch.stack(rows)
+        of = np.zeros(len(self.metadata), dtype=np.int64)
+        groups = np.asarray(self.metadata.optics_group)
+        for k, (g, _) in enumerate(normalization.group_noise_power, start=1):
+            of[groups == g] = k
+        self._filter_of = torch.from_numpy(of)
+
+    def whitening_for(self, indices) -> torch.Tensor | None:
+        """Whitening filters ``(B, m, m)`` (centred grid) of these particles, each its optics
+        group's (or the pooled one), or ``None`` when the data are not whitened."""
+        if self.whitening is None:
+            return None
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
+        if self._filters is None:
+            return self.whitening.expand(idx.shape[0], -1, -1)
+        return self._filters[self._filter_of[idx]]
+
+    @property
+    def noise_spectra_by_group(self) -> dict[int, NoiseSpectrum]:
+        """``{optics group: NoiseSpectrum}`` of the groups with their own spectrum (empty when
+        one spectrum serves every particle)."""
+        groups = self.normalization.group_noise_power or ()
+        return {g: NoiseSpectrum(power=power, box_size=self.box_size, pixel_size_angstrom=self.pixel_size_angstrom)
+                for g, power in groups}
 
     @property
     def is_cached(self) -> bool:
@@ -173,7 +240,7 @@ class ParticleDataset:
     def _prepared(self, idx: np.ndarray) -> torch.Tensor:
         x = normalize(self._raw(idx), self.normalization)
         if self.whitening is not None:
-            x = centered_ifft2(centered_fft2(x) * self.whitening).real
+            x = centered_ifft2(centered_fft2(x) * self.whitening_for(idx)).real
         return x
 
     @property
@@ -213,7 +280,8 @@ class ParticleDataset:
         if self.ctf is not None:
             ctf = compute_ctf(self.ctf[t], self.box_size, self.pixel_size_angstrom)
         if self.whitening is not None:
-            ctf = self.whitening.expand(len(idx), -1, -1) if ctf is None else ctf * self.whitening
+            w = self.whitening_for(idx)
+            ctf = w if ctf is None else ctf * w
         shifts = None
         if self.shifts_angstrom is not None:
             shifts = shifts_angstrom_to_pixels(self.shifts_angstrom[t].float(), self.pixel_size_angstrom)

@@ -48,16 +48,27 @@ class Normalization:
             (``n // 2 + 1`` shells, :func:`cryopose.data.preprocess.estimate_noise_spectrum`),
             or ``None``: when given, images and CTFs are whitened with
             :func:`cryopose.data.preprocess.whitening_filter`.
+        group_noise_power: Per optics group, ``((rlnOpticsGroup number, power), ...)``, each
+            power as ``noise_power`` (RELION's σ² noise model is likewise per optics group:
+            detectors, doses and pixel sizes differ between groups): particles of these groups
+            are whitened with their group's spectrum, all others with ``noise_power``. ``None``
+            when the data have a single group.
     """
 
     std: float
     background_radius: float = 0.85
     per_image: bool = False
     noise_power: tuple[float, ...] | None = None
+    group_noise_power: tuple[tuple[int, tuple[float, ...]], ...] | None = None
 
     def __post_init__(self):
         if self.noise_power is not None:
             object.__setattr__(self, "noise_power", tuple(float(v) for v in self.noise_power))
+        if self.group_noise_power is not None:
+            if self.noise_power is None:
+                raise ValueError("per-optics-group noise spectra need the pooled noise_power too")
+            object.__setattr__(self, "group_noise_power", tuple(
+                (int(g), tuple(float(v) for v in power)) for g, power in self.group_noise_power))
 
 
 def invert_contrast(images: torch.Tensor) -> torch.Tensor:

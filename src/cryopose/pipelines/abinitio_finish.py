@@ -1,6 +1,6 @@
 """The tail of :func:`cryopose.pipelines.abinitio.run_abinitio`, after the encoder has inferred
 the poses: writing the poses, reconstruction at the original box, local polishing rounds
-(:func:`cryopose.pipelines.polish.polish_poses`), ``summary.json`` with the run's warnings, and
+(:func:`cryopose.pipelines.polish.polish_rounds`), ``summary.json`` with the run's warnings, and
 the HTML report. :class:`AbinitioResult` and :func:`write_poses` are re-exported by
 :mod:`cryopose.pipelines.abinitio`.
 """
@@ -8,58 +8,15 @@ the HTML report. :class:`AbinitioResult` and :func:`write_poses` are re-exported
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 
 import torch
 
 from ..conventions import shifts_angstrom_to_pixels, shifts_pixels_to_angstrom
-from ..fourier import fourier_downsample_volume
 from ..training.trainer import PoseInference
 
-__all__ = ["AbinitioResult", "write_poses", "finish_abinitio", "polishing_box"]
-
-#: Nyquist of a polishing round's box, as a fraction of the resolution reached before it: room
-#: for the map to improve by 1/0.7 per round before the box has to grow (it grows by itself:
-#: a map at its box's Nyquist reports that resolution, and the next box is 1/0.7 larger).
-POLISH_NYQUIST_FRACTION = 0.7
-
-
-def polishing_box(image_box: int, pixel_size_angstrom: float, resolution_angstrom: float | None) -> int:
-    """Box of a polishing round: the particles Fourier-cropped so that Nyquist is 0.7 × the
-    resolution the map has reached (the growing-box stage of the resolution schedule).
-
-    A round reads frequencies up to 0.9 × that resolution only, so finer pixels would cost
-    (a map and a search at 256 px are 8× and 4× the work of 128 px) for nothing; the box grows
-    as the maps improve and is the particles' box once Nyquist is reached. The final map is
-    always reconstructed at the particles' box.
-
-    Args:
-        image_box: The particles' box ``n``, px.
-        pixel_size_angstrom: Their pixel size, Å.
-        resolution_angstrom: FSC = 0.143 resolution reached, Å (``None`` or not finite: ``n``).
-
-    Returns:
-        An even box ``m`` with ``32 <= m <= n`` (or ``n`` when ``n < 32``).
-    """
-    n = int(image_box)
-    if resolution_angstrom is None or not math.isfinite(resolution_angstrom) or resolution_angstrom <= 0:
-        return n
-    m = 2 * math.ceil(n * float(pixel_size_angstrom) / (POLISH_NYQUIST_FRACTION * float(resolution_angstrom)))
-    return int(min(n, max(32, m)))
-
-
-def _cropped(source, meta, box: int):
-    """The particles (and their metadata) Fourier-cropped to ``box`` (the same field of view)."""
-    from ..search.run import ResampledImages
-
-    n = int(source.box_size)
-    if box >= n:
-        return source, meta
-    return (ResampledImages(source, box),
-            meta.replace(box_size=box, pixel_size_angstrom=float(meta.pixel_size_angstrom) * n / box))
-
+__all__ = ["AbinitioResult", "write_poses", "finish_abinitio"]
 
 @dataclasses.dataclass(frozen=True)
 class AbinitioResult:
@@ -158,8 +115,10 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
     if config.reconstruct:
         t2 = time.perf_counter()
         if config.polish_rounds > 0:  # the encoder's map, for polishing: at a box for twice the working pixel
+            from .polish import cropped, polishing_box
+
             box = polishing_box(source.box_size, meta.pixel_size_angstrom, 2.0 * dataset.pixel_size_angstrom)
-            src, m_meta = _cropped(source, meta, box)
+            src, m_meta = cropped(source, meta, box)
             rec = _reconstruct(src, m_meta, inference.rotmats, shifts_a, config, outdir, progress,
                                reconstruct_threads, device, write=box >= source.box_size)
         else:
@@ -187,16 +146,9 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
 
 def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, config, outdir: Path,
             progress: bool, threads: int, device=None):
-    """``config.polish_rounds`` rounds of search against the latest map, each followed by a new
-    reconstruction; writes ``poses_encoder.star`` (the encoder's poses). The first
-    ``config.polish_global_rounds`` rounds are global searches (:func:`_global_round`), the others local.
-
-    Each round searches and reconstructs at :func:`polishing_box` of the resolution reached
-    before it (a growing box); the last round's map is reconstructed at the particles' box and
-    written as ``map.mrc``.
-
-    When cryopose estimates the origins, each round first centres its reference on the map's
-    density and moves the origins with it (:func:`_centred`), so ``map.mrc`` is centred.
+    """``config.polish_rounds`` rounds of :func:`~cryopose.pipelines.polish.polish_rounds` (the
+    first ``config.polish_global_rounds`` global) from the encoder's poses; the last round's map
+    is written as ``map.mrc``; writes ``poses_encoder.star`` (the encoder's poses).
 
     Returns:
         ``(reconstruction, inference with the polished poses and shifts, shifts in Å or None,
@@ -205,39 +157,18 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     """
     from ..rotations import geodesic_distance_deg
     from ..symmetry import expand_by_symmetry
-    from .polish import polish_poses
+    from .polish import PolishSchedule, polish_rounds
 
-    rot = inference.rotmats
-    # origins refined with the poses when cryopose estimated them, from half a working pixel
-    shift_step = 0.5 * dataset.pixel_size_angstrom if config.estimate_shifts else 0.0
-    centring_total = torch.zeros(3, dtype=torch.float64)
-    for r in range(config.polish_rounds):
-        res = rec.resolution_fsc0p143_angstrom
-        res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
-        box = min(polishing_box(source.box_size, meta.pixel_size_angstrom, res), int(rec.volume.shape[-1]))
-        src, m_meta = _cropped(source, meta, box)
-        reference = fourier_downsample_volume(rec.volume, box)
-        if shift_step > 0 and shifts_a is not None:  # the map centred on its density, the origins with it
-            reference, shifts_a, moved = _centred(reference, rot, shifts_a, float(m_meta.pixel_size_angstrom))
-            centring_total = centring_total + moved
-        posed = m_meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
-        if r < config.polish_global_rounds:
-            rot, sh = _global_round(src, posed, reference, config, res_limit, shift_step > 0, progress)
-        else:
-            rot, sh = polish_poses(src, posed, rot, reference, symmetry=config.model.symmetry,
-                                   start_step_deg=config.polish_start_step_deg,
-                                   final_step_deg=config.polish_final_step_deg,
-                                   shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
-                                   return_shifts=True)
-        if shift_step > 0:
-            shifts_a = sh
-        last = r == config.polish_rounds - 1
-        if not last:  # room for the map to improve by 1/0.7 before the next round (the box grows)
-            nxt = None if res_limit is None else POLISH_NYQUIST_FRACTION * res_limit / 0.9
-            src, m_meta = _cropped(source, meta, max(box, polishing_box(source.box_size, meta.pixel_size_angstrom,
-                                                                        nxt)))
-        rec = _reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, config, outdir,
-                           progress, threads, device, write=last)
+    schedule = PolishSchedule(rounds=config.polish_rounds, global_rounds=config.polish_global_rounds,
+                              start_step_deg=config.polish_start_step_deg,
+                              final_step_deg=config.polish_final_step_deg,
+                              estimate_shifts=bool(config.estimate_shifts),
+                              working_pixel_angstrom=float(dataset.pixel_size_angstrom),
+                              symmetry=config.model.symmetry)
+    out = polish_rounds(source, meta, inference.rotmats, shifts_a, rec, schedule=schedule, progress=progress,
+                        reconstruct=lambda src, m_meta, rot, sh, last: _reconstruct(
+                            src, m_meta, rot, sh, config, outdir, progress, threads, device, write=last))
+    rot, shifts_a = out.rotmats, out.shifts_angstrom
     write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
     mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
     polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
@@ -245,58 +176,7 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
         inference, rotmats=rot.float(),
         shifts_px=None if shifts_a is None else shifts_angstrom_to_pixels(shifts_a.float(),
                                                                           dataset.pixel_size_angstrom))
-    return rec, inference, shifts_a, polish_change, centring_total
-
-
-def _centred(reference: torch.Tensor, rot: torch.Tensor, shifts_a: torch.Tensor, pixel_size_angstrom: float):
-    """The round's reference moved so that its density centre is the box centre, and the origins
-    that keep every image the same (:mod:`cryopose.reconstruction.centring`), unless the centre
-    is already within half a pixel. Returns ``(reference, origins in Å, (3,) Å moved)``."""
-    from ..reconstruction.centring import density_centre_px, recentred_origins_angstrom, shift_volume
-
-    c = density_centre_px(reference)
-    if float(c.norm()) < 0.5:
-        return reference, shifts_a, torch.zeros(3, dtype=torch.float64)
-    moved = c * pixel_size_angstrom
-    return (shift_volume(reference, -c), recentred_origins_angstrom(rot, shifts_a, moved), moved)
-
-
-#: Global shift lattice of a global polishing round: ± this many pixels of the round's box
-#: around the encoder's origins, one-pixel steps (refined locally to a quarter pixel).
-GLOBAL_SHIFT_RANGE_PX = 2.0
-
-
-def _global_round(src, posed, reference: torch.Tensor, config, res_limit: float | None, search_shifts: bool,
-                  progress: bool):
-    """A global polishing round: every particle's pose over the 15° SO(3)
-    grid of the map's asymmetric unit, refined locally to ``config.polish_start_step_deg``, its
-    origin on a ±:data:`GLOBAL_SHIFT_RANGE_PX` lattice centred on the current one (when
-    ``search_shifts``; the current origins are kept otherwise).
-
-    Returns:
-        ``((N, 3, 3) poses, (N, 2) origins in Å)``.
-    """
-    from ..search.projection_matching import SearchConfig, search_poses
-
-    apix = float(posed.pixel_size_angstrom)
-    cfg = SearchConfig(symmetry=config.model.symmetry, step_deg=15.0,
-                       final_step_deg=min(15.0, float(config.polish_start_step_deg)),
-                       shift_range_angstrom=GLOBAL_SHIFT_RANGE_PX * apix if search_shifts else 0.0,
-                       shift_step_angstrom=apix, max_resolution_angstrom=res_limit)
-    start = posed.shifts_angstrom
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(posed), desc="global search", unit="particle")
-    try:
-        res = search_poses(src, reference, apix, ctf=posed.ctf, config=cfg,
-                           progress=None if bar is None else (lambda done, total: bar.update(done - bar.n)),
-                           shifts_angstrom=None if start is None else start.float())
-    finally:
-        if bar is not None:
-            bar.close()
-    return res.rotmats.float(), res.shifts_angstrom.float()
+    return out.reconstruction, inference, shifts_a, polish_change, out.centring_angstrom
 
 
 def _summary(meta, dataset, model, trainer, inference: PoseInference, config, prep: dict, rec, polish_change,
@@ -320,7 +200,9 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "noise_spectrum": None if dataset.noise_spectrum is None else {
             "frequency_per_angstrom": [float(v) for v in dataset.noise_spectrum.frequencies_per_angstrom()],
             "power": list(dataset.noise_spectrum.power),
-            "low_to_high_ratio": dataset.noise_spectrum.colour_ratio()},
+            "low_to_high_ratio": dataset.noise_spectrum.colour_ratio(),
+            "by_optics_group": {str(g): {"power": list(sp.power), "low_to_high_ratio": sp.colour_ratio()}
+                                for g, sp in dataset.noise_spectra_by_group.items()}},
         "resolution_fsc0p5_angstrom": None if rec is None else rec.resolution_fsc0p5_angstrom,
         "resolution_fsc0p143_angstrom": None if rec is None else rec.resolution_fsc0p143_angstrom,
         "seconds": seconds,

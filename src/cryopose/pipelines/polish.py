@@ -14,15 +14,33 @@ Both half sets are aligned against the combined map of the round before, as cryo
 initio and homogeneous refinement before its last iteration do (the half maps stay
 independent reconstructions, but the FSC between them is then slightly optimistic; the
 resolution against the truth is what ``benchmarks/abinitio.py`` reports).
+
+The schedule of rounds (:func:`polish_rounds`: a growing box, global then local rounds, the
+map centred on its density when origins are estimated) is shared by ``abinitio`` (after the
+encoder) and ``refine`` (after the supervised network).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
 
+from ..fourier import fourier_downsample_volume
 from ..search.projection_matching import SearchConfig, local_search
 
-__all__ = ["polish_poses"]
+__all__ = ["polish_poses", "polish_rounds", "polishing_box", "cropped", "centred", "global_round", "PolishSchedule",
+           "PolishOutcome", "GLOBAL_SHIFT_RANGE_PX", "POLISH_NYQUIST_FRACTION"]
+
+#: Nyquist of a polishing round's box, as a fraction of the resolution reached before it: room
+#: for the map to improve by 1/0.7 per round before the box has to grow (it grows by itself:
+#: a map at its box's Nyquist reports that resolution, and the next box is 1/0.7 larger).
+POLISH_NYQUIST_FRACTION = 0.7
+
+#: Global shift lattice of a global polishing round: ± this many pixels of the round's box
+#: around the current origins, one-pixel steps (refined locally to a quarter pixel).
+GLOBAL_SHIFT_RANGE_PX = 2.0
 
 
 def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor, *, symmetry: str = "C1",
@@ -65,3 +83,201 @@ def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor
     if return_shifts:
         return res.rotmats.float(), res.shifts_angstrom.float()
     return res.rotmats.float()
+
+
+def polishing_box(image_box: int, pixel_size_angstrom: float, resolution_angstrom: float | None) -> int:
+    """Box of a polishing round: the particles Fourier-cropped so that Nyquist is 0.7 × the
+    resolution the map has reached (the growing-box stage of the resolution schedule).
+
+    A round reads frequencies up to 0.9 × that resolution only, so finer pixels would cost
+    (a map and a search at 256 px are 8× and 4× the work of 128 px) for nothing; the box grows
+    as the maps improve and is the particles' box once Nyquist is reached. The final map is
+    always reconstructed at the particles' box.
+
+    Args:
+        image_box: The particles' box ``n``, px.
+        pixel_size_angstrom: Their pixel size, Å.
+        resolution_angstrom: FSC = 0.143 resolution reached, Å (``None`` or not finite: ``n``).
+
+    Returns:
+        An even box ``m`` with ``32 <= m <= n`` (or ``n`` when ``n < 32``).
+    """
+    n = int(image_box)
+    if resolution_angstrom is None or not math.isfinite(resolution_angstrom) or resolution_angstrom <= 0:
+        return n
+    m = 2 * math.ceil(n * float(pixel_size_angstrom) / (POLISH_NYQUIST_FRACTION * float(resolution_angstrom)))
+    return int(min(n, max(32, m)))
+
+
+def cropped(source, meta, box: int):
+    """The particles (and their metadata) Fourier-cropped to ``box`` (the same field of view);
+    ``(source, meta)`` unchanged when ``box`` is not smaller than their box."""
+    from ..search.run import ResampledImages
+
+    n = int(source.box_size)
+    if box >= n:
+        return source, meta
+    return (ResampledImages(source, box),
+            meta.replace(box_size=box, pixel_size_angstrom=float(meta.pixel_size_angstrom) * n / box))
+
+
+@dataclasses.dataclass(frozen=True)
+class PolishSchedule:
+    """The rounds of :func:`polish_rounds`.
+
+    Attributes:
+        rounds: Rounds in all (each: search, then a new reconstruction).
+        global_rounds: The first this many rounds search globally (:func:`global_round`).
+        start_step_deg: First lattice step of a local round (and the step a global round
+            refines to), degrees.
+        final_step_deg: Last lattice step of a local round, degrees.
+        estimate_shifts: Refine the origins too (from half a working pixel; a global round
+            searches ±:data:`GLOBAL_SHIFT_RANGE_PX` px around them) and centre each round's map
+            on its density, moving the origins with it.
+        working_pixel_angstrom: The pixel the origins were estimated on, Å (the local shift
+            lattice starts at half of it).
+        symmetry: Point group.
+    """
+
+    rounds: int
+    global_rounds: int
+    start_step_deg: float
+    final_step_deg: float
+    estimate_shifts: bool
+    working_pixel_angstrom: float
+    symmetry: str = "C1"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolishOutcome:
+    """What :func:`polish_rounds` returns.
+
+    Attributes:
+        reconstruction: The last round's map (at the particles' box).
+        rotmats: ``(N, 3, 3)`` float32 polished poses.
+        shifts_angstrom: ``(N, 2)`` float32 origins in Å (RELION sign), or the input's when not
+            estimated (possibly ``None``).
+        centring_angstrom: ``(3,)`` float64 total map translation (x, y, z) removed by the centring, Å.
+    """
+
+    reconstruction: object
+    rotmats: torch.Tensor
+    shifts_angstrom: torch.Tensor | None
+    centring_angstrom: torch.Tensor
+
+
+def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Tensor | None, reconstruction, *,
+                  schedule: PolishSchedule, reconstruct, progress: bool = False) -> PolishOutcome:
+    """Rounds of search against the latest map, each followed by a new reconstruction (the
+    growing-box schedule of ``abinitio`` and ``refine``).
+
+    Each round searches and reconstructs at :func:`polishing_box` of the resolution reached
+    before it, reading frequencies up to 0.9 × that resolution; the last round's map is
+    reconstructed at the particles' box. With ``schedule.estimate_shifts``, each round first
+    centres its reference on the map's density and moves the origins with it, so the final map
+    is centred (as RELION's and cryoSPARC's refinements keep the particle at the box centre).
+
+    Args:
+        source: Particle images at their own box (contrast as the map's; ``len``, ``box_size``,
+            ``source[indices] → (B, n, n)``).
+        meta: Their :class:`~cryopose.io.particles.ParticleMetadata` (pixel size, CTF).
+        rotmats: ``(N, 3, 3)`` starting poses (RELION matrices).
+        shifts_angstrom: ``(N, 2)`` starting origins in Å, or ``None`` (the metadata's).
+        reconstruction: The map of the starting poses (any box up to the particles'), with its
+            ``resolution_fsc0p143_angstrom`` (a :class:`~cryopose.reconstruction.ReconstructionResult`).
+        schedule: :class:`PolishSchedule`.
+        reconstruct: ``reconstruct(images, metadata, rotmats, shifts_angstrom, last)`` → a
+            reconstruction of ``images`` (on ``metadata``'s grid); ``last`` marks the final map.
+        progress: Progress bar of a global round.
+
+    Returns:
+        :class:`PolishOutcome`.
+    """
+    rot = rotmats
+    shifts_a = shifts_angstrom
+    rec = reconstruction
+    shift_step = 0.5 * schedule.working_pixel_angstrom if schedule.estimate_shifts else 0.0
+    centring_total = torch.zeros(3, dtype=torch.float64)
+    for r in range(schedule.rounds):
+        res = rec.resolution_fsc0p143_angstrom
+        res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
+        box = min(polishing_box(source.box_size, meta.pixel_size_angstrom, res), int(rec.volume.shape[-1]))
+        src, m_meta = cropped(source, meta, box)
+        reference = fourier_downsample_volume(rec.volume, box)
+        if shift_step > 0 and shifts_a is not None:  # the map centred on its density, the origins with it
+            reference, shifts_a, moved = centred(reference, rot, shifts_a, float(m_meta.pixel_size_angstrom))
+            centring_total = centring_total + moved
+        posed = m_meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
+        if r < schedule.global_rounds:
+            rot, sh = global_round(src, posed, reference, symmetry=schedule.symmetry,
+                                   refine_to_deg=schedule.start_step_deg, max_resolution_angstrom=res_limit,
+                                   search_shifts=shift_step > 0, progress=progress)
+        else:
+            rot, sh = polish_poses(src, posed, rot, reference, symmetry=schedule.symmetry,
+                                   start_step_deg=schedule.start_step_deg, final_step_deg=schedule.final_step_deg,
+                                   shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
+                                   return_shifts=True)
+        if shift_step > 0:
+            shifts_a = sh
+        last = r == schedule.rounds - 1
+        if not last:  # room for the map to improve by 1/0.7 before the next round (the box grows)
+            nxt = None if res_limit is None else POLISH_NYQUIST_FRACTION * res_limit / 0.9
+            src, m_meta = cropped(source, meta, max(box, polishing_box(source.box_size, meta.pixel_size_angstrom,
+                                                                       nxt)))
+        rec = reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, last)
+    return PolishOutcome(rec, rot.float(), None if shifts_a is None else shifts_a.float(), centring_total)
+
+
+def centred(reference: torch.Tensor, rot: torch.Tensor, shifts_a: torch.Tensor, pixel_size_angstrom: float):
+    """The round's reference moved so that its density centre is the box centre, and the origins
+    that keep every image the same (:mod:`cryopose.reconstruction.centring`), unless the centre
+    is already within half a pixel. Returns ``(reference, origins in Å, (3,) Å moved)``."""
+    from ..reconstruction.centring import density_centre_px, recentred_origins_angstrom, shift_volume
+
+    c = density_centre_px(reference)
+    if float(c.norm()) < 0.5:
+        return reference, shifts_a, torch.zeros(3, dtype=torch.float64)
+    moved = c * pixel_size_angstrom
+    return (shift_volume(reference, -c), recentred_origins_angstrom(rot, shifts_a, moved), moved)
+
+
+def global_round(src, posed, reference: torch.Tensor, *, symmetry: str, refine_to_deg: float,
+                 max_resolution_angstrom: float | None, search_shifts: bool, progress: bool = False):
+    """A global polishing round: every particle's pose over the 15° SO(3) grid of the map's
+    asymmetric unit, refined locally to ``refine_to_deg``, its origin on a
+    ±:data:`GLOBAL_SHIFT_RANGE_PX` lattice centred on the current one (when ``search_shifts``;
+    the current origins are kept otherwise).
+
+    Args:
+        src: Particle images on ``posed``'s grid.
+        posed: Their metadata (pixel size, CTF, current origins in Å).
+        reference: ``(m, m, m)`` map on the same grid.
+        symmetry: Point group.
+        refine_to_deg: Last step of the local refinement of the grid's best poses, degrees.
+        max_resolution_angstrom: Band limit of the scores, Å (``None`` = Nyquist).
+        search_shifts: Search the origins too.
+        progress: Show a progress bar.
+
+    Returns:
+        ``((N, 3, 3) poses, (N, 2) origins in Å)``.
+    """
+    from ..search.projection_matching import search_poses
+
+    apix = float(posed.pixel_size_angstrom)
+    cfg = SearchConfig(symmetry=symmetry, step_deg=15.0, final_step_deg=min(15.0, float(refine_to_deg)),
+                       shift_range_angstrom=GLOBAL_SHIFT_RANGE_PX * apix if search_shifts else 0.0,
+                       shift_step_angstrom=apix, max_resolution_angstrom=max_resolution_angstrom)
+    start = posed.shifts_angstrom
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(posed), desc="global search", unit="particle")
+    try:
+        res = search_poses(src, reference, apix, ctf=posed.ctf, config=cfg,
+                           progress=None if bar is None else (lambda done, total: bar.update(done - bar.n)),
+                           shifts_angstrom=None if start is None else start.float())
+    finally:
+        if bar is not None:
+            bar.close()
+    return res.rotmats.float(), res.shifts_angstrom.float()

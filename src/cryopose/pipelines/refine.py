@@ -5,8 +5,8 @@ level training that ``cryopose train-supervised`` runs.
 Pipeline (the use case of Lian et al., Acta Cryst. D 78, 2022: label a fraction of the
 particles by a classical search, let the network do the rest in one forward pass each):
 
-1. Put particles and reference on one working grid
-   (:func:`cryopose.search.run.working_grid`; lazy Fourier-cropping of the particles).
+1. Put particles and reference on one working grid (:func:`refine_working_grid`: pixels of
+   about 10 Å, as ``abinitio``'s training box; lazy Fourier-cropping of the particles).
 2. Draw ``labeled_fraction`` of the particles (seeded) and find their poses by
    :func:`cryopose.search.projection_matching.search_poses` (CTF- and symmetry-aware).
 3. Train :class:`cryopose.models.supervised.OrientationRegressor` on them with the search poses
@@ -15,9 +15,13 @@ particles by a classical search, let the network do the rest in one forward pass
 4. Predict the orientation of every other particle; optionally polish the predictions by a
    local search (:func:`cryopose.search.projection_matching.local_search`, ``local_refine``).
    The network predicts no shifts: unlabelled particles keep shift 0 unless polished.
-5. Reconstruct (:func:`cryopose.reconstruction.reconstruct`, half maps, FSC) with labelled
-   particles at their search poses and the rest at predicted poses (and, with polishing, also
-   at the unpolished predictions). If the input metadata carries poses (e.g. simulation ground
+5. Polish every pose and origin against the data's own map (``polish_rounds``, 2 by default:
+   :func:`cryopose.pipelines.polish.polish_rounds`, the growing-box local rounds that also end
+   ``abinitio``; RELION's auto-refine likewise refines against its own reconstruction, not
+   the low-pass reference), and reconstruct the final map at the particles' box
+   (:func:`cryopose.reconstruction.reconstruct`, half maps, FSC). Without polishing rounds the
+   map is made on the working grid, with labelled particles at their search poses and the rest
+   at predicted poses (and, with local refinement, also at the unpolished predictions). If the input metadata carries poses (e.g. simulation ground
    truth), reconstruct with them too (the known-pose map of the same particles on the same
    grid, same half-set split) and report pose errors against them. Besides the half-map FSC,
    each map's FSC = 0.5 resolution against the reference is reported: half maps built from
@@ -42,10 +46,11 @@ from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
 from ..simulate.volumes import resample_volume
+from ..training.config import auto_working_box
 from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
                                    predict_rotmats, train_supervised)
 
-__all__ = ["WorkingData", "prepare_working_data", "train_on_dataset", "RefineConfig", "RefineResult", "refine",
+__all__ = ["WorkingData", "prepare_working_data", "refine_working_grid", "train_on_dataset", "RefineConfig", "RefineResult", "refine",
            "DEFAULT_LOCAL_REFINE_STEP_DEG"]
 
 #: First step (°) of the local search that polishes the network's predictions (``RefineConfig``,
@@ -74,14 +79,37 @@ class WorkingData:
     pixel_size_angstrom: float
 
 
+def refine_working_grid(particle_box: int, particle_pixel: float, reference_pixel: float,
+                        box_size: int | None = None) -> tuple[int, float]:
+    """``(box, pixel_angstrom)`` of ``refine``'s search, network and local refinement.
+
+    With ``box_size``, or a reference coarser than the particles (a binned map), that of
+    :func:`cryopose.search.run.working_grid`. Otherwise the field of view decides, as for
+    ``abinitio``'s training box (:func:`cryopose.training.config.auto_working_box`: pixels of
+    about 10 Å, 32–48 px, never more than the particles' box): the labels, the network and the
+    local refinement of its predictions need poses to a few degrees only, which a 15–30 Å
+    reference cannot sharpen anyway, and the polishing rounds then go to the particles' box.
+    At the full box (128 px, 20,000 particles) the network had run 150 of its 2,000 steps in
+    18 minutes (``docs/results/real-conditions.md``).
+
+    Raises:
+        UserError: ``box_size`` larger than the particle box or < 8.
+    """
+    if box_size is not None or reference_pixel > particle_pixel * (1 + 1e-3):
+        return working_grid(particle_box, particle_pixel, reference_pixel, box_size)
+    m = auto_working_box(int(particle_box), float(particle_pixel))
+    return m, float(particle_box) * float(particle_pixel) / m
+
+
 def prepare_working_data(stack, metadata: ParticleMetadata, reference: MapData, *, box_size: int | None = None,
                          invert_contrast: bool = False) -> WorkingData:
-    """Put particles (lazily) and reference on the working grid of :func:`working_grid`."""
+    """Put particles (lazily) and reference on the working grid of :func:`refine_working_grid`."""
     n_p = int(metadata.box_size or stack.box_size)
     vol = np.asarray(reference.volume, dtype=np.float32)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise UserError(f"the reference must be a cubic map, got shape {vol.shape}")
-    m, a = working_grid(n_p, float(metadata.pixel_size_angstrom), float(reference.pixel_size_angstrom), box_size)
+    m, a = refine_working_grid(n_p, float(metadata.pixel_size_angstrom), float(reference.pixel_size_angstrom),
+                               box_size)
     ref = torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom), a, m), dtype=np.float32))
     images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     return WorkingData(images, metadata.replace(pixel_size_angstrom=a, box_size=m), ref, m, a)
@@ -148,7 +176,13 @@ class RefineConfig:
             (on by default: the network alone is a few degrees off).
         local_refine_step_deg: First step of that local search, degrees (default
             :data:`DEFAULT_LOCAL_REFINE_STEP_DEG`, 15).
-        box_size: Working box of search and reconstruction (default from :func:`working_grid`).
+        polish_rounds: Rounds of local refinement of every pose (and estimated origin) against
+            the data's own map after the network (:func:`cryopose.pipelines.polish.polish_rounds`:
+            growing box, final map at the particles' box); 0 = the map on the working grid.
+        polish_start_step_deg: First step of a polishing round's local lattice, degrees.
+        polish_final_step_deg: Its last step, degrees.
+        box_size: Working box of search, network and local refinement (default from
+            :func:`refine_working_grid`).
         network_box_size: Box of the network's input (Fourier-cropped from the working grid,
             same field of view; default the working box), e.g. 32 for a 64 px data set.
         invert_contrast: The particles are dark; ``None`` = detect it
@@ -172,6 +206,9 @@ class RefineConfig:
     int8_inference: bool = False
     local_refine: bool = True
     local_refine_step_deg: float = DEFAULT_LOCAL_REFINE_STEP_DEG
+    polish_rounds: int = 2
+    polish_start_step_deg: float = 3.75
+    polish_final_step_deg: float = 0.9375
     box_size: int | None = None
     network_box_size: int | None = None
     invert_contrast: bool | None = None
@@ -182,6 +219,8 @@ class RefineConfig:
     def __post_init__(self):
         if not 0.0 < self.labeled_fraction <= 1.0:
             raise UserError(f"--labeled-fraction must be in (0, 1], got {self.labeled_fraction}")
+        if int(self.polish_rounds) != self.polish_rounds or self.polish_rounds < 0:
+            raise UserError(f"--polish-rounds must be a whole number >= 0, got {self.polish_rounds}")
 
 
 @dataclasses.dataclass
@@ -295,17 +334,23 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     ctf = wd.metadata.ctf
     seconds = {}
     # 1. search the labelled subset
+    # the input's origins, unless cryopose estimates them (then the images are centred instead)
+    start_sh = None if config.estimate_shifts or metadata.shifts_angstrom is None else \
+        metadata.shifts_angstrom.float()
     say(f"searching {n_lab} of {n} particles on a {wd.box_size} px grid")
     t1 = time.perf_counter()
     sres = search_poses(wd.images.subset(labeled), wd.reference, wd.pixel_size_angstrom,
-                        ctf=None if ctf is None else ctf[labeled], config=config.search)
+                        ctf=None if ctf is None else ctf[labeled], config=config.search,
+                        shifts_angstrom=None if start_sh is None else start_sh[torch.as_tensor(labeled)])
     seconds["search"] = time.perf_counter() - t1
     # 2. train on the search labels
     t2 = time.perf_counter()
     train, cv, net_images, net_box, tcfg = _train_network(wd, centring, labeled, sres.rotmats, config, say)
     seconds["train"] = time.perf_counter() - t2
     # 3. infer the rest
-    pred_raw, pred, pred_shifts, source = _infer_rest(wd, train, net_images, labeled, unlabeled, config, seconds)
+    start_rest = torch.zeros(unlabeled.size, 2) if start_sh is None else start_sh[torch.as_tensor(unlabeled)]
+    pred_raw, pred, pred_shifts, source = _infer_rest(wd, train, net_images, labeled, unlabeled, start_rest,
+                                                      config, seconds)
     rot = torch.empty(n, 3, 3)
     sh = torch.zeros(n, 2)
     rot[torch.as_tensor(labeled)] = sres.rotmats
@@ -315,16 +360,28 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         sh[torch.as_tensor(unlabeled)] = pred_shifts.float()
     centring_a = None if centring is None else shifts_pixels_to_angstrom(centring, wd.pixel_size_angstrom)
     total_sh = sh if centring_a is None else sh + centring_a  # origins of the images as given
-    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
     # 4. reconstruct on the working grid (same half-set split for every map)
     say("reconstructing")
-    rec, net_only, known = _reconstructions(wd, metadata, rot, sh, pred_raw, unlabeled, config, seconds)
+    rec, net_only, known = _reconstructions(wd, metadata, rot, sh, pred_raw, start_rest, unlabeled, config, seconds,
+                                            known_pose_map=config.polish_rounds == 0)
+    network_rot = rot
+    polish = None
+    if config.polish_rounds > 0:  # 5. every pose against the data's own map, up to the particles' box
+        t6 = time.perf_counter()
+        polish = _polish(stack, metadata, wd, rot, total_sh, config, say)
+        rot, total_sh, rec = polish.rotmats, polish.shifts_angstrom, polish.reconstruction
+        seconds["polish"] = time.perf_counter() - t6
+        known = _known_pose_map(stack, metadata, rec, config)
+    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
     seconds["total"] = time.perf_counter() - t0
     report = {
         "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
         "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
         # the network sees the working grid Fourier-cropped to net_box px: same field of view
         "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
+        "map_box": int(rec.volume.shape[-1]), "map_pixel_angstrom": float(rec.pixel_size_angstrom),
+        "polish_rounds": int(config.polish_rounds),
+        "map_centring_angstrom": None if polish is None else [float(v) for v in polish.centring_angstrom],
         "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
         "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
         **prep,
@@ -332,7 +389,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,
         **_timing_report(sres, unlabeled, seconds),
-        **_map_report(wd, rec, net_only, known),
+        **_map_report(reference, rec, net_only, known, wd.reference),
     }
     if known is not None:
         tl = metadata.rotmats[torch.as_tensor(labeled)]
@@ -341,6 +398,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
             "search": _errors(sres.rotmats, tl, sym),
             "network": _errors(pred_raw, truth_rest, sym),
             "network+local": _errors(pred, truth_rest, sym) if config.local_refine and unlabeled.size else None,
+            "before_polishing": _errors(network_rot, metadata.rotmats, sym) if polish is not None else None,
             "all": _errors(rot, metadata.rotmats, sym),
         }
     return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)
@@ -385,9 +443,11 @@ def _train_network(wd: WorkingData, centring, labeled: np.ndarray, label_rotmats
 
 
 def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.ndarray, unlabeled: np.ndarray,
-                config: RefineConfig, seconds: dict):
+                start_shifts: torch.Tensor, config: RefineConfig, seconds: dict):
     """Predict the unlabelled particles' poses with the network, then (``config.local_refine``)
-    refine them by local search; the times go into ``seconds`` (``inference``, ``local_refine``).
+    refine them by local search from their ``(U, 2)`` starting origins ``start_shifts`` (Å, the
+    input's, or zero for centred images); the times go into ``seconds`` (``inference``,
+    ``local_refine``).
 
     Returns:
         ``(network poses (U, 3, 3), final poses (U, 3, 3), shifts (U, 2) in Å, (N,) source
@@ -402,7 +462,7 @@ def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.nda
                             symmetry=sym) if unlabeled.size else torch.zeros(0, 3, 3))
     seconds["inference"] = time.perf_counter() - t3
     pred_raw = pred
-    pred_shifts = torch.zeros(unlabeled.size, 2)
+    pred_shifts = start_shifts.float()
     n = labeled.size + unlabeled.size
     source = np.array(["search"] * n, dtype=object)
     source[unlabeled] = "network"
@@ -410,7 +470,7 @@ def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.nda
     if config.local_refine and unlabeled.size:
         t4 = time.perf_counter()
         ctf = wd.metadata.ctf
-        lres = local_search(wd.images.subset(unlabeled), wd.reference, wd.pixel_size_angstrom, pred,
+        lres = local_search(wd.images.subset(unlabeled), wd.reference, wd.pixel_size_angstrom, pred, pred_shifts,
                             ctf=None if ctf is None else ctf[unlabeled], config=config.search,
                             start_step_deg=config.local_refine_step_deg)
         pred, pred_shifts = lres.rotmats, lres.shifts_angstrom
@@ -420,10 +480,12 @@ def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.nda
 
 
 def _reconstructions(wd: WorkingData, metadata: ParticleMetadata, rot: torch.Tensor, sh: torch.Tensor,
-                     pred_raw: torch.Tensor, unlabeled: np.ndarray, config: RefineConfig, seconds: dict):
-    """Maps on the working grid, all with the same half-set split: from the final poses (its
+                     pred_raw: torch.Tensor, start_rest: torch.Tensor, unlabeled: np.ndarray, config: RefineConfig,
+                     seconds: dict, *, known_pose_map: bool = True):
+    """Maps on the working grid, all with the same half-set split: from the poses so far (its
     time into ``seconds["reconstruct"]``), from the network's unrefined poses (with local
-    refinement only) and from the input's poses (``config.reconstruct_known_poses``).
+    refinement only; the unlabelled particles at their starting origins ``start_rest``) and,
+    when ``known_pose_map``, from the input's poses (``config.reconstruct_known_poses``).
 
     Returns:
         ``(final map, network-only map or None, known-pose map or None)``.
@@ -444,11 +506,11 @@ def _reconstructions(wd: WorkingData, metadata: ParticleMetadata, rot: torch.Ten
     if config.local_refine and unlabeled.size:
         rot_n, sh_n = rot.clone(), sh.clone()
         rot_n[torch.as_tensor(unlabeled)] = pred_raw.float()
-        sh_n[torch.as_tensor(unlabeled)] = 0.0
+        sh_n[torch.as_tensor(unlabeled)] = start_rest.float()
         net_only = rec_with(rot_n, sh_n)
     known = None
     truth = metadata.rotmats
-    if config.reconstruct_known_poses and truth is not None:
+    if known_pose_map and config.reconstruct_known_poses and truth is not None:
         # the input's origins refer to the images as given, not as centred here
         uncentred = ResampledImages(wd.images.source, wd.box_size, invert_contrast=config.invert_contrast)
         known = reconstruct(uncentred, meta_w.replace(rotmats=truth, shifts_angstrom=metadata.shifts_angstrom),
@@ -461,26 +523,83 @@ def _timing_report(sres, unlabeled: np.ndarray, seconds: dict) -> dict:
     per_search = sres.seconds["per_particle"]
     per_infer = seconds["inference"] / max(unlabeled.size, 1)
     return {
-        "seconds": {k: seconds[k] for k in ("search", "train", "inference", "local_refine", "reconstruct", "total")},
+        "seconds": {k: seconds[k] for k in ("search", "train", "inference", "local_refine", "reconstruct", "polish",
+                                            "total") if k in seconds},
         "per_particle_seconds": {"search": per_search, "inference": per_infer,
                                  "speedup_inference_vs_search": per_search / per_infer if per_infer > 0 else None},
     }
 
 
-def _map_report(wd: WorkingData, rec, net_only, known) -> dict:
-    """The report's resolutions: half-map FSC of the final map, its FSC against the reference,
-    and the same for the network-only and known-pose maps when made."""
+def _reference_on(reference: MapData, rec) -> torch.Tensor:
+    """The reference resampled onto a reconstruction's grid (its box and voxel size)."""
+    m = int(rec.volume.shape[-1])
+    vol = np.asarray(reference.volume, dtype=np.float32)
+    return torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom),
+                                                     float(rec.pixel_size_angstrom), m), dtype=np.float32))
+
+
+def _map_report(reference: MapData, rec, net_only, known, working_reference: torch.Tensor) -> dict:
+    """The report's resolutions: half-map FSC of the final map, its FSC against the reference
+    (on the final map's grid), and the same for the network-only map (working grid,
+    ``working_reference``) and the known-pose map (the final map's grid) when made."""
+    on_final = working_reference if int(rec.volume.shape[-1]) == int(working_reference.shape[-1]) else \
+        _reference_on(reference, rec)
     report = {
         "resolution_fsc0p143_angstrom": rec.resolution_fsc0p143_angstrom,
         "resolution_fsc0p5_angstrom": rec.resolution_fsc0p5_angstrom,
-        "vs_reference_fsc0p5_angstrom": _vs_reference(rec, wd.reference),
+        "vs_reference_fsc0p5_angstrom": _vs_reference(rec, on_final),
     }
     if net_only is not None:
         report["network_only_resolution_fsc0p143_angstrom"] = net_only.resolution_fsc0p143_angstrom
-        report["network_only_vs_reference_fsc0p5_angstrom"] = _vs_reference(net_only, wd.reference)
+        report["network_only_vs_reference_fsc0p5_angstrom"] = _vs_reference(net_only, working_reference)
     if known is not None:
         report["known_pose_resolution_fsc0p143_angstrom"] = known.resolution_fsc0p143_angstrom
         report["known_pose_resolution_fsc0p5_angstrom"] = known.resolution_fsc0p5_angstrom
         report["resolution_ratio_fsc0p143"] = rec.resolution_fsc0p143_angstrom / known.resolution_fsc0p143_angstrom
-        report["known_pose_vs_reference_fsc0p5_angstrom"] = _vs_reference(known, wd.reference)
+        report["known_pose_vs_reference_fsc0p5_angstrom"] = _vs_reference(known, on_final)
     return report
+
+
+def _full_box_images(stack, metadata: ParticleMetadata, config: RefineConfig) -> ResampledImages:
+    """The particles at their own box, with the contrast the run settled on (not centred)."""
+    return ResampledImages(stack, int(metadata.box_size or stack.box_size), invert_contrast=bool(config.invert_contrast))
+
+
+def _polish(stack, metadata: ParticleMetadata, wd: WorkingData, rot: torch.Tensor, shifts_a: torch.Tensor,
+            config: RefineConfig, say):
+    """Polishing rounds from the poses and origins (Å, of the images as given) found so far:
+    the first map at the box for twice the working pixel, then ``config.polish_rounds`` local
+    rounds of :func:`cryopose.pipelines.polish.polish_rounds`, the last map at the particles' box.
+
+    Returns:
+        :class:`cryopose.pipelines.polish.PolishOutcome`.
+    """
+    from ..reconstruction.backprojection import reconstruct
+    from .polish import PolishSchedule, cropped, polish_rounds, polishing_box
+
+    full = _full_box_images(stack, metadata, config)
+
+    def rec_with(images, meta, r, t, last=False):
+        return reconstruct(images, meta.replace(rotmats=r.float(), shifts_angstrom=t), symmetry=config.search.symmetry,
+                           generator=torch.Generator().manual_seed(config.seed), progress=False)
+
+    box = polishing_box(full.box_size, float(metadata.pixel_size_angstrom), 2.0 * wd.pixel_size_angstrom)
+    src, m_meta = cropped(full, metadata, box)
+    say(f"polishing every pose: {config.polish_rounds} local rounds from a {box} px map up to {full.box_size} px")
+    rec = rec_with(src, m_meta, rot, shifts_a)
+    schedule = PolishSchedule(rounds=int(config.polish_rounds), global_rounds=0,
+                              start_step_deg=config.polish_start_step_deg, final_step_deg=config.polish_final_step_deg,
+                              estimate_shifts=bool(config.estimate_shifts), working_pixel_angstrom=wd.pixel_size_angstrom,
+                              symmetry=config.search.symmetry)
+    return polish_rounds(full, metadata, rot, shifts_a, rec, schedule=schedule, reconstruct=rec_with)
+
+
+def _known_pose_map(stack, metadata: ParticleMetadata, rec, config: RefineConfig):
+    """The input poses' map on the final map's grid (same half-set split), or ``None`` when the
+    input has no poses or ``config.reconstruct_known_poses`` is off."""
+    from ..reconstruction.backprojection import reconstruct
+
+    if not config.reconstruct_known_poses or metadata.rotmats is None:
+        return None
+    return reconstruct(_full_box_images(stack, metadata, config), metadata, symmetry=config.search.symmetry,
+                       generator=torch.Generator().manual_seed(config.seed), progress=False)

@@ -127,19 +127,25 @@ def plot_angular_distribution(rotmats, path, *, title: str = "viewing directions
     return _save(fig, path)
 
 
-def plot_noise_spectrum(frequency_per_angstrom, power, path, *, title: str = "noise power spectrum") -> Path:
+def plot_noise_spectrum(frequency_per_angstrom, power, path, *, title: str = "noise power spectrum",
+                        groups: dict | None = None) -> Path:
     """Radial noise power against spatial frequency (log scale).
 
     Args:
         frequency_per_angstrom: ``(S,)`` shell frequencies in Å⁻¹.
         power: ``(S,)`` power per shell (any unit; white noise is flat).
         path: Output PNG.
+        groups: Optional ``{label: (S,) power}`` drawn beside it (e.g. per optics group).
     """
     f = np.asarray(frequency_per_angstrom, dtype=float)
     p = np.asarray(power, dtype=float)
     fig = _figure(5.0, 3.2)
     ax = fig.add_subplot(111)
-    ax.semilogy(f[1:], p[1:], "-o", ms=2)
+    ax.semilogy(f[1:], p[1:], "-o", ms=2, label="all particles" if groups else None)
+    for label, gp in (groups or {}).items():
+        ax.semilogy(f[1:], np.asarray(gp, dtype=float)[1:], "-", lw=1, label=str(label))
+    if groups:
+        ax.legend(fontsize=7)
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("power")
     ax.set_title(title)

@@ -137,10 +137,14 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
                  f"{100 * cov.get('expected_fraction', float('nan')):.0f}% for uniform views)", "angles.png"))
     if getattr(dataset, "noise_spectrum", None) is not None:
         spec = dataset.noise_spectrum
-        plot_noise_spectrum(spec.frequencies_per_angstrom(), spec.power, outdir / "noise.png")
+        by_group = getattr(dataset, "noise_spectra_by_group", {})
+        plot_noise_spectrum(spec.frequencies_per_angstrom(), spec.power, outdir / "noise.png",
+                            groups={f"optics group {g}": s.power for g, s in by_group.items()})
+        per_group = (f"; each of the {len(by_group)} optics groups drawn was whitened with its own spectrum"
+                     if by_group else "")
         figs.append((f"noise power spectrum measured on the particles' background (low/high-frequency power "
-                     f"{spec.colour_ratio():.2f}; 1 = white); images and projections were whitened with it",
-                     "noise.png"))
+                     f"{spec.colour_ratio():.2f}; 1 = white); images and projections were whitened with it"
+                     f"{per_group}", "noise.png"))
     if reconstruction is not None:
         plot_central_slices(reconstruction.volume, outdir / "slices.png", title="map.mrc central slices")
     else:

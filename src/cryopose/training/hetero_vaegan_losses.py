@@ -28,8 +28,8 @@ def sample_ctf_rows(dataset: ParticleDataset, n: int, generator: torch.Generator
     if dataset.ctf is not None:
         ctf = compute_ctf(dataset.ctf[idx], dataset.box_size, dataset.pixel_size_angstrom).float()
     if dataset.whitening is not None:
-        w = dataset.whitening.float()
-        ctf = w.expand(int(n), -1, -1) if ctf is None else ctf * w
+        w = dataset.whitening_for(idx.numpy()).float()
+        ctf = w if ctf is None else ctf * w
     return ctf
 
 
