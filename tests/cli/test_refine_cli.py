@@ -160,3 +160,18 @@ def test_refine_uses_the_input_origins_and_polishes_every_pose(tmp_path, shared_
     errors = report["pose_errors_vs_input"]
     assert errors["search"]["median_error_deg"] < 10.0, errors  # 3.9° here; ~40° from the box centre instead
     assert errors["before_polishing"]["n"] == errors["all"]["n"] == 60  # (a 3-step network: no accuracy asked)
+
+
+def test_refine_working_grid_follows_the_field_of_view():
+    """``refine`` searches and trains at pixels of about 10 Å (abinitio's rule), keeps a binned
+    reference's grid, and takes an explicit box as given."""
+    from cryopose.errors import UserError
+    from cryopose.pipelines.refine import refine_working_grid
+
+    box, apix = refine_working_grid(128, 3.54, 3.54)
+    assert box == 46 and apix == pytest.approx(128 * 3.54 / 46)
+    assert refine_working_grid(128, 3.54, 7.08) == (64, pytest.approx(7.08))  # a map binned by 2
+    assert refine_working_grid(128, 3.54, 3.54, 96) == (96, pytest.approx(128 * 3.54 / 96))
+    assert refine_working_grid(24, 5.0, 5.0) == (24, pytest.approx(5.0))  # small boxes stay whole
+    with pytest.raises(UserError, match="--box-size"):
+        refine_working_grid(64, 3.54, 3.54, 128)
