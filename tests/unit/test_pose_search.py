@@ -4,6 +4,7 @@ symmetry-aware, and local polishing brings perturbed poses back to the truth."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -149,3 +150,49 @@ def test_global_polishing_round_corrects_poses_far_off_and_origins_a_pixel_off()
     keep_rot, keep_sh = global_round(img, meta, vol.float(), symmetry="C1", refine_to_deg=3.75,
                                     max_resolution_angstrom=None, search_shifts=False)
     assert torch.equal(keep_sh, start_sh.float())  # origins kept when cryopose does not estimate them
+
+
+def test_low_score_particles_needs_two_separated_modes():
+    """One population of scores (spread by ice and defocus) flags nothing; two separated modes
+    flag the low one; a non-finite score is always low."""
+    from cryopose.pipelines.polish import low_score_particles
+
+    g = torch.Generator().manual_seed(3)
+    one = 0.4 + 0.05 * torch.randn(1000, generator=g)
+    assert not low_score_particles(one).any()
+    two = torch.cat([0.39 + 0.04 * torch.randn(600, generator=g), 0.20 + 0.05 * torch.randn(400, generator=g)])
+    low = low_score_particles(two)
+    assert low[600:].mean() > 0.95 and low[:600].mean() < 0.02
+    one[5] = float("nan")
+    assert np.flatnonzero(low_score_particles(one)).tolist() == [5]
+
+
+def test_polishing_rescue_finds_poses_far_off_that_a_local_round_keeps():
+    """A local polishing round with ``rescue``: the particles whose poses are 90° off (the low
+    mode of the round's scores) are searched globally and come back; the others keep their
+    local poses. Without ``rescue`` the round leaves them where they were."""
+    from types import SimpleNamespace
+
+    from cryopose.data.dataset import TensorStack
+    from cryopose.pipelines.polish import PolishSchedule, polish_rounds
+
+    vol = _volume()
+    rot = random_rotations(40, generator=torch.Generator().manual_seed(9))
+    img, ctf, _, sh = _images(vol, rot, seed=4)
+    meta = ParticleMetadata(pixel_size_angstrom=APIX, box_size=N, ctf=ctf, shifts_angstrom=(sh * APIX).double())
+    far = rot.double().clone()
+    far[:12] = far[:12] @ relion_euler_to_rotmat(torch.tensor([[0.0, 90.0, 0.0]], dtype=torch.float64))
+    far = far.float()
+    start = SimpleNamespace(volume=vol.float(), resolution_fsc0p143_angstrom=None)
+    outcomes = {}
+    for rescue in (False, True):
+        schedule = PolishSchedule(rounds=1, global_rounds=0, start_step_deg=3.75, final_step_deg=0.9375,
+                                  estimate_shifts=False, working_pixel_angstrom=APIX, rescue=rescue)
+        outcomes[rescue] = polish_rounds(TensorStack(img), meta, far, meta.shifts_angstrom, start, schedule=schedule,
+                                         reconstruct=lambda *a: start)
+    kept = geodesic_distance_deg(outcomes[False].rotmats.double(), rot)
+    fixed = geodesic_distance_deg(outcomes[True].rotmats.double(), rot)
+    assert float(kept[:12].median()) > 30.0 and outcomes[False].rescued == ()
+    searched, replaced = outcomes[True].rescued[0]
+    assert 12 <= searched <= 16 and replaced >= 11
+    assert float(fixed[:12].median()) < 3.0 and float(fixed[12:].median()) < 3.0

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polish-rounds", type=int, default=2, metavar="N",
                         help="rounds of local refinement of every pose against the data's own map, growing "
                              "the box up to the particles' (default 2; 0 = the map on the working grid only)")
+    parser.add_argument("--no-rescue", dest="rescue", action="store_false",
+                        help="do not search globally, after each polishing round, the particles whose score "
+                             "falls in the low mode of the round's scores (poses far off)")
     parser.add_argument("--network-box", type=int, metavar="PX",
                         help="box of the network's input (Fourier-cropped, same field of view; default --box-size)")
     add_contrast_arguments(parser)
@@ -152,7 +155,7 @@ def _refine_config(args, box: int):
                           cv_w=args.cv_w, cv_iterations=args.cv_iterations, cv_max_particles=args.cv_max_particles,
                           test_time_turns=args.test_time_turns, int8_inference=args.int8,
                           local_refine=args.local_refine, local_refine_step_deg=args.local_step,
-                          polish_rounds=args.polish_rounds,
+                          polish_rounds=args.polish_rounds, polish_rescue=args.rescue,
                           box_size=args.box_size, network_box_size=args.network_box,
                           invert_contrast=tri_state(args, "invert_contrast"),
                           estimate_shifts=tri_state(args, "estimate_shifts"),

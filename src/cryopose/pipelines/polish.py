@@ -25,13 +25,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from ..fourier import fourier_downsample_volume
 from ..search.projection_matching import SearchConfig, local_search
 
 __all__ = ["polish_poses", "polish_rounds", "polishing_box", "cropped", "centred", "global_round", "PolishSchedule",
-           "PolishOutcome", "GLOBAL_SHIFT_RANGE_PX", "POLISH_NYQUIST_FRACTION"]
+           "PolishOutcome", "low_score_particles", "GLOBAL_SHIFT_RANGE_PX", "POLISH_NYQUIST_FRACTION",
+           "RESCUE_MIN_SEPARATION"]
 
 #: Nyquist of a polishing round's box, as a fraction of the resolution reached before it: room
 #: for the map to improve by 1/0.7 per round before the box has to grow (it grows by itself:
@@ -46,7 +48,8 @@ GLOBAL_SHIFT_RANGE_PX = 2.0
 def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor, *, symmetry: str = "C1",
                  start_step_deg: float = 3.75, final_step_deg: float = 0.9375,
                  particle_chunk: int = 256, shift_step_angstrom: float = 0.0,
-                 max_resolution_angstrom: float | None = None, return_shifts: bool = False):
+                 max_resolution_angstrom: float | None = None, return_shifts: bool = False,
+                 return_result: bool = False):
     """Refine poses (and optionally origins) locally against a map at the particles' box.
 
     Args:
@@ -67,10 +70,12 @@ def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor
             FSC = 0.143 resolution: they carry no signal of the map, and leaving them out makes
             polishing cheaper at large boxes. ``None`` = Nyquist.
         return_shifts: Also return the refined origins.
+        return_result: Return the whole
+            :class:`~cryopose.search.projection_matching.SearchResult` (poses, origins, scores).
 
     Returns:
         ``(N, 3, 3)`` float32 refined poses, or ``(poses, origins)`` with ``return_shifts``
-        (``(N, 2)`` float32 RELION origins in Å).
+        (``(N, 2)`` float32 RELION origins in Å), or the ``SearchResult`` with ``return_result``.
 
     Raises:
         UserError: Inconsistent inputs (from :func:`local_search`).
@@ -80,6 +85,8 @@ def polish_poses(stack, metadata, rotmats: torch.Tensor, reference: torch.Tensor
     res = local_search(stack, reference, float(metadata.pixel_size_angstrom), rotmats.float(),
                        metadata.shifts_angstrom, ctf=metadata.ctf, config=cfg, start_step_deg=float(start_step_deg),
                        shift_step_angstrom=float(shift_step_angstrom))
+    if return_result:
+        return res
     if return_shifts:
         return res.rotmats.float(), res.shifts_angstrom.float()
     return res.rotmats.float()
@@ -137,6 +144,10 @@ class PolishSchedule:
         working_pixel_angstrom: The pixel the origins were estimated on, Å (the local shift
             lattice starts at half of it).
         symmetry: Point group.
+        rescue: After each local round, search globally the particles that fit the map badly
+            (:func:`low_score_particles` of the round's scores) against the same map, and keep
+            the global pose where it scores higher: a local round cannot reach a pose tens of
+            degrees off, and a global round over every particle costs as much as a search.
     """
 
     rounds: int
@@ -146,6 +157,7 @@ class PolishSchedule:
     estimate_shifts: bool
     working_pixel_angstrom: float
     symmetry: str = "C1"
+    rescue: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +170,15 @@ class PolishOutcome:
         shifts_angstrom: ``(N, 2)`` float32 origins in Å (RELION sign), or the input's when not
             estimated (possibly ``None``).
         centring_angstrom: ``(3,)`` float64 total map translation (x, y, z) removed by the centring, Å.
+        rescued: Per rescue (one per local round with ``schedule.rescue``), ``(particles
+            searched globally, particles whose pose the global search replaced)``.
     """
 
     reconstruction: object
     rotmats: torch.Tensor
     shifts_angstrom: torch.Tensor | None
     centring_angstrom: torch.Tensor
+    rescued: tuple = ()
 
 
 def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Tensor | None, reconstruction, *,
@@ -198,6 +213,7 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
     rec = reconstruction
     shift_step = 0.5 * schedule.working_pixel_angstrom if schedule.estimate_shifts else 0.0
     centring_total = torch.zeros(3, dtype=torch.float64)
+    rescued: list[tuple[int, int]] = []
     for r in range(schedule.rounds):
         res = rec.resolution_fsc0p143_angstrom
         res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
@@ -213,10 +229,15 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
                                    refine_to_deg=schedule.start_step_deg, max_resolution_angstrom=res_limit,
                                    search_shifts=shift_step > 0, progress=progress)
         else:
-            rot, sh = polish_poses(src, posed, rot, reference, symmetry=schedule.symmetry,
-                                   start_step_deg=schedule.start_step_deg, final_step_deg=schedule.final_step_deg,
-                                   shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
-                                   return_shifts=True)
+            res_local = polish_poses(src, posed, rot, reference, symmetry=schedule.symmetry,
+                                     start_step_deg=schedule.start_step_deg, final_step_deg=schedule.final_step_deg,
+                                     shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
+                                     return_result=True)
+            rot, sh = res_local.rotmats.float(), res_local.shifts_angstrom.float()
+            if schedule.rescue:
+                rot, sh, counts = _rescue(src, posed, reference, rot, sh, res_local.scores, schedule, res_limit,
+                                          shift_step > 0, progress)
+                rescued.append(counts)
         if shift_step > 0:
             shifts_a = sh
         last = r == schedule.rounds - 1
@@ -225,7 +246,69 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
             src, m_meta = cropped(source, meta, max(box, polishing_box(source.box_size, meta.pixel_size_angstrom,
                                                                        nxt)))
         rec = reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, last)
-    return PolishOutcome(rec, rot.float(), None if shifts_a is None else shifts_a.float(), centring_total)
+    return PolishOutcome(rec, rot.float(), None if shifts_a is None else shifts_a.float(), centring_total,
+                         tuple(rescued))
+
+
+#: Separation (difference of the means over their pooled s.d.) that the two score modes of
+#: :func:`low_score_particles` must have: below it the scores are one population.
+RESCUE_MIN_SEPARATION = 2.5
+
+
+def low_score_particles(scores: torch.Tensor) -> np.ndarray:
+    """The particles in the low mode of their search scores: ``(N,)`` bool.
+
+    A two-component Gaussian mixture (scikit-learn, seeded) is fitted to the scores (NCC at
+    each particle's pose); when its two means are at least :data:`RESCUE_MIN_SEPARATION`
+    pooled standard deviations apart, the particles more likely in the lower component are
+    returned, else none (one population: the spread of scores from ice and defocus alone).
+    On 2,000 realistic β-gal particles after ``refine``'s polishing (SNR 0.1) the modes were
+    at NCC 0.39 and 0.20 (s.d. 0.04, 0.05), and 90 % of the low mode's particles were more
+    than 40° off, against 4 % of the others.
+
+    Args:
+        scores: ``(N,)`` scores (higher is better); non-finite scores count as low.
+
+    Returns:
+        ``(N,)`` bool mask.
+    """
+    from sklearn.mixture import GaussianMixture
+
+    s = torch.as_tensor(scores).double().cpu().numpy()
+    bad = ~np.isfinite(s)
+    if s.size - bad.sum() < 20:
+        return bad
+    ok = s[~bad]
+    gm = GaussianMixture(2, random_state=0).fit(ok[:, None])
+    mu = gm.means_[:, 0]
+    sd = np.sqrt(gm.covariances_.reshape(2))
+    lo = int(np.argmin(mu))
+    if (mu.max() - mu.min()) / np.sqrt(0.5 * (sd[0] ** 2 + sd[1] ** 2)) < RESCUE_MIN_SEPARATION:
+        return bad
+    out = bad.copy()
+    out[~bad] = gm.predict_proba(ok[:, None])[:, lo] > 0.5
+    return out
+
+
+def _rescue(src, posed, reference: torch.Tensor, rot: torch.Tensor, sh: torch.Tensor, scores: torch.Tensor,
+            schedule: PolishSchedule, res_limit: float | None, search_shifts: bool, progress: bool):
+    """Search the low-score particles (:func:`low_score_particles`) globally and keep each
+    global pose that scores higher than the local one. Returns ``(poses, origins,
+    (searched, replaced))``."""
+    low = np.flatnonzero(low_score_particles(scores))
+    if low.size == 0:
+        return rot, sh, (0, 0)
+    t = torch.as_tensor(low)
+    sub = src.subset(low) if hasattr(src, "subset") else src[t]
+    meta = posed.subset(low).replace(shifts_angstrom=sh[t].float())
+    g_rot, g_sh, g_scores = global_round(sub, meta, reference, symmetry=schedule.symmetry,
+                                         refine_to_deg=schedule.final_step_deg, max_resolution_angstrom=res_limit,
+                                         search_shifts=search_shifts, progress=progress, return_scores=True)
+    better = g_scores > torch.as_tensor(scores).float()[t]
+    rot, sh = rot.clone(), sh.clone()
+    rot[t[better]] = g_rot[better]
+    sh[t[better]] = g_sh[better]
+    return rot, sh, (int(low.size), int(better.sum()))
 
 
 def centred(reference: torch.Tensor, rot: torch.Tensor, shifts_a: torch.Tensor, pixel_size_angstrom: float):
@@ -242,7 +325,8 @@ def centred(reference: torch.Tensor, rot: torch.Tensor, shifts_a: torch.Tensor, 
 
 
 def global_round(src, posed, reference: torch.Tensor, *, symmetry: str, refine_to_deg: float,
-                 max_resolution_angstrom: float | None, search_shifts: bool, progress: bool = False):
+                 max_resolution_angstrom: float | None, search_shifts: bool, progress: bool = False,
+                 return_scores: bool = False):
     """A global polishing round: every particle's pose over the 15° SO(3) grid of the map's
     asymmetric unit, refined locally to ``refine_to_deg``, its origin on a
     ±:data:`GLOBAL_SHIFT_RANGE_PX` lattice centred on the current one (when ``search_shifts``;
@@ -257,9 +341,10 @@ def global_round(src, posed, reference: torch.Tensor, *, symmetry: str, refine_t
         max_resolution_angstrom: Band limit of the scores, Å (``None`` = Nyquist).
         search_shifts: Search the origins too.
         progress: Show a progress bar.
+        return_scores: Also return the ``(N,)`` NCC of each pose.
 
     Returns:
-        ``((N, 3, 3) poses, (N, 2) origins in Å)``.
+        ``((N, 3, 3) poses, (N, 2) origins in Å)``, and the scores with ``return_scores``.
     """
     from ..search.projection_matching import search_poses
 
@@ -280,4 +365,6 @@ def global_round(src, posed, reference: torch.Tensor, *, symmetry: str, refine_t
     finally:
         if bar is not None:
             bar.close()
+    if return_scores:
+        return res.rotmats.float(), res.shifts_angstrom.float(), res.scores.float()
     return res.rotmats.float(), res.shifts_angstrom.float()

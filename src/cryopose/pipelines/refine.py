@@ -179,6 +179,9 @@ class RefineConfig:
         polish_rounds: Rounds of local refinement of every pose (and estimated origin) against
             the data's own map after the network (:func:`cryopose.pipelines.polish.polish_rounds`:
             growing box, final map at the particles' box); 0 = the map on the working grid.
+        polish_rescue: After each polishing round, search globally the particles in the low
+            mode of the round's scores (:func:`cryopose.pipelines.polish.low_score_particles`:
+            poses tens of degrees off, which a local round cannot reach).
         polish_start_step_deg: First step of a polishing round's local lattice, degrees.
         polish_final_step_deg: Its last step, degrees.
         box_size: Working box of search, network and local refinement (default from
@@ -207,6 +210,7 @@ class RefineConfig:
     local_refine: bool = True
     local_refine_step_deg: float = DEFAULT_LOCAL_REFINE_STEP_DEG
     polish_rounds: int = 2
+    polish_rescue: bool = True
     polish_start_step_deg: float = 3.75
     polish_final_step_deg: float = 0.9375
     box_size: int | None = None
@@ -382,6 +386,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         "map_box": int(rec.volume.shape[-1]), "map_pixel_angstrom": float(rec.pixel_size_angstrom),
         "polish_rounds": int(config.polish_rounds),
         "map_centring_angstrom": None if polish is None else [float(v) for v in polish.centring_angstrom],
+        # per polishing round: (particles searched globally for their low score, poses replaced)
+        "polish_rescued": None if polish is None else [list(c) for c in polish.rescued],
         "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
         "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
         **prep,
@@ -590,7 +596,7 @@ def _polish(stack, metadata: ParticleMetadata, wd: WorkingData, rot: torch.Tenso
     schedule = PolishSchedule(rounds=int(config.polish_rounds), global_rounds=0,
                               start_step_deg=config.polish_start_step_deg, final_step_deg=config.polish_final_step_deg,
                               estimate_shifts=bool(config.estimate_shifts), working_pixel_angstrom=wd.pixel_size_angstrom,
-                              symmetry=config.search.symmetry)
+                              symmetry=config.search.symmetry, rescue=bool(config.polish_rescue))
     return polish_rounds(full, metadata, rot, shifts_a, rec, schedule=schedule, reconstruct=rec_with)
 
 
