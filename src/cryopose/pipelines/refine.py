@@ -41,12 +41,13 @@ from ..conventions import shifts_pixels_to_angstrom
 from ..errors import UserError
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
-from ..metrics.pose_error import symmetry_aware_errors
 from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor, SupervisedModelConfig
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
 from ..simulate.volumes import resample_volume
 from ..training.config import auto_working_box
+from .refine_maps import (grid_report, known_pose_map, map_report, polish_all, pose_errors, reconstructions,
+                          timing_report)
 from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
                                    predict_rotmats, train_supervised)
 
@@ -259,22 +260,6 @@ class RefineResult:
     report: dict
 
 
-def _errors(est: torch.Tensor, ref: torch.Tensor | None, symmetry: str) -> dict | None:
-    if ref is None or est.shape[0] == 0:
-        return None
-    e = symmetry_aware_errors(est.double(), ref.double(), symmetry=symmetry)
-    return {"n": int(e.shape[0]), "median_error_deg": float(e.median()), "mean_error_deg": float(e.mean()),
-            "fraction_below_5deg": float((e < 5).double().mean())}
-
-
-def _vs_reference(rec, reference: torch.Tensor) -> float:
-    """FSC = 0.5 resolution (Å) of a reconstruction against the reference map (a benchmark aid:
-    unlike the half-map FSC it sees poses that are consistently wrong)."""
-    from ..metrics.fsc import fsc_report
-
-    return float(fsc_report(rec.volume, reference, rec.pixel_size_angstrom)["resolution_fsc0p5_angstrom"])
-
-
 def _prepare_particles(wd: WorkingData, metadata: ParticleMetadata, config: "RefineConfig", say):
     """Settle contrast and origins for :func:`refine` (see :class:`RefineConfig`).
 
@@ -355,6 +340,46 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     start_rest = torch.zeros(unlabeled.size, 2) if start_sh is None else start_sh[torch.as_tensor(unlabeled)]
     pred_raw, pred, pred_shifts, source = _infer_rest(wd, train, net_images, labeled, unlabeled, start_rest,
                                                       config, seconds)
+    rot, sh = _combined(n, labeled, unlabeled, sres, pred, pred_shifts)
+    centring_a = None if centring is None else shifts_pixels_to_angstrom(centring, wd.pixel_size_angstrom)
+    total_sh = sh if centring_a is None else sh + centring_a  # origins of the images as given
+    # 4. reconstruct on the working grid (same half-set split for every map)
+    say("reconstructing")
+    rec, net_only, known = reconstructions(wd, metadata, rot, sh, pred_raw, start_rest, unlabeled, config, seconds,
+                                            known_pose_map=config.polish_rounds == 0)
+    network_rot = rot
+    polish = None
+    if config.polish_rounds > 0:  # 5. every pose against the data's own map, up to the particles' box
+        t6 = time.perf_counter()
+        polish = polish_all(stack, metadata, wd, rot, total_sh, config, say)
+        rot, total_sh, rec = polish.rotmats, polish.shifts_angstrom, polish.reconstruction
+        seconds["polish"] = time.perf_counter() - t6
+        known = known_pose_map(stack, metadata, rec, config)
+    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
+    seconds["total"] = time.perf_counter() - t0
+    report = {
+        "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
+        **grid_report(wd, net_box, rec, polish, int(config.polish_rounds)),
+        "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
+        "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
+        **prep,
+        "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
+        "cv": None if cv is None else cv.as_dict(),
+        "test_metrics_vs_search_labels": train.test_metrics,
+        **timing_report(sres, unlabeled, seconds),
+        **map_report(reference, rec, net_only, known, wd.reference),
+    }
+    if known is not None:
+        report["pose_errors_vs_input"] = pose_errors(metadata.rotmats, labeled, unlabeled, sres.rotmats, pred_raw, pred,
+                                                     network_rot if polish is not None else None, rot, sym,
+                                                     local=config.local_refine)
+    return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)
+
+
+def _combined(n: int, labeled: np.ndarray, unlabeled: np.ndarray, sres, pred: torch.Tensor,
+              pred_shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every particle's pose ``(N, 3, 3)`` and origin ``(N, 2)`` (Å, working grid's images): the
+    search's for the labelled particles, the (locally refined) network's for the others."""
     rot = torch.empty(n, 3, 3)
     sh = torch.zeros(n, 2)
     rot[torch.as_tensor(labeled)] = sres.rotmats
@@ -362,52 +387,7 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
     if unlabeled.size:
         rot[torch.as_tensor(unlabeled)] = pred.float()
         sh[torch.as_tensor(unlabeled)] = pred_shifts.float()
-    centring_a = None if centring is None else shifts_pixels_to_angstrom(centring, wd.pixel_size_angstrom)
-    total_sh = sh if centring_a is None else sh + centring_a  # origins of the images as given
-    # 4. reconstruct on the working grid (same half-set split for every map)
-    say("reconstructing")
-    rec, net_only, known = _reconstructions(wd, metadata, rot, sh, pred_raw, start_rest, unlabeled, config, seconds,
-                                            known_pose_map=config.polish_rounds == 0)
-    network_rot = rot
-    polish = None
-    if config.polish_rounds > 0:  # 5. every pose against the data's own map, up to the particles' box
-        t6 = time.perf_counter()
-        polish = _polish(stack, metadata, wd, rot, total_sh, config, say)
-        rot, total_sh, rec = polish.rotmats, polish.shifts_angstrom, polish.reconstruction
-        seconds["polish"] = time.perf_counter() - t6
-        known = _known_pose_map(stack, metadata, rec, config)
-    meta_out = metadata.replace(rotmats=rot, shifts_angstrom=total_sh)  # poses and Å shifts do not depend on the grid
-    seconds["total"] = time.perf_counter() - t0
-    report = {
-        "n_particles": n, "n_labeled": int(n_lab), "n_unlabeled": int(unlabeled.size),
-        "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
-        # the network sees the working grid Fourier-cropped to net_box px: same field of view
-        "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
-        "map_box": int(rec.volume.shape[-1]), "map_pixel_angstrom": float(rec.pixel_size_angstrom),
-        "polish_rounds": int(config.polish_rounds),
-        "map_centring_angstrom": None if polish is None else [float(v) for v in polish.centring_angstrom],
-        # per polishing round: (particles searched globally for their low score, poses replaced)
-        "polish_rescued": None if polish is None else [list(c) for c in polish.rescued],
-        "symmetry": sym, "test_time_turns": config.test_time_turns, "int8_inference": config.int8_inference,
-        "contrast_inverted": bool(config.invert_contrast), "shifts_estimated": bool(config.estimate_shifts),
-        **prep,
-        "search_grid": sres.info, "best_w": tcfg.w if cv is None else cv.best_w,
-        "cv": None if cv is None else cv.as_dict(),
-        "test_metrics_vs_search_labels": train.test_metrics,
-        **_timing_report(sres, unlabeled, seconds),
-        **_map_report(reference, rec, net_only, known, wd.reference),
-    }
-    if known is not None:
-        tl = metadata.rotmats[torch.as_tensor(labeled)]
-        truth_rest = metadata.rotmats[torch.as_tensor(unlabeled)] if unlabeled.size else None
-        report["pose_errors_vs_input"] = {
-            "search": _errors(sres.rotmats, tl, sym),
-            "network": _errors(pred_raw, truth_rest, sym),
-            "network+local": _errors(pred, truth_rest, sym) if config.local_refine and unlabeled.size else None,
-            "before_polishing": _errors(network_rot, metadata.rotmats, sym) if polish is not None else None,
-            "all": _errors(rot, metadata.rotmats, sym),
-        }
-    return RefineResult(meta_out, source, labeled, rec, known, net_only, train.model, train, cv, report)
+    return rot, sh
 
 
 def _split_labelled(n: int, config: RefineConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -485,127 +465,3 @@ def _infer_rest(wd: WorkingData, train: TrainResult, net_images, labeled: np.nda
     return pred_raw, pred, pred_shifts, source
 
 
-def _reconstructions(wd: WorkingData, metadata: ParticleMetadata, rot: torch.Tensor, sh: torch.Tensor,
-                     pred_raw: torch.Tensor, start_rest: torch.Tensor, unlabeled: np.ndarray, config: RefineConfig,
-                     seconds: dict, *, known_pose_map: bool = True):
-    """Maps on the working grid, all with the same half-set split: from the poses so far (its
-    time into ``seconds["reconstruct"]``), from the network's unrefined poses (with local
-    refinement only; the unlabelled particles at their starting origins ``start_rest``) and,
-    when ``known_pose_map``, from the input's poses (``config.reconstruct_known_poses``).
-
-    Returns:
-        ``(final map, network-only map or None, known-pose map or None)``.
-    """
-    from ..reconstruction.backprojection import reconstruct
-
-    sym = config.search.symmetry
-    meta_w = wd.metadata
-
-    def rec_with(r, t):
-        return reconstruct(wd.images, meta_w.replace(rotmats=r, shifts_angstrom=t), symmetry=sym,
-                           generator=torch.Generator().manual_seed(config.seed), progress=False)
-
-    t5 = time.perf_counter()
-    rec = rec_with(rot, sh)
-    seconds["reconstruct"] = time.perf_counter() - t5
-    net_only = None
-    if config.local_refine and unlabeled.size:
-        rot_n, sh_n = rot.clone(), sh.clone()
-        rot_n[torch.as_tensor(unlabeled)] = pred_raw.float()
-        sh_n[torch.as_tensor(unlabeled)] = start_rest.float()
-        net_only = rec_with(rot_n, sh_n)
-    known = None
-    truth = metadata.rotmats
-    if known_pose_map and config.reconstruct_known_poses and truth is not None:
-        # the input's origins refer to the images as given, not as centred here
-        uncentred = ResampledImages(wd.images.source, wd.box_size, invert_contrast=config.invert_contrast)
-        known = reconstruct(uncentred, meta_w.replace(rotmats=truth, shifts_angstrom=metadata.shifts_angstrom),
-                            symmetry=sym, generator=torch.Generator().manual_seed(config.seed), progress=False)
-    return rec, net_only, known
-
-
-def _timing_report(sres, unlabeled: np.ndarray, seconds: dict) -> dict:
-    """The report's ``seconds`` by stage and per-particle times (search vs network inference)."""
-    per_search = sres.seconds["per_particle"]
-    per_infer = seconds["inference"] / max(unlabeled.size, 1)
-    return {
-        "seconds": {k: seconds[k] for k in ("search", "train", "inference", "local_refine", "reconstruct", "polish",
-                                            "total") if k in seconds},
-        "per_particle_seconds": {"search": per_search, "inference": per_infer,
-                                 "speedup_inference_vs_search": per_search / per_infer if per_infer > 0 else None},
-    }
-
-
-def _reference_on(reference: MapData, rec) -> torch.Tensor:
-    """The reference resampled onto a reconstruction's grid (its box and voxel size)."""
-    m = int(rec.volume.shape[-1])
-    vol = np.asarray(reference.volume, dtype=np.float32)
-    return torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom),
-                                                     float(rec.pixel_size_angstrom), m), dtype=np.float32))
-
-
-def _map_report(reference: MapData, rec, net_only, known, working_reference: torch.Tensor) -> dict:
-    """The report's resolutions: half-map FSC of the final map, its FSC against the reference
-    (on the final map's grid), and the same for the network-only map (working grid,
-    ``working_reference``) and the known-pose map (the final map's grid) when made."""
-    on_final = working_reference if int(rec.volume.shape[-1]) == int(working_reference.shape[-1]) else \
-        _reference_on(reference, rec)
-    report = {
-        "resolution_fsc0p143_angstrom": rec.resolution_fsc0p143_angstrom,
-        "resolution_fsc0p5_angstrom": rec.resolution_fsc0p5_angstrom,
-        "vs_reference_fsc0p5_angstrom": _vs_reference(rec, on_final),
-    }
-    if net_only is not None:
-        report["network_only_resolution_fsc0p143_angstrom"] = net_only.resolution_fsc0p143_angstrom
-        report["network_only_vs_reference_fsc0p5_angstrom"] = _vs_reference(net_only, working_reference)
-    if known is not None:
-        report["known_pose_resolution_fsc0p143_angstrom"] = known.resolution_fsc0p143_angstrom
-        report["known_pose_resolution_fsc0p5_angstrom"] = known.resolution_fsc0p5_angstrom
-        report["resolution_ratio_fsc0p143"] = rec.resolution_fsc0p143_angstrom / known.resolution_fsc0p143_angstrom
-        report["known_pose_vs_reference_fsc0p5_angstrom"] = _vs_reference(known, on_final)
-    return report
-
-
-def _full_box_images(stack, metadata: ParticleMetadata, config: RefineConfig) -> ResampledImages:
-    """The particles at their own box, with the contrast the run settled on (not centred)."""
-    return ResampledImages(stack, int(metadata.box_size or stack.box_size), invert_contrast=bool(config.invert_contrast))
-
-
-def _polish(stack, metadata: ParticleMetadata, wd: WorkingData, rot: torch.Tensor, shifts_a: torch.Tensor,
-            config: RefineConfig, say):
-    """Polishing rounds from the poses and origins (Å, of the images as given) found so far:
-    the first map at the box for twice the working pixel, then ``config.polish_rounds`` local
-    rounds of :func:`cryopose.pipelines.polish.polish_rounds`, the last map at the particles' box.
-
-    Returns:
-        :class:`cryopose.pipelines.polish.PolishOutcome`.
-    """
-    from ..reconstruction.backprojection import reconstruct
-    from .polish import PolishSchedule, cropped, polish_rounds, polishing_box
-
-    full = _full_box_images(stack, metadata, config)
-
-    def rec_with(images, meta, r, t, last=False):
-        return reconstruct(images, meta.replace(rotmats=r.float(), shifts_angstrom=t), symmetry=config.search.symmetry,
-                           generator=torch.Generator().manual_seed(config.seed), progress=False)
-
-    box = polishing_box(full.box_size, float(metadata.pixel_size_angstrom), 2.0 * wd.pixel_size_angstrom)
-    src, m_meta = cropped(full, metadata, box)
-    say(f"polishing every pose: {config.polish_rounds} local rounds from a {box} px map up to {full.box_size} px")
-    rec = rec_with(src, m_meta, rot, shifts_a)
-    schedule = PolishSchedule(rounds=int(config.polish_rounds), global_rounds=0,
-                              start_step_deg=config.polish_start_step_deg, final_step_deg=config.polish_final_step_deg,
-                              estimate_shifts=bool(config.estimate_shifts), working_pixel_angstrom=wd.pixel_size_angstrom,
-                              symmetry=config.search.symmetry, rescue=bool(config.polish_rescue))
-    return polish_rounds(full, metadata, rot, shifts_a, rec, schedule=schedule, reconstruct=rec_with)
-
-
-def _known_pose_map(stack, metadata: ParticleMetadata, rec, config: RefineConfig):
-    """The input poses' map on the final map's grid (same half-set split), or ``None`` when the
-    input has no poses or ``config.reconstruct_known_poses`` is off."""
-    from ..reconstruction.backprojection import reconstruct
-
-    if not config.reconstruct_known_poses or metadata.rotmats is None:
-        return None
-    return reconstruct(_full_box_images(stack, metadata, config), metadata, symmetry=config.search.symmetry,
-                       generator=torch.Generator().manual_seed(config.seed), progress=False)
