@@ -10,8 +10,10 @@ searches the flagged particles globally (:func:`cryopose.pipelines.polish.global
 origins ±2 px) and keeps each global pose that scores higher, as ``refine`` does after each
 polishing round. It prints the fraction flagged, the fraction of the flagged and unflagged
 particles more than 40° off, and the median error, the fraction within 5° and the fraction
-more than 40° off before and after (modulo ``--symmetry``, per particle, without alignment:
-the run's frame is the truth's when the reference was the true map's low-pass).
+more than 40° off before and after (modulo ``--symmetry``, after the global alignment of
+:func:`cryopose.metrics.pose_error.align_rotations`: an ``abinitio`` map has its own frame
+and hand). ``--search-symmetry`` is the point group the run used (``abinitio``: C1) when it
+differs from the particles' (``--symmetry``, for the errors).
 
 Command behind the numbers in docs/results/real-conditions.md::
 
@@ -34,7 +36,7 @@ from cryopose.fourier import fourier_downsample_volume
 from cryopose.io.mrc import read_map
 from cryopose.io.particles import load_particles
 from cryopose.io.star import read_star
-from cryopose.metrics.pose_error import symmetry_aware_errors
+from cryopose.metrics.pose_error import align_rotations
 from cryopose.pipelines.polish import cropped, global_round, low_score_particles
 from cryopose.search.projection_matching import SearchConfig, local_search
 from cryopose.search.run import ResampledImages
@@ -50,7 +52,8 @@ def main() -> None:
     p.add_argument("--poses", required=True, help="the run's poses (STAR, origins in Å)")
     p.add_argument("--map", required=True, help="the run's map (at the particles' box)")
     p.add_argument("--truth", required=True, help="the same particles with their true poses")
-    p.add_argument("--symmetry", default="C1", help="point group of the search and of the errors")
+    p.add_argument("--symmetry", default="C1", help="point group of the particles (errors; and search by default)")
+    p.add_argument("--search-symmetry", help="point group of the run's map and of the search (default --symmetry)")
     p.add_argument("--box", type=int, default=64, help="box the particles are Fourier-cropped to (px)")
     p.add_argument("--max-resolution", type=float, default=15.0, help="band limit of the scores, Å")
     p.add_argument("--threads", type=int, default=1)
@@ -58,13 +61,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stack, est = load_particles(args.poses)
     truth = read_star(args.truth, datadir="/")
-    err = symmetry_aware_errors(est.rotmats.double(), truth.rotmats.double(), symmetry=args.symmetry).numpy()
+    sym = args.search_symmetry or args.symmetry
+
+    def errors(rot):
+        return align_rotations(rot.double(), truth.rotmats.double(), symmetry=args.symmetry, seed=0).errors_deg.numpy()
+
+    err = errors(est.rotmats)
     report = Path(args.poses).with_name("report.json")
     invert = bool(json.loads(report.read_text()).get("contrast_inverted")) if report.is_file() else False
     src, meta = cropped(ResampledImages(stack, stack.box_size, invert_contrast=invert), est, args.box)
     vol = fourier_downsample_volume(torch.as_tensor(np.array(read_map(args.map).volume)).float(), args.box)
     t0 = time.perf_counter()
-    cfg = SearchConfig(symmetry=args.symmetry, final_step_deg=1.875, max_resolution_angstrom=args.max_resolution)
+    cfg = SearchConfig(symmetry=sym, final_step_deg=1.875, max_resolution_angstrom=args.max_resolution)
     scored = local_search(src, vol, meta.pixel_size_angstrom, est.rotmats.float(), est.shifts_angstrom.float(),
                           ctf=est.ctf, config=cfg, start_step_deg=1.875, shift_step_angstrom=0.0)
     low = low_score_particles(scored.scores)
@@ -74,12 +82,12 @@ def main() -> None:
     idx = np.flatnonzero(low)
     t = torch.as_tensor(idx)
     sub_meta = meta.subset(idx).replace(shifts_angstrom=est.shifts_angstrom[t].float())
-    rot, _, scores = global_round(src.subset(idx), sub_meta, vol, symmetry=args.symmetry, refine_to_deg=0.9375,
+    rot, _, scores = global_round(src.subset(idx), sub_meta, vol, symmetry=sym, refine_to_deg=0.9375,
                                   max_resolution_angstrom=args.max_resolution, search_shifts=True, return_scores=True)
     better = scores > scored.scores[t]
     new = est.rotmats.clone().float()
     new[t[better]] = rot[better]
-    after = symmetry_aware_errors(new.double(), truth.rotmats.double(), symmetry=args.symmetry).numpy()
+    after = errors(new)
     print(f"global search of {idx.size} particles in {time.perf_counter() - t1:.0f} s, {int(better.sum())} poses replaced")
     print(f"before: {_summary(err)}")
     print(f"after:  {_summary(after)}")
