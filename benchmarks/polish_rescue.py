@@ -67,8 +67,9 @@ def main() -> None:
         return align_rotations(rot.double(), truth.rotmats.double(), symmetry=args.symmetry, seed=0).errors_deg.numpy()
 
     err = errors(est.rotmats)
-    report = Path(args.poses).with_name("report.json")
-    invert = bool(json.loads(report.read_text()).get("contrast_inverted")) if report.is_file() else False
+    # the contrast the run settled on: refine's report.json, abinitio's summary.json
+    found = [f for f in (Path(args.poses).with_name(n) for n in ("report.json", "summary.json")) if f.is_file()]
+    invert = bool(json.loads(found[0].read_text()).get("contrast_inverted")) if found else False
     src, meta = cropped(ResampledImages(stack, stack.box_size, invert_contrast=invert), est, args.box)
     vol = fourier_downsample_volume(torch.as_tensor(np.array(read_map(args.map).volume)).float(), args.box)
     t0 = time.perf_counter()
