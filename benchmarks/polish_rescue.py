@@ -78,9 +78,12 @@ def main() -> None:
                           ctf=est.ctf, config=cfg, start_step_deg=1.875, shift_step_angstrom=0.0)
     low = low_score_particles(scored.scores)
     t1 = time.perf_counter()
+    idx = np.flatnonzero(low)
+    if idx.size == 0:
+        print(f"scored {len(est)} particles in {t1 - t0:.0f} s; no separate low mode, nothing flagged; {_summary(err)}")
+        return
     print(f"scored {len(est)} particles in {t1 - t0:.0f} s; flagged {100 * low.mean():.1f} %: "
           f"{100 * (err[low] > 40).mean():.0f} % of them > 40° off, {100 * (err[~low] > 40).mean():.1f} % of the rest")
-    idx = np.flatnonzero(low)
     t = torch.as_tensor(idx)
     sub_meta = meta.subset(idx).replace(shifts_angstrom=est.shifts_angstrom[t].float())
     rot, _, scores = global_round(src.subset(idx), sub_meta, vol, symmetry=sym, refine_to_deg=0.9375,
