@@ -6,9 +6,9 @@ Takes a run's poses and map (``cryopose refine``'s ``particles.star`` and ``map.
 scores every pose against the map (:func:`cryopose.search.projection_matching.local_search`
 at the run's own pose, one step), flags the low mode of those scores
 (:func:`cryopose.pipelines.polish.low_score_particles`, the rule of ``refine``'s rescue),
-searches the flagged particles globally (:func:`cryopose.pipelines.polish.global_round`,
-origins ±2 px) and keeps each global pose that scores higher, as ``refine`` does after each
-polishing round. It prints the fraction flagged, the fraction of the flagged and unflagged
+searches the flagged particles globally and keeps each global pose that scores higher
+(:func:`cryopose.pipelines.polish.rescue_low_scores`, what ``refine`` does after each
+polishing round; origins ±2 px). It prints the fraction flagged, the fraction of the flagged and unflagged
 particles more than 40° off, and the median error, the fraction within 5° and the fraction
 more than 40° off before and after (modulo ``--symmetry``, after the global alignment of
 :func:`cryopose.metrics.pose_error.align_rotations`: an ``abinitio`` map has its own frame
@@ -37,7 +37,7 @@ from cryopose.io.mrc import read_map
 from cryopose.io.particles import load_particles
 from cryopose.io.star import read_star
 from cryopose.metrics.pose_error import align_rotations
-from cryopose.pipelines.polish import cropped, global_round, low_score_particles
+from cryopose.pipelines.polish import cropped, low_score_particles, rescue_low_scores
 from cryopose.search.projection_matching import SearchConfig, local_search
 from cryopose.search.run import ResampledImages
 
@@ -76,23 +76,19 @@ def main() -> None:
     cfg = SearchConfig(symmetry=sym, final_step_deg=1.875, max_resolution_angstrom=args.max_resolution)
     scored = local_search(src, vol, meta.pixel_size_angstrom, est.rotmats.float(), est.shifts_angstrom.float(),
                           ctf=est.ctf, config=cfg, start_step_deg=1.875, shift_step_angstrom=0.0)
-    low = low_score_particles(scored.scores)
     t1 = time.perf_counter()
-    idx = np.flatnonzero(low)
-    if idx.size == 0:
-        print(f"scored {len(est)} particles in {t1 - t0:.0f} s; no separate low mode, nothing flagged; {_summary(err)}")
+    new, _, (searched, replaced) = rescue_low_scores(
+        src, meta, vol, est.rotmats.float(),
+        est.shifts_angstrom.float(), scored.scores, symmetry=sym, refine_to_deg=0.9375,
+        max_resolution_angstrom=args.max_resolution, search_shifts=True)
+    low = low_score_particles(scored.scores)  # the particles it searched (for the report)
+    print(f"scored {len(est)} particles in {t1 - t0:.0f} s, rescue {time.perf_counter() - t1:.0f} s")
+    if searched == 0:
+        print(f"no separate low mode, nothing flagged; {_summary(err)}")
         return
-    print(f"scored {len(est)} particles in {t1 - t0:.0f} s; flagged {100 * low.mean():.1f} %: "
-          f"{100 * (err[low] > 40).mean():.0f} % of them > 40° off, {100 * (err[~low] > 40).mean():.1f} % of the rest")
-    t = torch.as_tensor(idx)
-    sub_meta = meta.subset(idx).replace(shifts_angstrom=est.shifts_angstrom[t].float())
-    rot, _, scores = global_round(src.subset(idx), sub_meta, vol, symmetry=sym, refine_to_deg=0.9375,
-                                  max_resolution_angstrom=args.max_resolution, search_shifts=True, return_scores=True)
-    better = scores > scored.scores[t]
-    new = est.rotmats.clone().float()
-    new[t[better]] = rot[better]
+    print(f"flagged {100 * low.mean():.1f} %: {100 * (err[low] > 40).mean():.0f} % of them > 40° off, "
+          f"{100 * (err[~low] > 40).mean():.1f} % of the rest; {searched} searched globally, {replaced} poses replaced")
     after = errors(new)
-    print(f"global search of {idx.size} particles in {time.perf_counter() - t1:.0f} s, {int(better.sum())} poses replaced")
     print(f"before: {_summary(err)}")
     print(f"after:  {_summary(after)}")
 

@@ -32,7 +32,7 @@ from ..fourier import fourier_downsample_volume
 from ..search.projection_matching import SearchConfig, local_search
 
 __all__ = ["polish_poses", "polish_rounds", "polishing_box", "cropped", "centred", "global_round", "PolishSchedule",
-           "PolishOutcome", "low_score_particles", "GLOBAL_SHIFT_RANGE_PX", "POLISH_NYQUIST_FRACTION",
+           "PolishOutcome", "low_score_particles", "rescue_low_scores", "GLOBAL_SHIFT_RANGE_PX", "POLISH_NYQUIST_FRACTION",
            "RESCUE_MIN_SEPARATION"]
 
 #: Nyquist of a polishing round's box, as a fraction of the resolution reached before it: room
@@ -235,8 +235,10 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
                                      return_result=True)
             rot, sh = res_local.rotmats.float(), res_local.shifts_angstrom.float()
             if schedule.rescue:
-                rot, sh, counts = _rescue(src, posed, reference, rot, sh, res_local.scores, schedule, res_limit,
-                                          shift_step > 0, progress)
+                rot, sh, counts = rescue_low_scores(src, posed, reference, rot, sh, res_local.scores,
+                                                    symmetry=schedule.symmetry, refine_to_deg=schedule.final_step_deg,
+                                                    max_resolution_angstrom=res_limit, search_shifts=shift_step > 0,
+                                                    progress=progress)
                 rescued.append(counts)
         if shift_step > 0:
             shifts_a = sh
@@ -290,19 +292,31 @@ def low_score_particles(scores: torch.Tensor) -> np.ndarray:
     return out
 
 
-def _rescue(src, posed, reference: torch.Tensor, rot: torch.Tensor, sh: torch.Tensor, scores: torch.Tensor,
-            schedule: PolishSchedule, res_limit: float | None, search_shifts: bool, progress: bool):
-    """Search the low-score particles (:func:`low_score_particles`) globally and keep each
-    global pose that scores higher than the local one. Returns ``(poses, origins,
-    (searched, replaced))``."""
+def rescue_low_scores(src, posed, reference: torch.Tensor, rot: torch.Tensor, sh: torch.Tensor,
+                      scores: torch.Tensor, *, symmetry: str, refine_to_deg: float,
+                      max_resolution_angstrom: float | None, search_shifts: bool, progress: bool = False):
+    """The rescue of :class:`PolishSchedule`: search the low-score particles
+    (:func:`low_score_particles`) globally (:func:`global_round`) and keep each global pose
+    that scores higher than the current one.
+
+    Args:
+        src, posed, reference: Images, their metadata and the map, as for :func:`global_round`.
+        rot: ``(N, 3, 3)`` current poses; ``sh``: ``(N, 2)`` current origins in Å.
+        scores: ``(N,)`` NCC of the current poses on the same band.
+        symmetry, refine_to_deg, max_resolution_angstrom, search_shifts, progress: As for
+            :func:`global_round`.
+
+    Returns:
+        ``(poses, origins, (particles searched, poses replaced))``.
+    """
     low = np.flatnonzero(low_score_particles(scores))
     if low.size == 0:
         return rot, sh, (0, 0)
     t = torch.as_tensor(low)
     sub = src.subset(low) if hasattr(src, "subset") else src[t]
     meta = posed.subset(low).replace(shifts_angstrom=sh[t].float())
-    g_rot, g_sh, g_scores = global_round(sub, meta, reference, symmetry=schedule.symmetry,
-                                         refine_to_deg=schedule.final_step_deg, max_resolution_angstrom=res_limit,
+    g_rot, g_sh, g_scores = global_round(sub, meta, reference, symmetry=symmetry, refine_to_deg=refine_to_deg,
+                                         max_resolution_angstrom=max_resolution_angstrom,
                                          search_shifts=search_shifts, progress=progress, return_scores=True)
     better = g_scores > torch.as_tensor(scores).float()[t]
     rot, sh = rot.clone(), sh.clone()

@@ -44,12 +44,11 @@ from ..io.particles import ParticleMetadata
 from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor, SupervisedModelConfig
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
-from ..simulate.volumes import resample_volume
 from ..training.config import auto_working_box
-from .refine_maps import (grid_report, known_pose_map, map_report, polish_all, pose_errors, reconstructions,
-                          timing_report)
 from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
                                    predict_rotmats, train_supervised)
+from .refine_maps import (grid_report, known_pose_map, map_report, polish_all, pose_errors, reconstructions,
+                          reference_on_grid, timing_report)
 
 __all__ = ["WorkingData", "prepare_working_data", "refine_working_grid", "train_on_dataset", "RefineConfig", "RefineResult", "refine",
            "DEFAULT_LOCAL_REFINE_STEP_DEG"]
@@ -111,7 +110,7 @@ def prepare_working_data(stack, metadata: ParticleMetadata, reference: MapData, 
         raise UserError(f"the reference must be a cubic map, got shape {vol.shape}")
     m, a = refine_working_grid(n_p, float(metadata.pixel_size_angstrom), float(reference.pixel_size_angstrom),
                                box_size)
-    ref = torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom), a, m), dtype=np.float32))
+    ref = reference_on_grid(reference, a, m)
     images = ResampledImages(stack, m, invert_contrast=invert_contrast)
     return WorkingData(images, metadata.replace(pixel_size_angstrom=a, box_size=m), ref, m, a)
 

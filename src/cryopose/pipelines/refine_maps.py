@@ -18,7 +18,7 @@ from ..search.run import ResampledImages
 from ..simulate.volumes import resample_volume
 
 __all__ = ["reconstructions", "polish_all", "known_pose_map", "timing_report", "map_report", "pose_errors",
-           "grid_report"]
+           "grid_report", "reference_on_grid"]
 
 
 def _errors(est: torch.Tensor, ref: torch.Tensor | None, symmetry: str) -> dict | None:
@@ -88,12 +88,12 @@ def timing_report(sres, unlabeled: np.ndarray, seconds: dict) -> dict:
     }
 
 
-def _reference_on(reference: MapData, rec) -> torch.Tensor:
-    """The reference resampled onto a reconstruction's grid (its box and voxel size)."""
-    m = int(rec.volume.shape[-1])
+def reference_on_grid(reference: MapData, pixel_size_angstrom: float, box_size: int) -> torch.Tensor:
+    """The reference resampled onto a grid of ``box_size`` voxels of ``pixel_size_angstrom``
+    (:func:`cryopose.simulate.volumes.resample_volume`): ``(m, m, m)`` float32."""
     vol = np.asarray(reference.volume, dtype=np.float32)
     return torch.from_numpy(np.array(resample_volume(vol, float(reference.pixel_size_angstrom),
-                                                     float(rec.pixel_size_angstrom), m), dtype=np.float32))
+                                                     float(pixel_size_angstrom), int(box_size)), dtype=np.float32))
 
 
 def map_report(reference: MapData, rec, net_only, known, working_reference: torch.Tensor) -> dict:
@@ -101,7 +101,7 @@ def map_report(reference: MapData, rec, net_only, known, working_reference: torc
     (on the final map's grid), and the same for the network-only map (working grid,
     ``working_reference``) and the known-pose map (the final map's grid) when made."""
     on_final = working_reference if int(rec.volume.shape[-1]) == int(working_reference.shape[-1]) else \
-        _reference_on(reference, rec)
+        reference_on_grid(reference, rec.pixel_size_angstrom, rec.volume.shape[-1])
     report = {
         "resolution_fsc0p143_angstrom": rec.resolution_fsc0p143_angstrom,
         "resolution_fsc0p5_angstrom": rec.resolution_fsc0p5_angstrom,
