@@ -50,10 +50,12 @@ under ``--workdir``):
   poses, shifts and CTFs (for a seed), so they differ only in their factor.
 
 Runs (by subprocess, timed; ``--threads`` and ``--no-progress`` are the only options added, and
-for ``refine`` the reference's point group ``--symmetry SYM``, a fact of the reference as in
-RELION's and cryoSPARC's refinements, not a tuning option)::
+the particles' point group ``--symmetry SYM``, a fact of the sample as in RELION's and
+cryoSPARC's refinements, not a tuning option: ``abinitio`` trains in C1 whatever it is told and
+imposes the group after finding the map's axes; its run folder is ``runs/abinitio-SYM``, the C1
+runs of earlier versions are in ``runs/abinitio``)::
 
-    python -m cryopose.cli.main abinitio WORK/<ds>/<row>_snr<s>/particles.star -o RUN --threads T --no-progress
+    python -m cryopose.cli.main abinitio WORK/<ds>/<row>_snr<s>/particles.star -o RUN --symmetry SYM --threads T --no-progress
     python -m cryopose.cli.main refine WORK/<ds>/all_snr<s>/particles.star --reference WORK/volumes/<map>_lp15A.mrc -o RUN --symmetry SYM --threads T
     python -m cryopose.cli.main reconstruct WORK/<ds>/<row>_snr<s>/truth.star -o known/known.mrc --threads T --no-progress
     python -m cryopose.cli.main reconstruct RUN/eval/aligned.star -o RUN/eval/aligned.mrc --threads T --no-progress
@@ -341,7 +343,11 @@ def _progress(run_dir: Path) -> dict:
 def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -> dict:
     """Run ``cryopose abinitio`` or ``cryopose refine`` on one data set (cached) and evaluate it."""
     d = Path(meta["dir"])
-    label = method if not extra else f"{method}-{hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]}"
+    sym = str(meta["symmetry"])
+    # abinitio is told the particles' point group (run folder abinitio-D2; the C1 runs of
+    # earlier sessions stay in runs/abinitio)
+    base = method if method == "refine" or sym == "C1" else f"{method}-{sym}"
+    label = base if not extra else f"{base}-{hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]}"
     run_dir = d / "runs" / label
     record = run_dir / "bench_run.json"
     if record.exists() and not args.rerun:
@@ -355,8 +361,8 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     if method == "abinitio":
-        cmd = cryopose_cmd("abinitio", str(d / "particles.star"), "-o", str(run_dir), *_threads(args),
-                           "--no-progress", *extra)
+        cmd = cryopose_cmd("abinitio", str(d / "particles.star"), "-o", str(run_dir), "--symmetry", sym,
+                           *_threads(args), "--no-progress", *extra)
         poses = run_dir / "poses.star"
     else:
         truth_map = Path(meta["truth_map"])

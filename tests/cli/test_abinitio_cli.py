@@ -290,3 +290,43 @@ def test_resume_is_exact_at_any_interruption_point(tmp_path, monkeypatch, where)
     _, pa = load_particles(tmp_path / "a" / "poses.star", datadir=tmp_path)
     _, pb = load_particles(tmp_path / "b" / "poses.star", datadir=tmp_path)
     assert torch.equal(pa.rotmats, pb.rotmats)
+
+
+def test_abinitio_symmetry_trains_in_c1_then_imposes_the_group_in_its_frame(tmp_path, monkeypatch):
+    """``--symmetry D2``: the C1 map's axes are found, the poses turned into RELION's D2 frame
+    and the polishing and final map impose D2; ``predict`` with the run's encoder.pt gives
+    poses in the same frame as poses_encoder.star."""
+    from cryopose.metrics.pose_error import symmetry_aware_errors
+    from cryopose.reconstruction.symmetry_axes import symmetry_score
+
+    monkeypatch.chdir(tmp_path)
+    star = _simulate(tmp_path, 96, seed=3)
+    out = tmp_path / "run"
+    rc = main(["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "1", "--batch-size", "32",
+               "--hypotheses", "2", "--threads", "1", "--no-progress", "--no-report", "--polish-rounds", "1",
+               "--symmetry", "D2"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    axes = summary["symmetry_axes"]
+    assert summary["symmetry"] == "D2" and axes["symmetry"] == "D2" and -1.0 <= axes["score"] <= 1.0
+    r = torch.tensor(axes["rotation"], dtype=torch.float64)
+    assert r.shape == (3, 3) and torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-6)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["config"]["symmetry"] == "D2" and cfg["config"]["model"]["symmetry"] == "C1"
+    m = torch.from_numpy(np.array(read_map(out / "map.mrc").volume, dtype=np.float64))
+    assert symmetry_score(m, "D2") > 0.95  # the final map is D2 in RELION's frame
+    assert main(["predict", str(out / "encoder.pt"), str(star), "-o", str(tmp_path / "pred.star"), "--no-progress",
+                 "--threads", "1"]) == 0
+    _, pred = load_particles(tmp_path / "pred.star")
+    _, enc = load_particles(out / "poses_encoder.star")
+    diff = symmetry_aware_errors(pred.rotmats.double(), enc.rotmats.double(), symmetry="C1")
+    assert float(diff.median()) < 1.0, float(diff.median())
+
+
+def test_abinitio_refuses_two_different_symmetries(tmp_path, capsys):
+    star = _simulate(tmp_path, 8, seed=4)
+    rc = main(["abinitio", str(star), "-o", str(tmp_path / "run"), "--symmetry", "D2", "--train-symmetry", "C2",
+               "--no-progress"])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "--train-symmetry C2" in err and "--symmetry D2" in err

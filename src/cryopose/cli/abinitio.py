@@ -4,7 +4,9 @@ A CNN encoder maps each particle image to its pose; a learnable voxel map is sli
 (Fourier-slice projector), multiplied by the particle's CTF and shifted to its origin, and
 compared with the image; encoder and map are trained together from a random start. Then every
 particle's pose is inferred with the encoder and the map is reconstructed from those poses at
-the original box (half maps and FSC).
+the original box (half maps and FSC). With --symmetry SYM the training stays in C1; the
+encoder's map is then centred, its symmetry axes found (as relion_align_symmetry), every pose
+turned into RELION's frame of SYM, and the polishing and the final map impose SYM.
 
 Writes in OUTDIR: poses.star (RELION 3.1, same particle order and pixel size, rlnAngleRot/Tilt/Psi,
 rlnOriginX/YAngst and rlnCryoposeConfidence), map.mrc, map_half1.mrc, map_half2.mrc, fsc.json,
@@ -70,10 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")
     parser.add_argument("--symmetry", default="C1", metavar="SYM",
-                        help="point group imposed on the learned map (RELION symbols; default C1). Run ab initio "
-                             "in C1 even for symmetric particles, as with cryoSPARC and RELION: imposing D2 on "
-                             "β-galactosidase from a random start stalled at ~45° median error where C1 converged "
-                             "(an exploratory run); impose the symmetry in refinement")
+                        help="point group of the particles (RELION symbols; default C1). The training stays in C1, "
+                             "as cryoSPARC's and RELION's ab initio; then the map's symmetry axes are found, the "
+                             "poses turned into the group's frame (RELION's axis conventions), and the polishing "
+                             "and the final map impose the group")
+    parser.add_argument("--train-symmetry", default="C1", metavar="SYM",
+                        help="point group imposed on the map during training (default C1; not recommended: "
+                             "imposing D2 on β-galactosidase from a random start stalled at ~45° median error where "
+                             "C1 converged, an exploratory run)")
+    parser.add_argument("--no-rescue", action="store_true",
+                        help="do not search globally, after each local polishing round, the particles whose score "
+                             "falls in the low mode of the round's scores")
     add_contrast_arguments(parser)
     add_shift_estimation_arguments(parser, "centring, shift head, refined in polishing")
     parser.add_argument("--per-image-norm", action="store_true",
@@ -95,7 +104,7 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`~cryopose.training.config.AbinitioConfig` the options describe."""
     from ..training.config import AbinitioConfig, ModelConfig, TrainingConfig
 
-    model_kw = {"pose_param": args.pose_param, "shift_head": bool(args.shift_head), "symmetry": args.symmetry}
+    model_kw = {"pose_param": args.pose_param, "shift_head": bool(args.shift_head), "symmetry": args.train_symmetry}
     if args.hypotheses is not None:
         model_kw["n_hypotheses"] = args.hypotheses
     train_kw = {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
@@ -116,7 +125,8 @@ def config_from_args(args: argparse.Namespace):
                           whiten=not args.no_whiten, per_image_normalization=bool(args.per_image_norm),
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds,
-                          polish_global_rounds=args.global_rounds)
+                          polish_global_rounds=args.global_rounds, polish_rescue=not args.no_rescue,
+                          symmetry=args.symmetry)
 
 
 def run(args: argparse.Namespace) -> int:

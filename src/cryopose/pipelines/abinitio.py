@@ -93,7 +93,10 @@ def load_encoder(path: str | Path, *, state: dict | None = None) -> tuple[Abinit
 
     Returns:
         ``(config, model, info)`` with ``info`` holding ``working_box_size``,
-        ``working_pixel_size_angstrom`` and ``normalization`` (a :class:`Normalization`).
+        ``working_pixel_size_angstrom``, ``normalization`` (a :class:`Normalization`) and
+        ``frame_rotation``: ``None``, or the ``(3, 3)`` rotation ``R`` that turns the encoder's
+        poses ``A`` into the frame of the run's symmetric map (``A R``; ``abinitio --symmetry``,
+        :mod:`cryopose.pipelines.abinitio_symmetry`).
 
     Raises:
         InputFileError: If the file is not a cryopose encoder.
@@ -108,9 +111,11 @@ def load_encoder(path: str | Path, *, state: dict | None = None) -> tuple[Abinit
                         pixel_size_angstrom=float(state["working_pixel_size_angstrom"]))
     model.load_state_dict(state["model"])
     model.eval()
+    frame = state.get("frame_rotation")
     info = {"working_box_size": int(state["working_box_size"]),
             "working_pixel_size_angstrom": float(state["working_pixel_size_angstrom"]),
-            "normalization": Normalization(**state["normalization"])}
+            "normalization": Normalization(**state["normalization"]),
+            "frame_rotation": None if frame is None else torch.as_tensor(frame, dtype=torch.float64)}
     return config, model, info
 
 

@@ -27,7 +27,8 @@ class AbinitioResult:
         poses_star, map_path, encoder_path, report_path: Files written (``map_path`` and
             ``report_path`` are ``None`` when skipped).
         rotmats: ``(N, 3, 3)`` final poses (polished when ``config.polish_rounds > 0``).
-        encoder_rotmats: ``(N, 3, 3)`` the encoder's poses (amortized inference, before polishing).
+        encoder_rotmats: ``(N, 3, 3)`` the encoder's poses (amortized inference, before polishing;
+            turned into the point group's frame when ``config.symmetry`` was imposed after training).
         shifts_angstrom: ``(N, 2)`` origins in Å (RELION sign), or ``None``.
         confidence: ``(N,)`` per-particle confidence in [0, 1].
         resolution_fsc0p143_angstrom: Half-map FSC = 0.143 resolution of ``map.mrc``, or ``None``.
@@ -114,22 +115,18 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
     encoder_rotmats = inference.rotmats
     if config.reconstruct:
         t2 = time.perf_counter()
-        if config.polish_rounds > 0:  # the encoder's map, for polishing: at a box for twice the working pixel
-            from .polish import cropped, polishing_box
-
-            box = polishing_box(source.box_size, meta.pixel_size_angstrom, 2.0 * dataset.pixel_size_angstrom)
-            src, m_meta = cropped(source, meta, box)
-            rec = _reconstruct(src, m_meta, inference.rotmats, shifts_a, config, outdir, progress,
-                               reconstruct_threads, device, write=box >= source.box_size)
-        else:
-            rec = _reconstruct(source, meta, inference.rotmats, shifts_a, config, outdir, progress,
-                               reconstruct_threads, device)
+        rec, inference, shifts_a, prep = _encoder_map(source, meta, dataset, inference, shifts_a, config, prep,
+                                                      outdir, progress, reconstruct_threads, device, encoder_path)
+        if config.symmetry != config.model.symmetry:  # the poses were turned into the group's frame
+            encoder_rotmats = inference.rotmats
+            poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             t3 = time.perf_counter()
             rec, inference, shifts_a, polish_change, centring = _polish(
                 source, meta, dataset, inference, rec, shifts_a, config, outdir, progress, reconstruct_threads, device)
-            prep = {**prep, "map_centring_angstrom": [float(v) for v in centring]}
+            before = prep.get("map_centring_angstrom") or [0.0, 0.0, 0.0]
+            prep = {**prep, "map_centring_angstrom": [float(a) + float(v) for a, v in zip(before, centring)]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
         map_path = outdir / "map.mrc"
@@ -142,6 +139,33 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
                           resolution_fsc0p143_angstrom=None if rec is None else rec.resolution_fsc0p143_angstrom,
                           seconds=seconds, encoder_rotmats=encoder_rotmats,
                           warnings=tuple(summary["warnings"]))
+
+
+def _encoder_map(source, meta, dataset, inference: PoseInference, shifts_a, config, prep: dict, outdir: Path,
+                 progress: bool, threads: int, device, encoder_path: Path):
+    """The map of the encoder's poses: at the particles' box, or (polishing) at a box for twice
+    the working pixel; with ``config.symmetry`` beyond the training's, the C1 map's symmetry axes
+    are found and the poses turned into the group's frame first
+    (:func:`~cryopose.pipelines.abinitio_symmetry.align_to_symmetry`), then the map is made in
+    the group. Returns ``(reconstruction, inference, origins in Å or None, prep)``."""
+    src, m_meta = source, meta
+    if config.polish_rounds > 0:
+        from .polish import cropped, polishing_box
+
+        src, m_meta = cropped(source, meta, polishing_box(source.box_size, meta.pixel_size_angstrom,
+                                                          2.0 * dataset.pixel_size_angstrom))
+    full = src.box_size >= source.box_size
+    aligning = config.symmetry != config.model.symmetry
+    rec = _reconstruct(src, m_meta, inference.rotmats, shifts_a, config, outdir, progress, threads, device,
+                       write=full and not aligning, symmetry=config.model.symmetry)
+    if aligning:
+        from .abinitio_symmetry import align_to_symmetry
+
+        inference, shifts_a, prep = align_to_symmetry(inference, shifts_a, rec, m_meta, dataset, config, prep,
+                                                      encoder_path=encoder_path)
+        rec = _reconstruct(src, m_meta, inference.rotmats, shifts_a, config, outdir, progress, threads, device,
+                           write=full)
+    return rec, inference, shifts_a, prep
 
 
 def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, config, outdir: Path,
@@ -164,13 +188,13 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
                               final_step_deg=config.polish_final_step_deg,
                               estimate_shifts=bool(config.estimate_shifts),
                               working_pixel_angstrom=float(dataset.pixel_size_angstrom),
-                              symmetry=config.model.symmetry)
+                              symmetry=config.symmetry, rescue=bool(config.polish_rescue))
     out = polish_rounds(source, meta, inference.rotmats, shifts_a, rec, schedule=schedule, progress=progress,
                         reconstruct=lambda src, m_meta, rot, sh, last: _reconstruct(
                             src, m_meta, rot, sh, config, outdir, progress, threads, device, write=last))
     rot, shifts_a = out.rotmats, out.shifts_angstrom
     write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
-    mates = expand_by_symmetry(inference.rotmats.double(), config.model.symmetry)
+    mates = expand_by_symmetry(inference.rotmats.double(), config.symmetry)
     polish_change = geodesic_distance_deg(rot.double()[:, None], mates).min(dim=1).values
     inference = dataclasses.replace(
         inference, rotmats=rot.float(),
@@ -197,6 +221,8 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "shifts_estimated": bool(config.estimate_shifts),
         "centring": prep.get("centring"),
         "map_centring_angstrom": prep.get("map_centring_angstrom"),
+        "symmetry": config.symmetry,
+        "symmetry_axes": prep.get("symmetry_axes"),
         "noise_spectrum": None if dataset.noise_spectrum is None else {
             "frequency_per_angstrom": [float(v) for v in dataset.noise_spectrum.frequencies_per_angstrom()],
             "power": list(dataset.noise_spectrum.power),
@@ -209,13 +235,21 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
     }
     from ..metrics.diagnostics import run_warnings, view_coverage
 
-    coverage = view_coverage(inference.rotmats, config.model.symmetry)
+    coverage = view_coverage(inference.rotmats, config.symmetry)
     summary["view_coverage"] = dataclasses.asdict(coverage)
     summary["warnings"] = run_warnings(
         coverage=coverage, resolution_angstrom=summary["resolution_fsc0p143_angstrom"],
         pixel_size_angstrom=float(meta.pixel_size_angstrom), shift_corrections_px=shift_corrections,
         max_shift_px=None if model.shift_head is None else model.shift_head.max_shift,
         contrast_fraction_bright=summary["contrast_fraction_bright"])
+    axes = summary["symmetry_axes"]
+    if axes is not None:
+        from .abinitio_symmetry import SYMMETRY_SCORE_WARNING
+
+        if axes["score"] < SYMMETRY_SCORE_WARNING:
+            summary["warnings"].append(
+                f"the C1 map scored {axes['score']:.2f} for {axes['symmetry']} symmetry (1 = symmetric): it does not "
+                f"look {axes['symmetry']}-symmetric; check --symmetry, or run again in C1 and inspect the map")
     return summary
 
 
@@ -238,9 +272,10 @@ def _report_and_summary(outdir: Path, report: bool, trainer, dataset, inference:
 
 
 def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress: bool, threads: int,
-                 device=None, write: bool = True):
+                 device=None, write: bool = True, symmetry: str | None = None):
     """Known-pose reconstruction at ``stack``'s box from ``rotmats`` (grids on ``device``,
-    default the CPU); writes the maps (``map.mrc``, half maps, ``fsc.json``) when ``write``."""
+    default the CPU) in ``symmetry`` (default ``config.symmetry``); writes the maps (``map.mrc``,
+    half maps, ``fsc.json``) when ``write``."""
     from ..io.atomic import atomic_write_json
     from ..io.mrc import write_map
     from ..metrics.fsc import report_from_curve
@@ -249,7 +284,7 @@ def _reconstruct(stack, meta, rotmats, shifts_a, config, outdir: Path, progress:
     posed = meta.replace(rotmats=rotmats.float(),
                          shifts_angstrom=shifts_a if shifts_a is not None else meta.shifts_angstrom)
     g = torch.Generator().manual_seed(config.training.seed)
-    rec = reconstruct(stack, posed, symmetry=config.model.symmetry, generator=g, progress=progress,
+    rec = reconstruct(stack, posed, symmetry=symmetry or config.symmetry, generator=g, progress=progress,
                       threads=threads, device=device)
     if not write:
         return rec

@@ -8,6 +8,7 @@ train-supervised`` / ``refine``), and :func:`read_model_file` tells the two kind
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,8 @@ def predict_poses(encoder: str | Path, particles: str | Path, output: str | Path
     model = model.to(runtime.device)
     inference = infer_poses(model, dataset, symmetric=config.training.symmetric_loss, batch_size=batch_size,
                             progress=progress and runtime.rank == 0, runtime=runtime)
+    if info["frame_rotation"] is not None:  # abinitio --symmetry: the poses in its map's frame
+        inference = dataclasses.replace(inference, rotmats=inference.rotmats.double() @ info["frame_rotation"])
     if runtime.rank == 0:  # under torchrun every rank holds every pose; one writes them
         write_poses(output, meta, inference, dataset.pixel_size_angstrom)
     return inference

@@ -128,7 +128,7 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
         plot_fsc({"half maps": (reconstruction.fsc_frequency_per_angstrom, reconstruction.fsc)},
                  outdir / "fsc.png", title="half-map FSC of map.mrc")
         figs.append(("half-map FSC", "fsc.png"))
-    sym = config.model.symmetry
+    sym = getattr(config, "symmetry", config.model.symmetry)
     plot_angular_distribution(asymmetric_unit_mates(inference.rotmats, sym), outdir / "angles.png",
                               title=f"viewing directions in the {sym} asymmetric unit", symmetry=sym)
     cov = summary.get("view_coverage") or {}

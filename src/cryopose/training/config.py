@@ -253,6 +253,15 @@ class AbinitioConfig:
             time (``docs/results/real-conditions.md``). 0 = every round local.
         polish_start_step_deg: First step of the local lattice, degrees.
         polish_final_step_deg: Last step, degrees (halvings from the first).
+        polish_rescue: After each local polishing round, search globally the particles whose
+            score falls in the low mode of the round's scores
+            (:func:`cryopose.pipelines.polish.rescue_low_scores`, as ``refine`` does).
+        symmetry: Point group of the particles (RELION symbols). The training stays in the
+            model's point group (``model.symmetry``, C1 by default, as cryoSPARC's and RELION's
+            ab initio); after it the encoder's map is centred, its symmetry axes are found
+            (:func:`cryopose.reconstruction.symmetry_axes.find_symmetry_axes`), every pose is
+            turned into the group's frame, and the polishing rounds and the final map impose the
+            group (a homogeneous refinement with symmetry). ``"C1"`` = ``model.symmetry``.
     """
 
     box_size: int | None = None
@@ -267,8 +276,18 @@ class AbinitioConfig:
     polish_global_rounds: int = 1
     polish_start_step_deg: float = 3.75
     polish_final_step_deg: float = 0.9375
+    polish_rescue: bool = True
+    symmetry: str = "C1"
 
     def __post_init__(self):
+        from ..symmetry import canonical_symbol
+
+        object.__setattr__(self, "symmetry", canonical_symbol(self.symmetry))
+        if self.symmetry == "C1" and self.model.symmetry != "C1":
+            object.__setattr__(self, "symmetry", self.model.symmetry)
+        if self.model.symmetry not in ("C1", self.symmetry):
+            raise UserError(f"--symmetry {self.symmetry} and --train-symmetry {self.model.symmetry} differ: the map "
+                            "trained in a point group keeps it (give one, or train in C1)")
         if self.box_size is not None:
             _positive("--box-size", self.box_size, integer=True)
             if self.box_size < 16:
