@@ -303,9 +303,10 @@ def test_abinitio_symmetry_trains_in_c1_then_imposes_the_group_in_its_frame(tmp_
     star = _simulate(tmp_path, 96, seed=3)
     out = tmp_path / "run"
     rc = main(["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "1", "--batch-size", "32",
-               "--hypotheses", "2", "--threads", "1", "--no-progress", "--no-report", "--polish-rounds", "1",
+               "--hypotheses", "2", "--threads", "1", "--no-progress", "--polish-rounds", "1",
                "--symmetry", "D2"])
     assert rc == 0
+    assert "D2 symmetry axes" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     axes = summary["symmetry_axes"]
     assert summary["symmetry"] == "D2" and axes["symmetry"] == "D2" and -1.0 <= axes["score"] <= 1.0

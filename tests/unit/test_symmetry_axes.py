@@ -3,7 +3,6 @@ pose convention, and agreement with ``relion_align_symmetry``."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 from cryopose.fourier import fourier_downsample_volume
 from cryopose.io.mrc import read_map, write_map
-from cryopose.models.volume import rotate_volume
+from cryopose.projection.real_space import rotate_volume
 from cryopose.pipelines.demo import BETAGAL_MAP, BETAGAL_PIXEL_SIZE, bundled_path
 from cryopose.projection import project
 from cryopose.reconstruction.symmetry_axes import (aligned_rotmats, aligned_volume, find_symmetry_axes,
@@ -79,18 +78,21 @@ def test_c1_is_the_identity_and_bad_input_is_refused(betagal):
         find_symmetry_axes(betagal, APIX, "Q7")
 
 
-@pytest.mark.skipif(shutil.which("relion_align_symmetry") is None, reason="RELION 3.1 not installed")
-def test_agrees_with_relion_align_symmetry(betagal, tmp_path):
+@pytest.mark.relion
+def test_agrees_with_relion_align_symmetry(betagal, tmp_path, relion):
     """RELION's ``relion_align_symmetry`` and cryopose put the same turned map into D2 frames
     that differ at most by an axis permutation (an element of the octahedral group)."""
     turned, _ = _turned(betagal, 3)
     write_map(tmp_path / "turned.mrc", turned.float(), APIX)
-    subprocess.run(["relion_align_symmetry", "--i", str(tmp_path / "turned.mrc"), "--sym", "D2",
+    subprocess.run([relion("relion_align_symmetry"), "--i", str(tmp_path / "turned.mrc"), "--sym", "D2",
                     "--o", str(tmp_path / "relion.mrc"), "--angpix", str(APIX), "--box_size", str(BOX),
-                    "--keep_centre"], check=True, capture_output=True, cwd=tmp_path)
+                    "--keep_centre", "--nr_uniform", "1000"], check=True, capture_output=True, cwd=tmp_path)
     relion = torch.from_numpy(np.array(read_map(tmp_path / "relion.mrc").volume, dtype=np.float64))
     ours = aligned_volume(turned, find_symmetry_axes(turned, APIX, "D2", resolution_angstrom=40.0).rotation)
-    assert symmetry_score(relion, "D2") > 0.95 and symmetry_score(ours, "D2") > 0.95
+    # RELION's random start (not seedable) gave scores of 0.94-0.997 over repeated runs; ours 0.994
+    relion_score = symmetry_score(relion, "D2")
+    assert relion_score > 0.9
+    assert symmetry_score(ours, "D2") > max(0.98, relion_score - 0.01)
     best = max(float(torch.corrcoef(torch.stack([rotate_volume(ours, g).flatten(), relion.flatten()]))[0, 1])
                for g in symmetry_operators("O"))
     assert best > 0.95

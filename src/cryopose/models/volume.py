@@ -15,23 +15,12 @@ image normalisation (the trainer sets ``scale`` from the data).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..fourier import frequency_indices
 from ..projection import VolumeFT, prepare_volume_ft
+from ..projection.real_space import rotate_volume, rotated_copies, spherical_mask
 
 __all__ = ["VoxelVolume", "rotate_volume", "spherical_mask", "symmetrize_volume"]
-
-
-def spherical_mask(n: int, radius: float, *, width: float = 2.0, device=None,
-                   dtype=torch.float32) -> torch.Tensor:
-    """Soft spherical mask ``(n, n, n)``: 1 inside ``radius`` px, cosine edge of ``width`` px."""
-    k = frequency_indices(n, device=device, dtype=dtype)
-    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
-    r = torch.sqrt(x * x + y * y + z * z)
-    edge = torch.clamp((r - radius) / max(width, 1e-6), 0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(torch.pi * edge))
 
 
 def symmetrize_volume(volume: torch.Tensor, operators: torch.Tensor) -> torch.Tensor:
@@ -47,34 +36,7 @@ def symmetrize_volume(volume: torch.Tensor, operators: torch.Tensor) -> torch.Te
     """
     if operators.shape[0] <= 1:
         return volume
-    return _rotated_copies(volume, operators).mean(dim=0)
-
-
-def rotate_volume(volume: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate a volume about its centre: ``V'(x) = V(gᵀ x)`` (trilinear, zero outside; differentiable).
-
-    Args:
-        volume: ``(n, n, n)`` real volume ``(z, y, x)``, origin at ``n // 2``.
-        rotation: ``(3, 3)`` rotation ``g`` acting on ``(x, y, z)``.
-
-    Returns:
-        ``(n, n, n)`` rotated volume, the dtype of ``volume``.
-    """
-    return _rotated_copies(volume, torch.as_tensor(rotation)[None])[0]
-
-
-def _rotated_copies(volume: torch.Tensor, operators: torch.Tensor) -> torch.Tensor:
-    """``(G, n, n, n)``: ``V(gᵀ x)`` for every ``g`` of ``operators`` ``(G, 3, 3)``."""
-    n = volume.shape[-1]
-    c = frequency_indices(n, device=volume.device, dtype=volume.dtype)
-    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
-    r = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
-    ops = operators.to(device=volume.device, dtype=volume.dtype)
-    src = torch.einsum("gji,pj->gpi", ops, r)  # rows (gᵀ r)ᵀ
-    grid = ((src + n // 2) * (2.0 / (n - 1)) - 1.0).reshape(1, -1, n, n, 3)
-    samples = F.grid_sample(volume[None, None], grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)
-    return samples.reshape(ops.shape[0], n, n, n)
+    return rotated_copies(volume, operators).mean(dim=0)
 
 
 class VoxelVolume(nn.Module):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..fourier import fourier_downsample_volume
-from ..models.volume import _rotated_copies, rotate_volume, spherical_mask
+from ..projection.real_space import rotate_volume, rotated_copies, spherical_mask
 from ..rotations_core import axis_angle_to_rotmat
 from ..rotations_grids import local_grid, so3_grid
 from ..symmetry import _generators, _parse, canonical_symbol
@@ -81,7 +81,7 @@ def _scores(v: torch.Tensor, rotations: torch.Tensor, gens: torch.Tensor, chunk:
     for start in range(0, rotations.shape[0], chunk):
         r = rotations[start:start + chunk].to(v.dtype)
         ops = (r[:, None] @ gens[None].to(v.dtype) @ r[:, None].transpose(-1, -2)).reshape(-1, 3, 3)
-        b = _rotated_copies(v, ops)[:, inside]
+        b = rotated_copies(v, ops)[:, inside]
         b = b - b.mean(dim=1, keepdim=True)
         b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-30)
         out.append((b @ a).reshape(r.shape[0], gens.shape[0]).mean(dim=1))

@@ -96,6 +96,12 @@ def method_notes(config) -> list[str]:
                      f"{config.polish_start_step_deg:g}° to {config.polish_final_step_deg:g}°) and the map "
                      "reconstructed again (poses.star, map.mrc). New particles through `cryopose predict` get the "
                      "encoder's poses: one forward pass.")
+    sym = getattr(config, "symmetry", mo.symmetry)
+    if sym != mo.symmetry:
+        notes.append(f"The training ran in {mo.symmetry}; then the encoder's map was centred, its {sym} symmetry axes "
+                     f"found (summary.json: symmetry_axes, score 1 = symmetric), every pose turned into RELION's "
+                     f"{sym} frame (encoder.pt records the turn, so `cryopose predict` gives poses in that frame "
+                     f"too), and the polishing and map.mrc impose {sym}.")
     return notes
 
 
