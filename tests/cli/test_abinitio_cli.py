@@ -194,6 +194,12 @@ def test_interrupt_then_resume_finishes_the_same_run(tmp_path, monkeypatch, caps
     state = torch.load(out / "checkpoint.pt", weights_only=False)
     assert state["epoch"] == 2 and state["step"] == 4
     assert (out / "poses.star").is_file()
+    # the finished run polished again with other finishing options (no training), not with other training ones
+    finish = [a for a in args if a != "--no-reconstruct"] + ["--polish-rounds", "1", "--no-rescue", "--resume"]
+    assert main(finish) == 0 and (out / "map.mrc").is_file()
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert main(finish + ["--hypotheses", "3"]) == 2
+    assert "n_hypotheses" in capsys.readouterr().err
 
 
 def test_bad_input_gives_one_line_errors(tmp_path, capsys):
@@ -303,13 +309,14 @@ def test_abinitio_symmetry_trains_in_c1_then_imposes_the_group_in_its_frame(tmp_
     star = _simulate(tmp_path, 96, seed=3)
     out = tmp_path / "run"
     rc = main(["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "1", "--batch-size", "32",
-               "--hypotheses", "2", "--threads", "1", "--no-progress", "--polish-rounds", "1",
+               "--hypotheses", "2", "--threads", "1", "--no-progress", "--polish-rounds", "2",
                "--symmetry", "D2"])
     assert rc == 0
     assert "D2 symmetry axes" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     axes = summary["symmetry_axes"]
     assert summary["symmetry"] == "D2" and axes["symmetry"] == "D2" and -1.0 <= axes["score"] <= 1.0
+    assert len(summary["polish_rescued"]) == 1  # one global, one local round: one rescue (searched, replaced)
     r = torch.tensor(axes["rotation"], dtype=torch.float64)
     assert r.shape == (3, 3) and torch.allclose(r @ r.T, torch.eye(3, dtype=torch.float64), atol=1e-6)
     cfg = yaml.safe_load((out / "config.yaml").read_text())

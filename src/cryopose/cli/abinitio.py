@@ -92,7 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not whiten images and projections with the noise spectrum measured on the "
                              "particles' background")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUTDIR (same options; --epochs and the runtime options may change)")
+                        help="continue the run in OUTDIR (same options; --epochs, the runtime options and those of "
+                             "what follows the training - polishing, --symmetry, --no-reconstruct - may change: "
+                             "a finished run is then polished again without training)")
     parser.add_argument("--no-reconstruct", action="store_true", help="skip the final reconstruction")
     parser.add_argument("--no-report", action="store_true", help="skip report.html")
     add_runtime_arguments(parser, seed="random seed (default 0); part of the run's config",

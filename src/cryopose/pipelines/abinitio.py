@@ -209,14 +209,23 @@ def _differences(then: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
+#: :class:`AbinitioConfig` fields of what follows the training (reconstruction, polishing, the
+#: point group imposed): a resumed run may change them, e.g. to polish a finished run again.
+FINISH_FIELDS = ("reconstruct", "polish_rounds", "polish_global_rounds", "polish_start_step_deg",
+                 "polish_final_step_deg", "polish_rescue", "symmetry")
+
+
 def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None = None) -> AbinitioConfig:
     saved_cfg = config_from_dict(saved["config"])
     if config.invert_contrast is None:  # detected in the first run: keep what it found
         config = dataclasses.replace(config, invert_contrast=saved_cfg.invert_contrast)
-    if dataclasses.replace(saved_cfg, training=dataclasses.replace(saved_cfg.training, epochs=config.training.epochs)) != config:
+    same_training = dataclasses.replace(saved_cfg, training=dataclasses.replace(
+        saved_cfg.training, epochs=config.training.epochs), **{k: getattr(config, k) for k in FINISH_FIELDS})
+    if same_training != config:
         diff = _differences(dataclasses.asdict(saved_cfg), dataclasses.asdict(config))
         raise UserError("--resume: the options differ from the interrupted run's (" + ", ".join(diff) +
-                        "); only --epochs may change. Rerun with the original options or another -o")
+                        "); only --epochs and the options of what follows the training (polishing, "
+                        "--symmetry, --no-reconstruct) may change. Rerun with the original options or another -o")
     done = int(saved.get("epoch", 0))
     if config.training.epochs < done:
         raise UserError(f"--resume: the run has already done {done} epochs; --epochs {config.training.epochs} "

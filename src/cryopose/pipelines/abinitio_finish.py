@@ -123,10 +123,11 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
         seconds["reconstruct"] = time.perf_counter() - t2
         if config.polish_rounds > 0:
             t3 = time.perf_counter()
-            rec, inference, shifts_a, polish_change, centring = _polish(
+            rec, inference, shifts_a, polish_change, outcome = _polish(
                 source, meta, dataset, inference, rec, shifts_a, config, outdir, progress, reconstruct_threads, device)
             before = prep.get("map_centring_angstrom") or [0.0, 0.0, 0.0]
-            prep = {**prep, "map_centring_angstrom": [float(a) + float(v) for a, v in zip(before, centring)]}
+            prep = {**prep, "polish_rescued": [list(c) for c in outcome.rescued], "map_centring_angstrom": [
+                float(a) + float(v) for a, v in zip(before, outcome.centring_angstrom)]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
         map_path = outdir / "map.mrc"
@@ -177,7 +178,7 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     Returns:
         ``(reconstruction, inference with the polished poses and shifts, shifts in Å or None,
         (N,) angle in degrees between each polished pose and the nearest symmetry mate of the
-        encoder's, (3,) total map translation (x, y, z) in Å removed by the centring)``.
+        encoder's, the :class:`~cryopose.pipelines.polish.PolishOutcome` (centring, rescues))``.
     """
     from ..rotations import geodesic_distance_deg
     from ..symmetry import expand_by_symmetry
@@ -200,7 +201,7 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
         inference, rotmats=rot.float(),
         shifts_px=None if shifts_a is None else shifts_angstrom_to_pixels(shifts_a.float(),
                                                                           dataset.pixel_size_angstrom))
-    return out.reconstruction, inference, shifts_a, polish_change, out.centring_angstrom
+    return out.reconstruction, inference, shifts_a, polish_change, out
 
 
 def _summary(meta, dataset, model, trainer, inference: PoseInference, config, prep: dict, rec, polish_change,
@@ -221,6 +222,7 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "shifts_estimated": bool(config.estimate_shifts),
         "centring": prep.get("centring"),
         "map_centring_angstrom": prep.get("map_centring_angstrom"),
+        "polish_rescued": prep.get("polish_rescued"),
         "symmetry": config.symmetry,
         "symmetry_axes": prep.get("symmetry_axes"),
         "noise_spectrum": None if dataset.noise_spectrum is None else {
