@@ -109,7 +109,8 @@ Usage::
 
 ``--seeds`` lists seed values (``--seeds 1`` is seed 1). The table is printed as Markdown and
 everything is written to ``WORK/realistic_results.json``. Runs and evaluations are cached in
-``WORK/<ds>/<row>_snr<s>/runs/<label>/`` (``--rerun`` redoes them).
+``WORK/<ds>/<row>_snr<s>/runs/<label>/`` (``--rerun`` redoes them); a run that finished but
+whose evaluation did not (its ``bench_run.json`` has no ``eval``) is evaluated, not run again.
 """
 
 from __future__ import annotations
@@ -268,7 +269,9 @@ def evaluate(meta: dict, poses_star: Path, run_dir: Path, known: dict, args) -> 
 
     d = Path(meta["dir"])
     apix = float(meta["pixel_size_angstrom"])
-    est = read_star(poses_star)
+    # the run's STAR names the stack as the input did (resolvable from the folder the command ran
+    # in); the data folder is given so the evaluation works from any folder
+    est = read_star(poses_star, datadir=d)
     ref = read_star(d / "truth.star")
     if est.image_paths != ref.image_paths or not np.array_equal(est.image_indices, ref.image_indices):
         raise RuntimeError(f"{poses_star}: particles not in the order of truth.star")
@@ -350,6 +353,7 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
     label = base if not extra else f"{base}-{hashlib.sha1(shlex.join(extra).encode()).hexdigest()[:8]}"
     run_dir = d / "runs" / label
     record = run_dir / "bench_run.json"
+    poses = run_dir / ("poses.star" if method == "abinitio" else "particles.star")
     if record.exists() and not args.rerun:
         rec = json.loads(record.read_text())
         if rec.get("returncode") != 0 or "eval" in rec:
@@ -357,13 +361,15 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
             if rec.get("returncode") != 0:
                 print(f"  cached failure ({rec.get('error')}); --rerun to retry", flush=True)
             return rec
+        # the run finished but its evaluation did not: evaluate it, do not run it again
+        print(f"  cached run {run_dir}, evaluating", flush=True)
+        return _evaluate_run(meta, rec, run_dir, poses, args)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     if method == "abinitio":
         cmd = cryopose_cmd("abinitio", str(d / "particles.star"), "-o", str(run_dir), "--symmetry", sym,
                            *_threads(args), "--no-progress", *extra)
-        poses = run_dir / "poses.star"
     else:
         truth_map = Path(meta["truth_map"])
         ref = rd.lowpass_map(truth_map, REFINE_LOWPASS_ANGSTROM,
@@ -374,7 +380,6 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
         # those labels was 162°)
         cmd = cryopose_cmd("refine", str(d / "particles.star"), "--reference", str(ref), "-o", str(run_dir),
                            "--symmetry", str(meta["symmetry"]), *_threads(args), *extra)
-        poses = run_dir / "particles.star"
     print(f"  running: {shlex.join(cmd)}", flush=True)
     timeout = args.timeout * 60 if args.timeout else None
     rc, wall, tail = _run(cmd, run_dir / "bench_stdout.log", timeout)
@@ -397,10 +402,17 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
         s = json.loads(own.read_text())
         rec["own_half_map_fsc0p143_angstrom"] = s.get("resolution_fsc0p143_angstrom")
         rec["own_seconds"] = s.get("seconds")
+    record.write_text(json.dumps(rec, indent=1) + "\n")  # the run is kept if its evaluation fails
+    return _evaluate_run(meta, rec, run_dir, poses, args)
+
+
+def _evaluate_run(meta: dict, rec: dict, run_dir: Path, poses: Path, args) -> dict:
+    """Score a finished run (:func:`evaluate`), store the scores in its ``bench_run.json``."""
     known = known_pose(meta, args)
     rec["eval"] = evaluate(meta, poses, run_dir, known, args)
-    record.write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"  done in {wall:.0f} s: median pose error {rec['eval']['median_pose_error_deg']:.2f}°", flush=True)
+    (run_dir / "bench_run.json").write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"  done in {rec['wall_s']:.0f} s: median pose error {rec['eval']['median_pose_error_deg']:.2f}°",
+          flush=True)
     return rec
 
 

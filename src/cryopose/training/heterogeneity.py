@@ -193,19 +193,29 @@ class HeteroTrainer:
         m.noise_variance.fill_(float((r**2).mean()))
 
     @torch.no_grad()
-    def iterate(self, bar=None) -> dict:
-        """One subspace iteration over the data set (step 2); returns its record."""
+    def apply_operator(self, maps: torch.Tensor, bar=None) -> torch.Tensor:
+        """The iteration's operator ``M`` applied to maps ``(k, n, n, n)`` → ``(k, n, n, n)``.
+
+        ``M U_j = mask · lowpass · H⁻¹ Σ_i P_iᵀ C_i φ̄_i (⟨A_ij, r_i⟩ r_i) / 2P`` (step 2 of the
+        module docstring; ``A_ij`` the CTF'd slice of ``U_j``, ``r_i`` the residual of the
+        consensus map). ``U_jᵀ M U_j`` for a unit map is its Rayleigh quotient: the signal
+        variance along ``U_j`` plus the noise's share, which is what the iteration compares
+        (``benchmarks/hetero_operator.py`` evaluates it for the true principal maps).
+        """
         from ..fourier import centered_fft2
         from ..projection import prepare_volume_ft, project
         from ..reconstruction import Backprojector
+        from ..models.hetero_linear import slice_coefficients
 
         m, n = self.model, self.dataset.box_size
-        bps = [Backprojector(n, n_sets=1) for _ in range(m.zdim)]
+        bps = [Backprojector(n, n_sets=1) for _ in range(len(maps))]
         mean_ft = prepare_volume_ft(m.mean)
         for idx, b in self._chunks():
             rot = self.rotmats[idx]
-            r, a = m.residuals_and_slices(b.images, rot, shifts_px=b.shifts_px, ctf=b.ctf)
-            w = (a @ r[:, :, None])[..., 0] / m.n_coefficients  # (B, d)
+            s = slice_coefficients(torch.cat([m.mean[None], maps]), rot, m.coefficients, shifts_px=b.shifts_px,
+                                   ctf=b.ctf)
+            r, a = m.image_coefficients(b.images) - s[:, 0], s[:, 1:]
+            w = (a @ r[:, :, None])[..., 0] / m.n_coefficients  # (B, k)
             r_ft = centered_fft2(b.images) - project(mean_ft, rot, shifts_px=b.shifts_px, ctf=b.ctf,
                                                       return_fourier=True)
             for j, bp in enumerate(bps):
@@ -216,7 +226,13 @@ class HeteroTrainer:
         new = torch.stack([self._reconstruct(bp, linear=True) for bp in bps])
         if self.lowpass is not None:
             new = torch.fft.ifftn(torch.fft.fftn(new, dim=(1, 2, 3)) * self.lowpass, dim=(1, 2, 3)).real
-        new = new * self.mask
+        return new * self.mask
+
+    @torch.no_grad()
+    def iterate(self, bar=None) -> dict:
+        """One subspace iteration over the data set (step 2); returns its record."""
+        m = self.model
+        new = self.apply_operator(m.basis, bar)
         old = m.basis.reshape(m.zdim, -1).double()
         rayleigh = old @ new.reshape(m.zdim, -1).double().T
         shift = 0.0
