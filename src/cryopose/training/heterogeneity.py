@@ -201,6 +201,14 @@ class HeteroTrainer:
         consensus map). ``U_jᵀ M U_j`` for a unit map is its Rayleigh quotient: the signal
         variance along ``U_j`` plus the noise's share, which is what the iteration compares
         (``benchmarks/hetero_operator.py`` evaluates it for the true principal maps).
+
+        Args:
+            maps: ``(k, n, n, n)`` maps on the working grid (any ``k``; the model's basis in
+                :meth:`iterate`). Linear in them.
+            bar: tqdm bar advanced by the particles done, or ``None``.
+
+        Returns:
+            ``(k, n, n, n)`` float32, band-limited and masked as the basis.
         """
         from ..fourier import centered_fft2
         from ..projection import prepare_volume_ft, project
