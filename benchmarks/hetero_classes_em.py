@@ -35,17 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.cluster import KMeans
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
-    from cryopose.ctf import compute_ctf
     from cryopose.data.dataset import TensorStack
     from cryopose.io.particles import load_particles
-    from cryopose.projection import prepare_volume_ft, project
+    from cryopose.projection import prepare_volume_ft
     from cryopose.reconstruction import reconstruct
+    from heterogeneity import nearest_map_labels  # benchmarks/heterogeneity.py, beside this script
 
     torch.set_num_threads(args.threads)
     stack, meta = load_particles(args.particles)
     truth = meta.table["rlnCryoposeTrueClass"].to_numpy()
-    images = torch.cat([im for _, im in stack.iter_chunks(1000)])
-    n, apix = stack.box_size, float(meta.pixel_size_angstrom)
+    images = torch.cat([im for _, im in stack.iter_chunks(1000)])  # read once
+    in_memory = TensorStack(images)
     labels = KMeans(args.k, n_init=10, random_state=0).fit_predict(np.load(f"{args.run}/latents.npy"))
     print(f"k-means K={args.k} on the latents: NMI {nmi(truth, labels):.3f}")
     for it in range(1, args.iterations + 1):
@@ -55,15 +55,7 @@ def main(argv: list[str] | None = None) -> int:
             idx = np.flatnonzero(labels == c)
             rec = reconstruct(TensorStack(images[idx]), meta.subset(idx), threads=args.threads, progress=False)
             maps.append(prepare_volume_ft(rec.volume))
-        res = np.empty((len(meta), args.k))
-        for s in range(0, len(meta), 500):
-            t = torch.arange(s, min(s + 500, len(meta)))
-            ctf = compute_ctf(meta.ctf[t], n, apix)
-            shifts = None if meta.shifts_angstrom is None else meta.shifts_angstrom[t].float() / apix
-            for c, v in enumerate(maps):
-                model = project(v, meta.rotmats[t].float(), shifts_px=shifts, ctf=ctf)
-                res[t.numpy(), c] = ((images[t] - model) ** 2).sum(dim=(1, 2)).numpy()
-        new = res.argmin(axis=1)
+        new = nearest_map_labels(in_memory, meta, maps)
         changed = float((new != labels).mean())
         labels = new
         sizes = np.bincount(labels, minlength=args.k).tolist()

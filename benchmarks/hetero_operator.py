@@ -64,22 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     centred = flat - (w[:, None] * flat).sum(0)
     _, values, vt = torch.linalg.svd(w.sqrt()[:, None] * centred, full_matrices=False)
     k = len(maps) - 1  # K states span K - 1 directions
-    true = vt[:k].float().reshape(k, box, box, box)
-    if trainer.lowpass is not None:
-        true = torch.fft.ifftn(torch.fft.fftn(true, dim=(1, 2, 3)) * trainer.lowpass, dim=(1, 2, 3)).real
-    true = true * trainer.mask
+    true = trainer.band_limit(vt[:k].float().reshape(k, box, box, box))
     true = true / true.reshape(k, -1).norm(dim=1)[:, None, None, None]
     # two random maps for the noise's typical share: white within the run's band, and smooth
-    # (the start basis' filter, a Gaussian of σ = n/8 in frequency)
+    # (the start basis' kind)
     g = torch.Generator().manual_seed(0)
-    white = torch.randn(box, box, box, generator=g)
-    if trainer.lowpass is not None:
-        white = torch.fft.ifftn(torch.fft.fftn(white) * trainer.lowpass).real
-    k1 = torch.fft.fftfreq(box) * box
-    kz, ky, kx = torch.meshgrid(k1, k1, k1, indexing="ij")
-    smooth = torch.fft.ifftn(torch.fft.fftn(torch.randn(box, box, box, generator=g))
-                             * torch.exp(-(kx**2 + ky**2 + kz**2) / (2 * (box / 8.0) ** 2))).real
-    rand = torch.stack([white, smooth]) * trainer.mask
+    rand = torch.cat([trainer.band_limit(torch.randn(1, box, box, box, generator=g)), trainer.smooth_noise(1, g)])
     rand = rand / rand.reshape(2, -1).norm(dim=1)[:, None, None, None]
     basis = model.basis.reshape(model.zdim, -1).double()
     probes = torch.cat([true, model.basis, rand])

@@ -86,18 +86,14 @@ def _simulate(work: Path, name: str, maps: list[str], seed: int, snr: float, arg
     return out.with_suffix(".star"), secs
 
 
-def oracle_nmi(star: Path, maps: list[Path]) -> float:
-    """NMI of the nearest-true-map classification (true poses and CTFs) against the truth."""
+def nearest_map_labels(stack, meta, volumes_ft) -> np.ndarray:
+    """``(N,)`` 0-based index of the map (prepared by ``prepare_volume_ft``) whose projection at
+    each particle's pose, with its CTF and origin, is nearest to the image in squared error."""
     import torch
-    from sklearn.metrics import normalized_mutual_info_score
 
     from cryopose.ctf import compute_ctf
-    from cryopose.io.mrc import read_map
-    from cryopose.io.particles import load_particles
-    from cryopose.projection import prepare_volume_ft, project
+    from cryopose.projection import project
 
-    stack, meta = load_particles(star)
-    vols = [prepare_volume_ft(torch.from_numpy(np.array(read_map(m).volume))) for m in maps]
     n, apix = stack.box_size, float(meta.pixel_size_angstrom)
     pred = np.empty(len(meta), dtype=np.int64)
     for idx, images in stack.iter_chunks(500):
@@ -105,8 +101,23 @@ def oracle_nmi(star: Path, maps: list[Path]) -> float:
         ctf = compute_ctf(meta.ctf[t], n, apix)
         shifts = None if meta.shifts_angstrom is None else meta.shifts_angstrom[t].float() / apix
         res = torch.stack([((images - project(v, meta.rotmats[t].float(), shifts_px=shifts, ctf=ctf)) ** 2)
-                           .sum(dim=(1, 2)) for v in vols], dim=1)
-        pred[idx] = res.argmin(dim=1).numpy() + 1
+                           .sum(dim=(1, 2)) for v in volumes_ft], dim=1)
+        pred[idx] = res.argmin(dim=1).numpy()
+    return pred
+
+
+def oracle_nmi(star: Path, maps: list[Path]) -> float:
+    """NMI of the nearest-true-map classification (true poses and CTFs) against the truth."""
+    import torch
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from cryopose.io.mrc import read_map
+    from cryopose.io.particles import load_particles
+    from cryopose.projection import prepare_volume_ft
+
+    stack, meta = load_particles(star)
+    vols = [prepare_volume_ft(torch.from_numpy(np.array(read_map(m).volume))) for m in maps]
+    pred = nearest_map_labels(stack, meta, vols) + 1
     return float(normalized_mutual_info_score(meta.table["rlnCryoposeTrueClass"].to_numpy(), pred))
 
 

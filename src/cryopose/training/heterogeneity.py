@@ -171,10 +171,28 @@ class HeteroTrainer:
                                     half_source="given", options=FilterOptions(tikhonov=self.config.tikhonov))
         return rec.volume.float()
 
+    def smooth_noise(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        """``k`` maps of seeded noise, low-pass filtered (Gaussian of σ = n/8 in frequency) and
+        masked: the random start basis (and a typical smooth direction to compare with)."""
+        from ..fourier import centered_fft3, centered_ifft3, frequency_indices
+
+        n = self.dataset.box_size
+        f = frequency_indices(n)
+        kz, ky, kx = torch.meshgrid(f, f, f, indexing="ij")
+        lowpass = torch.exp(-(kx**2 + ky**2 + kz**2) / (2 * (n / 8.0) ** 2))
+        noise = torch.randn(k, n, n, n, generator=generator)
+        return centered_ifft3(centered_fft3(noise) * lowpass).real * self.mask
+
+    def band_limit(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps ``(k, n, n, n)`` low-passed to ``max_resolution_angstrom`` (if set) and masked, as
+        every basis map is."""
+        if self.lowpass is not None:
+            maps = torch.fft.ifftn(torch.fft.fftn(maps, dim=(1, 2, 3)) * self.lowpass, dim=(1, 2, 3)).real
+        return maps * self.mask
+
     @torch.no_grad()
     def initialise(self) -> None:
         """Consensus map, random start basis and ``σ²`` (step 1 of the module docstring)."""
-        from ..fourier import centered_fft3, centered_ifft3, frequency_indices
         from ..reconstruction import Backprojector
 
         m, n = self.model, self.dataset.box_size
@@ -182,12 +200,7 @@ class HeteroTrainer:
         for idx, b in self._chunks():
             bp.insert(b.images, self.rotmats[idx], shifts_px=b.shifts_px, ctf=b.ctf, sets=self.half_sets[idx])
         m.mean.copy_(self._reconstruct(bp))
-        k = frequency_indices(n)
-        kz, ky, kx = torch.meshgrid(k, k, k, indexing="ij")
-        lowpass = torch.exp(-(kx**2 + ky**2 + kz**2) / (2 * (n / 8.0) ** 2))
-        noise = torch.randn(m.zdim, n, n, n, generator=self.generator)
-        smooth = centered_ifft3(centered_fft3(noise) * lowpass).real * self.mask
-        m.basis.copy_(_orthonormal(smooth)[0])
+        m.basis.copy_(_orthonormal(self.smooth_noise(m.zdim, self.generator))[0])
         idx, b = next(iter(self._chunks()))
         r, _ = m.residuals_and_slices(b.images, self.rotmats[idx], shifts_px=b.shifts_px, ctf=b.ctf)
         m.noise_variance.fill_(float((r**2).mean()))
@@ -231,10 +244,7 @@ class HeteroTrainer:
                           fourier=True)
             if bar is not None:
                 bar.update(len(idx))
-        new = torch.stack([self._reconstruct(bp, linear=True) for bp in bps])
-        if self.lowpass is not None:
-            new = torch.fft.ifftn(torch.fft.fftn(new, dim=(1, 2, 3)) * self.lowpass, dim=(1, 2, 3)).real
-        return new * self.mask
+        return self.band_limit(torch.stack([self._reconstruct(bp, linear=True) for bp in bps]))
 
     @torch.no_grad()
     def iterate(self, bar=None) -> dict:
