@@ -168,3 +168,25 @@ def test_ctf_properties():
     # the first zero comes sooner along u (larger defocus) than along v
     first_zero = lambda line: int(torch.nonzero(line[1:] * line[:-1] < 0)[0])  # noqa: E731
     assert first_zero(a[16, 16:]) < first_zero(a[16:, 16])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_sample_padded_splits_points_over_threads_without_changing_values_or_gradients(threads):
+    from cryopose.projection.fourier_slice import sample_padded
+
+    g = torch.Generator().manual_seed(7)
+    data = torch.randn(1, 2, 10, 10, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(1, 7, 5, 1, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = sample_padded(data, grid)
+        d_new, g_new = torch.autograd.grad((out * out).sum(), (data, grid))
+    finally:
+        torch.set_num_threads(saved)
+    ref = torch.nn.functional.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    d_ref, g_ref = torch.autograd.grad((ref * ref).sum(), (data, grid))
+    assert out.shape == ref.shape == (1, 2, 7, 5, 1)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(d_new, d_ref, atol=1e-12)
+    assert torch.allclose(g_new, g_ref, atol=1e-12)

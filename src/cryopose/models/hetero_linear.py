@@ -43,7 +43,7 @@ from torch import nn
 
 from ..fourier import centered_fft2, frequency_indices
 from ..projection import prepare_volume_ft
-from ..projection.fourier_slice import slice_coordinates
+from ..projection.fourier_slice import sample_padded, slice_coordinates
 from ..projection.shifts import origin_phases
 
 __all__ = ["LinearMaps", "half_plane_mask", "slice_coefficients"]
@@ -89,7 +89,7 @@ def slice_coefficients(maps: torch.Tensor, rotmats: torch.Tensor, coefficients: 
     size = fts[0].size
     idx = slice_coordinates(rotmats.to(data.dtype), n, pad)[:, coefficients]  # (B, P, 3)
     grid = (idx * (2.0 / (size - 1)) - 1.0)[None, :, :, None]  # (1, B, P, 1, 3)
-    out = nn.functional.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = sample_padded(data, grid)
     out = out[0, :, :, :, 0].reshape(len(maps), 2, *idx.shape[:2])  # (K, re/im, B, P)
     values = torch.complex(out[:, 0], out[:, 1]).transpose(0, 1)  # (B, K, P)
     flat = coefficients.reshape(-1)

@@ -21,10 +21,10 @@ import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..fourier import centered_fft2, frequency_indices
 from ..projection import VolumeFT
+from ..projection.fourier_slice import sample_padded
 
 __all__ = ["FourierBand", "make_band", "image_band", "slice_band", "origin_phases_band", "soft_circular_mask"]
 
@@ -144,7 +144,7 @@ def slice_band(volume_ft: VolumeFT, rotmats: torch.Tensor, band: FourierBand) ->
     size, pad = volume_ft.size, volume_ft.pad
     idx = coords * pad + size // 2
     grid = (idx * (2.0 / (size - 1)) - 1.0)[None, :, :, None, :]  # (1, M, K, 1, 3)
-    out = F.grid_sample(volume_ft.data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = sample_padded(volume_ft.data, grid)
     vals = torch.complex(out[0, 0, :, :, 0], out[0, 1, :, :, 0])
     return vals.reshape(*lead, len(band))
 
