@@ -310,7 +310,7 @@ def test_abinitio_symmetry_trains_in_c1_then_imposes_the_group_in_its_frame(tmp_
     out = tmp_path / "run"
     rc = main(["abinitio", str(star), "-o", str(out), "--box-size", str(BOX), "--epochs", "1", "--batch-size", "32",
                "--hypotheses", "2", "--threads", "1", "--no-progress", "--polish-rounds", "2",
-               "--symmetry", "D2"])
+               "--global-rounds", "1", "--symmetry", "D2"])
     assert rc == 0
     assert "D2 symmetry axes" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())

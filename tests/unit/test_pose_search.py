@@ -196,3 +196,44 @@ def test_polishing_rescue_finds_poses_far_off_that_a_local_round_keeps():
     searched, replaced = outcomes[True].rescued[0]
     assert 12 <= searched <= 16 and replaced >= 11
     assert float(fixed[:12].median()) < 3.0 and float(fixed[12:].median()) < 3.0
+
+
+def test_polishing_rounds_run_two_levels_each_and_only_the_last_reaches_the_final_step(monkeypatch):
+    """The lattice steps of :class:`PolishSchedule`: the first local round (after the global
+    one) starts at ``start_step_deg``, later local rounds at half of it; the rounds before the
+    last and the rescues stop at twice ``final_step_deg``; the last round reaches it."""
+    from types import SimpleNamespace
+
+    import cryopose.pipelines.polish as polish
+
+    calls = []
+
+    def fake_global(src, posed, reference, **kw):
+        calls.append(("global", kw["refine_to_deg"]))
+        return rot, posed.shifts_angstrom.float()
+
+    def fake_local(src, posed, r, reference, **kw):
+        calls.append(("local", kw["start_step_deg"], kw["final_step_deg"]))
+        return SimpleNamespace(rotmats=r, shifts_angstrom=posed.shifts_angstrom, scores=torch.ones(len(r)))
+
+    def fake_rescue(src, posed, reference, r, sh, scores, **kw):
+        calls.append(("rescue", kw["refine_to_deg"]))
+        return r, sh, (0, 0)
+
+    monkeypatch.setattr(polish, "global_round", fake_global)
+    monkeypatch.setattr(polish, "polish_poses", fake_local)
+    monkeypatch.setattr(polish, "rescue_low_scores", fake_rescue)
+    vol = _volume().float()
+    rot = random_rotations(4, generator=torch.Generator().manual_seed(1)).float()
+    meta = ParticleMetadata(pixel_size_angstrom=APIX, box_size=N, shifts_angstrom=torch.zeros(4, 2, dtype=torch.float64))
+    start = SimpleNamespace(volume=vol, resolution_fsc0p143_angstrom=None)
+    schedule = polish.PolishSchedule(rounds=4, global_rounds=1, start_step_deg=3.75, final_step_deg=0.9375,
+                                     estimate_shifts=False, working_pixel_angstrom=APIX, rescue=True)
+    from cryopose.data.dataset import TensorStack
+
+    polish.polish_rounds(TensorStack(torch.zeros(4, N, N)), meta, rot, meta.shifts_angstrom, start,
+                         schedule=schedule, reconstruct=lambda *a: start)
+    assert calls == [("global", 3.75),
+                     ("local", 3.75, 1.875), ("rescue", 1.875),
+                     ("local", 1.875, 1.875), ("rescue", 1.875),
+                     ("local", 1.875, 0.9375), ("rescue", 1.875)]

@@ -64,10 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rounds of local refinement of the encoder's poses at the full box after training, each "
                              "against the map of the round before, read up to that map's FSC=0.143 resolution "
                              "(default 3; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
-    parser.add_argument("--global-rounds", type=int, default=1, metavar="N",
+    parser.add_argument("--global-rounds", type=int, default=2, metavar="N",
                         help="the first N polishing rounds search every pose globally against the latest map "
                              "(15° grid refined to 3.75°, origins within ±2 pixels of the current ones), which "
-                             "corrects the encoder's large errors; the later rounds are local (default 1; 0 = all "
+                             "corrects the encoder's large errors; the later rounds are local (default 2; 0 = all "
                              "local)")
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")

@@ -182,8 +182,10 @@ class RefineConfig:
         polish_rescue: After each polishing round, search globally the particles in the low
             mode of the round's scores (:func:`cryopose.pipelines.polish.low_score_particles`:
             poses tens of degrees off, which a local round cannot reach).
-        polish_start_step_deg: First step of a polishing round's local lattice, degrees.
-        polish_final_step_deg: Its last step, degrees.
+        polish_start_step_deg: First step of the first polishing round's local lattice, degrees
+            (later rounds start at half of it: :class:`cryopose.pipelines.polish.PolishSchedule`).
+        polish_final_step_deg: Last step of the last round, degrees (earlier rounds and the
+            rescues stop at twice it).
         box_size: Working box of search, network and local refinement (default from
             :func:`refine_working_grid`).
         network_box_size: Box of the network's input (Fourier-cropped from the working grid,

@@ -251,8 +251,10 @@ class AbinitioConfig:
             14.7 Å with one global and two local rounds (median pose error 8.51° → 4.81°), and
             14.9 Å with two global rounds and one local (4.08°) at more than twice the polishing
             time (``docs/results/real-conditions.md``). 0 = every round local.
-        polish_start_step_deg: First step of the local lattice, degrees.
-        polish_final_step_deg: Last step, degrees (halvings from the first).
+        polish_start_step_deg: First step of the first local round's lattice, degrees (a later
+            local round starts at half of it; :class:`cryopose.pipelines.polish.PolishSchedule`).
+        polish_final_step_deg: Last step of the last round, degrees (halvings from the first;
+            the rounds before it and the rescues stop at twice it).
         polish_rescue: After each local polishing round, search globally the particles whose
             score falls in the low mode of the round's scores
             (:func:`cryopose.pipelines.polish.rescue_low_scores`, as ``refine`` does).
@@ -273,7 +275,7 @@ class AbinitioConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     reconstruct: bool = True
     polish_rounds: int = 3
-    polish_global_rounds: int = 1
+    polish_global_rounds: int = 2
     polish_start_step_deg: float = 3.75
     polish_final_step_deg: float = 0.9375
     polish_rescue: bool = True
