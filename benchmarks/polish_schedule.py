@@ -1,0 +1,140 @@
+"""The polishing rounds of ``abinitio``, timed stage by stage, from a finished run's encoder poses.
+
+Takes a ``cryopose abinitio --symmetry SYM`` run of a ``benchmarks/realistic.py`` data set (its
+``poses_encoder.star``: the encoder's poses, already turned into the group's frame) and runs
+the polishing of :func:`cryopose.pipelines.polish.polish_rounds` again on ``--n`` of its
+particles (a seeded random subset; all by default), as ``abinitio`` does after training: the
+map of the encoder's poses at the box for twice the working pixel, then ``--rounds`` rounds
+(the first ``--global-rounds`` global), the rescue on, origins refined. It prints the seconds
+spent in each stage (global rounds, local rounds, rescues, reconstructions), what the rescues
+did, the last map's half-map FSC = 0.143 resolution, and the median pose error (modulo the
+group, after the global alignment) in all and by the angle between each particle's true
+viewing direction and the preferred view's axis (the realistic sets put 40 % of the
+particles within 10° of it).
+
+``--schedule three-levels`` runs every local round from ``--start-step`` to ``--final-step``
+and the rescues to ``--final-step`` (the schedule before the two-level rounds), as a baseline
+in the same process; ``current`` is :class:`~cryopose.pipelines.polish.PolishSchedule` as it is.
+
+Commands behind the numbers in docs/results/real-conditions.md (two threads, machine otherwise
+idle; ``RUN`` = the seed-0 run of session 17, ``runs/abinitio-D2-s17``)::
+
+    D=benchmarks/_work/realistic/betagal_b128_n20000_s0/all_snr0.1
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1 \\
+        --schedule three-levels
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 1
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cryopose.pipelines.polish as polish
+from cryopose.io.particles import load_particles
+from cryopose.io.star import read_star
+from cryopose.metrics.pose_error import align_rotations
+from cryopose.reconstruction import reconstruct
+
+ANGLE_BANDS = [(0, 10), (10, 30), (30, 50), (50, 70), (70, 90)]
+
+
+def _timed(name: str, fn, seconds: dict):
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds.setdefault(name, []).append(round(time.perf_counter() - t0, 1))
+        return out
+    return wrapper
+
+
+def _three_levels(schedule: polish.PolishSchedule, r: int, last: bool):
+    return schedule.start_step_deg, schedule.final_step_deg
+
+
+def _view_angle_deg(truth_rotmats: torch.Tensor) -> np.ndarray:
+    """Angle between each true viewing direction and the most populated of the map's three
+    axes (folded: D2's axes are lines), degrees."""
+    d = np.abs(truth_rotmats.double().numpy()[:, 2, :])
+    axis = int(np.argmax([(d[:, a] > np.cos(np.radians(10))).sum() for a in range(3)]))
+    return np.degrees(np.arccos(np.clip(d[:, axis], 0.0, 1.0)))
+
+
+def main() -> None:
+    """Parse the options, polish, print the stage times and the errors."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, type=Path, help="a realistic.py data folder (particles.star, truth.star)")
+    ap.add_argument("--run", required=True, type=Path, help="an abinitio --symmetry run folder (poses_encoder.star)")
+    ap.add_argument("--n", type=int, default=0, help="particles (seeded random subset; 0 = all)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--global-rounds", type=int, default=2)
+    ap.add_argument("--symmetry", default="D2")
+    ap.add_argument("--start-step", type=float, default=3.75)
+    ap.add_argument("--final-step", type=float, default=0.9375)
+    ap.add_argument("--schedule", choices=["current", "three-levels"], default="current")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    stack, meta = load_particles(args.data / "particles.star")
+    enc = read_star(args.run / "poses_encoder.star", datadir=args.data)
+    truth = read_star(args.data / "truth.star", datadir=args.data)
+    summary = json.loads((args.run / "summary.json").read_text())
+    working_pixel = float(summary["working_pixel_size_angstrom"])
+    n_all = len(meta)
+    idx = np.arange(n_all) if args.n <= 0 or args.n >= n_all else \
+        np.sort(np.random.default_rng(args.seed).choice(n_all, args.n, replace=False))
+    t_idx = torch.as_tensor(idx)
+    src, sub = stack.subset(idx), meta.subset(idx)
+    rot0, sh0 = enc.rotmats[t_idx].float(), enc.shifts_angstrom[t_idx].float()
+
+    seconds: dict = {}
+    polish.global_round = _timed("global", polish.global_round, seconds)
+    polish.polish_poses = _timed("local", polish.polish_poses, seconds)
+    polish.rescue_low_scores = _timed("rescue (global search included)", polish.rescue_low_scores, seconds)
+    if args.schedule == "three-levels":
+        polish._local_steps = _three_levels
+        rescue = polish.rescue_low_scores
+
+        def rescue_to_final(*a, **kw):
+            return rescue(*a, **{**kw, "refine_to_deg": args.final_step})
+        polish.rescue_low_scores = rescue_to_final
+
+    def rec(images, m, rot, sh, last=False):
+        return reconstruct(images, m.replace(rotmats=rot.float(), shifts_angstrom=sh), symmetry=args.symmetry,
+                           progress=False, generator=torch.Generator().manual_seed(args.seed), threads=args.threads)
+    rec = _timed("reconstruct", rec, seconds)
+
+    s0, m0 = polish.cropped(src, sub, polish.polishing_box(src.box_size, sub.pixel_size_angstrom, 2 * working_pixel))
+    start = rec(s0, m0, rot0, sh0)
+    schedule = polish.PolishSchedule(rounds=args.rounds, global_rounds=args.global_rounds,
+                                     start_step_deg=args.start_step, final_step_deg=args.final_step,
+                                     estimate_shifts=True, working_pixel_angstrom=working_pixel,
+                                     symmetry=args.symmetry, rescue=True)
+    t0 = time.perf_counter()
+    out = polish.polish_rounds(src, sub, rot0, sh0, start, schedule=schedule, reconstruct=rec)
+    total = time.perf_counter() - t0
+    print(f"{len(idx)} particles, {args.rounds} rounds ({args.global_rounds} global), schedule {args.schedule}, "
+          f"{args.threads} threads")
+    print(f"polishing {total:.1f} s; by stage (s): {seconds}; rescues (searched, replaced): {list(out.rescued)}")
+    print(f"half-map FSC=0.143: encoder's map {start.resolution_fsc0p143_angstrom:.2f} Å, "
+          f"last map {out.reconstruction.resolution_fsc0p143_angstrom:.2f} Å")
+    true_rot = truth.rotmats[t_idx].double()
+    angle = _view_angle_deg(true_rot)
+    for name, r in (("encoder", rot0), ("polished", out.rotmats)):
+        err = align_rotations(r.double(), true_rot, symmetry=args.symmetry, seed=args.seed).errors_deg.numpy()
+        bands = "; ".join(f"{lo}-{hi}°: {np.median(err[(angle >= lo) & (angle < hi)]):.2f}"
+                          for lo, hi in ANGLE_BANDS if ((angle >= lo) & (angle < hi)).any())
+        print(f"{name}: median {np.median(err):.2f}°, > 40°: {100 * (err > 40).mean():.1f} %; "
+              f"by angle from the preferred axis: {bands}")
+
+
+if __name__ == "__main__":
+    main()
