@@ -9,8 +9,8 @@ map of the encoder's poses at the box for twice the working pixel, then ``--roun
 spent in each stage (global rounds, local rounds, rescues, reconstructions), what the rescues
 did, the last map's half-map FSC = 0.143 resolution, and the median pose error (modulo the
 group, after the global alignment) in all and by the angle between each particle's true
-viewing direction and the preferred view's axis (the realistic sets put 40 % of the
-particles within 10° of it).
+viewing direction and the preferred view's axis (``data.json``'s spec; the realistic sets put
+40 % of the particles within 10° of it).
 
 ``--schedule three-levels`` runs every local round from ``--start-step`` to ``--final-step``
 and the rescues to ``--final-step`` (the schedule before the two-level rounds), as a baseline
@@ -42,6 +42,8 @@ from cryopose.io.particles import load_particles
 from cryopose.io.star import read_star
 from cryopose.metrics.pose_error import align_rotations
 from cryopose.reconstruction import reconstruct
+from cryopose.rotations import relion_euler_to_rotmat
+from cryopose.simulate.poses import view_directions
 
 ANGLE_BANDS = [(0, 10), (10, 30), (30, 50), (50, 70), (70, 90)]
 
@@ -59,12 +61,14 @@ def _three_levels(schedule: polish.PolishSchedule, r: int, last: bool):
     return schedule.start_step_deg, schedule.final_step_deg
 
 
-def _view_angle_deg(truth_rotmats: torch.Tensor) -> np.ndarray:
-    """Angle between each true viewing direction and the most populated of the map's three
-    axes (folded: D2's axes are lines), degrees."""
-    d = np.abs(truth_rotmats.double().numpy()[:, 2, :])
-    axis = int(np.argmax([(d[:, a] > np.cos(np.radians(10))).sum() for a in range(3)]))
-    return np.degrees(np.arccos(np.clip(d[:, axis], 0.0, 1.0)))
+def _angle_from_preferred_deg(truth_rotmats: torch.Tensor, data_json: dict) -> np.ndarray:
+    """Angle between each true viewing direction and the line of the preferred cap's centre
+    (``preferred_rot_tilt_deg`` of the data set's spec; the opposite view counts as the same),
+    degrees."""
+    rot, tilt = data_json["spec"]["preferred_rot_tilt_deg"]
+    centre = view_directions(relion_euler_to_rotmat(torch.tensor([[rot, tilt, 0.0]], dtype=torch.float64)))[0]
+    cos = (view_directions(truth_rotmats.double()) @ centre).abs().clamp(max=1.0)
+    return np.degrees(torch.arccos(cos).numpy())
 
 
 def main() -> None:
@@ -127,7 +131,7 @@ def main() -> None:
     print(f"half-map FSC=0.143: encoder's map {start.resolution_fsc0p143_angstrom:.2f} Å, "
           f"last map {out.reconstruction.resolution_fsc0p143_angstrom:.2f} Å")
     true_rot = truth.rotmats[t_idx].double()
-    angle = _view_angle_deg(true_rot)
+    angle = _angle_from_preferred_deg(true_rot, json.loads((args.data / "data.json").read_text()))
     for name, r in (("encoder", rot0), ("polished", out.rotmats)):
         err = align_rotations(r.double(), true_rot, symmetry=args.symmetry, seed=args.seed).errors_deg.numpy()
         bands = "; ".join(f"{lo}-{hi}°: {np.median(err[(angle >= lo) & (angle < hi)]):.2f}"

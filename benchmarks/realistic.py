@@ -132,6 +132,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realistic_data as rd  # noqa: E402
 
+from cryopose.io.atomic import atomic_write_text  # noqa: E402
+
 REPO = rd.REPO
 DEFAULT_WORKDIR = REPO / "benchmarks" / "_work" / "realistic"
 ALL_ROWS = ["ideal", "shifts", "views", "coloured", "all", "refine"]
@@ -241,7 +243,7 @@ def known_pose(meta: dict, args) -> dict:
     res = {"command": shlex.join(cmd), "seconds": wall,
            "half_map_fsc0p143_angstrom": half.get("resolution_fsc0p143_angstrom"),
            "vs_truth": _fsc_vs_truth(out, Path(meta["truth_map"]))}
-    rec_json.write_text(json.dumps(res, indent=1) + "\n")
+    atomic_write_text(rec_json, json.dumps(res, indent=1) + "\n")
     return res
 
 
@@ -394,7 +396,7 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
                 f"{rec['seconds_per_epoch']:.0f} s/epoch" if rec.get("epochs_done") else
                 f": {rec['steps_done']} training steps logged" if rec.get("steps_done") else ""))
             rec["log_tail"] = tail
-        record.write_text(json.dumps(rec, indent=1) + "\n")
+        atomic_write_text(record, json.dumps(rec, indent=1) + "\n")
         print(f"  FAILED ({rec['error']}) after {wall:.0f} s", flush=True)
         return rec
     own = run_dir / ("summary.json" if method == "abinitio" else "report.json")
@@ -402,7 +404,7 @@ def run_method(meta: dict, method: str, extra: list[str], args, workdir: Path) -
         s = json.loads(own.read_text())
         rec["own_half_map_fsc0p143_angstrom"] = s.get("resolution_fsc0p143_angstrom")
         rec["own_seconds"] = s.get("seconds")
-    record.write_text(json.dumps(rec, indent=1) + "\n")  # the run is kept if its evaluation fails
+    atomic_write_text(record, json.dumps(rec, indent=1) + "\n")  # the run is kept if its evaluation fails
     return _evaluate_run(meta, rec, run_dir, poses, args)
 
 
@@ -410,7 +412,7 @@ def _evaluate_run(meta: dict, rec: dict, run_dir: Path, poses: Path, args) -> di
     """Score a finished run (:func:`evaluate`), store the scores in its ``bench_run.json``."""
     known = known_pose(meta, args)
     rec["eval"] = evaluate(meta, poses, run_dir, known, args)
-    (run_dir / "bench_run.json").write_text(json.dumps(rec, indent=1) + "\n")
+    atomic_write_text(run_dir / "bench_run.json", json.dumps(rec, indent=1) + "\n")
     print(f"  done in {rec['wall_s']:.0f} s: median pose error {rec['eval']['median_pose_error_deg']:.2f}°",
           flush=True)
     return rec
@@ -591,7 +593,7 @@ def main(argv=None) -> int:
            "datasets": [{k: v for k, v in m.items() if k != "noise_spectrum"} | {"noise_spectrum": m["noise_spectrum"]}
                         for m in datasets.values()],
            "results": results}
-    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    atomic_write_text(out, json.dumps(doc, indent=1, default=str) + "\n")
     print(f"\nwrote {out}")
     return 0
 

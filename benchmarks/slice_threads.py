@@ -29,7 +29,9 @@ from cryopose.search import band as band_module
 from cryopose.search.band import make_band, slice_band
 
 
-def _one_call(data, grid):
+def _one_call(data, index):
+    """The baseline: one ``grid_sample`` call (what :func:`sample_padded` did before the split)."""
+    grid = index * (2.0 / (data.shape[-1] - 1)) - 1.0
     return F.grid_sample(data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 

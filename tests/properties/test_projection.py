@@ -180,7 +180,7 @@ def test_sample_padded_splits_points_over_threads_without_changing_values_or_gra
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = sample_padded(data, grid)
+        out = sample_padded(data, (grid + 1.0) * (10 - 1) / 2.0)  # the same points as padded-grid indices
         d_new, g_new = torch.autograd.grad((out * out).sum(), (data, grid))
     finally:
         torch.set_num_threads(saved)

@@ -86,10 +86,8 @@ def slice_coefficients(maps: torch.Tensor, rotmats: torch.Tensor, coefficients: 
     n = maps.shape[-1]
     fts = [prepare_volume_ft(m, pad=pad) for m in maps]
     data = torch.cat([f.data for f in fts], dim=1)  # (1, 2K, N, N, N)
-    size = fts[0].size
     idx = slice_coordinates(rotmats.to(data.dtype), n, pad)[:, coefficients]  # (B, P, 3)
-    grid = (idx * (2.0 / (size - 1)) - 1.0)[None, :, :, None]  # (1, B, P, 1, 3)
-    out = sample_padded(data, grid)
+    out = sample_padded(data, idx[None, :, :, None])  # (1, 2K, B, P, 1)
     out = out[0, :, :, :, 0].reshape(len(maps), 2, *idx.shape[:2])  # (K, re/im, B, P)
     values = torch.complex(out[:, 0], out[:, 1]).transpose(0, 1)  # (B, K, P)
     flat = coefficients.reshape(-1)
@@ -141,10 +139,10 @@ class LinearMaps(nn.Module):
 
     @torch.no_grad()
     def residuals_and_slices(self, images: torch.Tensor, rotmats: torch.Tensor, *, shifts_px=None,
-                             ctf=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(y − a, A)``: residual coefficients ``(B, 2P)`` of the consensus map and the basis
-        slices ``(B, d, 2P)``."""
-        maps = torch.cat([self.mean[None], self.basis])
+                             ctf=None, maps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(y − a, A)``: residual coefficients ``(B, 2P)`` of the consensus map and the slices
+        ``(B, k, 2P)`` of ``maps`` ``(k, n, n, n)`` (default the basis, ``k = d``)."""
+        maps = torch.cat([self.mean[None], self.basis if maps is None else maps])
         s = slice_coefficients(maps, rotmats, self.coefficients, shifts_px=shifts_px, ctf=ctf)
         return self.image_coefficients(images) - s[:, 0], s[:, 1:]
 

@@ -126,10 +126,10 @@ def slice_mask(box_size: int, *, device=None, dtype=torch.float32) -> torch.Tens
     return ((kx**2 + ky**2) < (box_size / 2.0) ** 2).to(dtype)
 
 
-def sample_padded(data: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of a padded transform: ``grid_sample(data, grid)`` with zeros outside
-    and ``align_corners=True`` (differentiable in both arguments), the sample points split over
-    the CPU's threads.
+def sample_padded(data: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of a padded transform at padded-grid indices, zero outside the grid
+    (``grid_sample`` with ``align_corners=True``; differentiable in both arguments), the sample
+    points split over the CPU's threads.
 
     PyTorch's CPU kernel of 3D ``grid_sample`` (2.x) spreads its work over the batch only, so one
     volume read at millions of points ran no faster with two threads than with one. Here the
@@ -139,12 +139,14 @@ def sample_padded(data: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     (``benchmarks/slice_threads.py``, docs/results/scale.md). On a GPU the call is passed through.
 
     Args:
-        data: ``(1, C, N, N, N)`` real tensor (e.g. :attr:`VolumeFT.data`).
-        grid: ``(1, D, H, W, 3)`` normalised ``(x, y, z)`` coordinates in ``[-1, 1]``.
+        data: ``(1, C, N, N, N)`` real tensor (e.g. :attr:`VolumeFT.data`), ``(z, y, x)``.
+        index: ``(1, D, H, W, 3)`` ``(x, y, z)`` indices into the padded grid (voxel units,
+            ``0 … N − 1``; e.g. :func:`slice_coordinates`).
 
     Returns:
         ``(1, C, D, H, W)`` samples.
     """
+    grid = index * (2.0 / (data.shape[-1] - 1)) - 1.0
     threads = torch.get_num_threads()
     d = int(grid.shape[1])
     if data.device.type != "cpu" or data.shape[0] != 1 or grid.shape[0] != 1 or threads < 2 or d < 2:
@@ -171,11 +173,9 @@ def slice_volume_ft(volume_ft: VolumeFT, rotmats: torch.Tensor) -> torch.Tensor:
     Returns:
         Complex ``(B, n, n)``, DC at ``[n//2, n//2]``, zero where ``|k| >= n/2``.
     """
-    n, size = volume_ft.box_size, volume_ft.size
+    n = volume_ft.box_size
     rotmats = rotmats.to(volume_ft.data.dtype)
-    idx = slice_coordinates(rotmats, n, volume_ft.pad)
-    grid = (idx * (2.0 / (size - 1)) - 1.0)[None]  # (1, B, n, n, 3)
-    out = sample_padded(volume_ft.data, grid)
+    out = sample_padded(volume_ft.data, slice_coordinates(rotmats, n, volume_ft.pad)[None])  # (1, 2, B, n, n)
     mask = slice_mask(n, device=out.device, dtype=out.dtype)
     return torch.complex(out[0, 0] * mask, out[0, 1] * mask)
 

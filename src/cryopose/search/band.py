@@ -141,10 +141,8 @@ def slice_band(volume_ft: VolumeFT, rotmats: torch.Tensor, band: FourierBand) ->
     ky = band.ky.to(r.device, r.dtype)
     # (Rᵀ k)_i = Σ_j R_ji k_j with k = (kx, ky, 0): rows 0 and 1 of R
     coords = kx[None, :, None] * r[:, None, 0, :] + ky[None, :, None] * r[:, None, 1, :]  # (M, K, 3) xyz
-    size, pad = volume_ft.size, volume_ft.pad
-    idx = coords * pad + size // 2
-    grid = (idx * (2.0 / (size - 1)) - 1.0)[None, :, :, None, :]  # (1, M, K, 1, 3)
-    out = sample_padded(volume_ft.data, grid)
+    idx = coords * volume_ft.pad + volume_ft.size // 2
+    out = sample_padded(volume_ft.data, idx[None, :, :, None, :])  # (1, 2, M, K, 1)
     vals = torch.complex(out[0, 0, :, :, 0], out[0, 1, :, :, 0])
     return vals.reshape(*lead, len(band))
 

@@ -226,16 +226,13 @@ class HeteroTrainer:
         from ..fourier import centered_fft2
         from ..projection import prepare_volume_ft, project
         from ..reconstruction import Backprojector
-        from ..models.hetero_linear import slice_coefficients
 
         m, n = self.model, self.dataset.box_size
         bps = [Backprojector(n, n_sets=1) for _ in range(len(maps))]
         mean_ft = prepare_volume_ft(m.mean)
         for idx, b in self._chunks():
             rot = self.rotmats[idx]
-            s = slice_coefficients(torch.cat([m.mean[None], maps]), rot, m.coefficients, shifts_px=b.shifts_px,
-                                   ctf=b.ctf)
-            r, a = m.image_coefficients(b.images) - s[:, 0], s[:, 1:]
+            r, a = m.residuals_and_slices(b.images, rot, shifts_px=b.shifts_px, ctf=b.ctf, maps=maps)
             w = (a @ r[:, :, None])[..., 0] / m.n_coefficients  # (B, k)
             r_ft = centered_fft2(b.images) - project(mean_ft, rot, shifts_px=b.shifts_px, ctf=b.ctf,
                                                       return_fourier=True)
