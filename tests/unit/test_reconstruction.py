@@ -304,3 +304,39 @@ def test_radial_filter_scales_whole_shells():
     ft_out, ft_v = centered_fft3(out), centered_fft3(v)
     assert torch.allclose(ft_out[r < 4], 2 * ft_v[r < 4], atol=1e-9)
     assert ft_out[r >= 4].abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("symmetry", ["C2", "C4", "D2", "D4", "O"])
+def test_symmetrised_grids_equal_every_image_inserted_at_all_poses(symmetry):
+    """RELION-style grid symmetrisation (one insertion per image) gives the grids of inserting
+    every image at all G poses R S_g (the trilinear kernel is invariant under the signed
+    permutations these groups are made of), for both half sets, with origins and a CTF."""
+    n, k = 20, 30
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(k, n, n, generator=g)
+    rot = random_rotations(k, generator=g)
+    shifts = 2.0 * torch.randn(k, 2, generator=g)
+    ctf = compute_ctf(CTFParams.create(defocus_u_angstrom=torch.full((k,), 12000.0),
+                                            defocus_v_angstrom=torch.full((k,), 11000.0),
+                                            defocus_angle_deg=torch.linspace(0, 90, k)), n, 2.0).float()
+    sets = torch.arange(k) % 2
+    per_pose = Backprojector(n, symmetry=symmetry, symmetrise_grids=False)
+    on_grid = Backprojector(n, symmetry=symmetry)
+    assert per_pose.grid_operators is None and on_grid.grid_operators is not None
+    for bp in (per_pose, on_grid):
+        bp.insert(images, rot, shifts_px=shifts, ctf=ctf, sets=sets)
+    for s in (0, 1):
+        (d0, w0), (d1, w1) = per_pose.grids(s), on_grid.grids(s)
+        assert float(w0.abs().max()) > 0
+        assert torch.allclose(d1, d0, rtol=0, atol=1e-5 * float(d0.abs().max()))
+        assert torch.allclose(w1, w0, rtol=0, atol=1e-5 * float(w0.abs().max()))
+
+
+def test_groups_off_the_grid_insert_every_pose():
+    """C3 and I do not map grid nodes onto grid nodes: every image is inserted at all poses,
+    and asking for grid symmetrisation is an error naming the group."""
+    assert Backprojector(8, symmetry="C3").grid_operators is None
+    assert Backprojector(8, symmetry="I").grid_operators is None
+    assert Backprojector(8, symmetry="C1").grid_operators is None
+    with pytest.raises(ValueError, match="C3"):
+        Backprojector(8, symmetry="C3", symmetrise_grids=True)
