@@ -15,6 +15,9 @@ viewing direction and the preferred view's axis (``data.json``'s spec; the reali
 ``--schedule three-levels`` runs every local round from ``--start-step`` to ``--final-step``
 and the rescues to ``--final-step`` (the schedule before the two-level rounds), as a baseline
 in the same process; ``current`` is :class:`~cryopose.pipelines.polish.PolishSchedule` as it is.
+``--global-candidates 4 2`` refines four grid poses per particle in the global rounds and keeps
+two (the setting before ``GLOBAL_CANDIDATES``); ``--local-from-half`` starts the local round
+after a global round at half ``--start-step``.
 
 Commands behind the numbers in docs/results/real-conditions.md (two threads, machine otherwise
 idle; ``RUN`` = the seed-0 run of session 17, ``runs/abinitio-D2-s17``)::
@@ -25,6 +28,15 @@ idle; ``RUN`` = the seed-0 run of session 17, ``runs/abinitio-D2-s17``)::
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 1
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 2
+
+(those four with the code of the time, i.e. ``--global-candidates 4 2``). The global-candidate
+rows (``RUN`` = session 18's seed-0 run, ``runs/abinitio-D2-s18``; the four variants)::
+
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --global-candidates 4 2
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --global-candidates 4 2 \
+        --local-from-half
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --local-from-half
 """
 
 from __future__ import annotations
@@ -46,15 +58,6 @@ from cryopose.rotations import relion_euler_to_rotmat
 from cryopose.simulate.poses import view_directions
 
 ANGLE_BANDS = [(0, 10), (10, 30), (30, 50), (50, 70), (70, 90)]
-
-
-def _timed(name: str, fn, seconds: dict):
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        seconds.setdefault(name, []).append(round(time.perf_counter() - t0, 1))
-        return out
-    return wrapper
 
 
 def _three_levels(schedule: polish.PolishSchedule, r: int, last: bool):
@@ -83,6 +86,11 @@ def main() -> None:
     ap.add_argument("--start-step", type=float, default=3.75)
     ap.add_argument("--final-step", type=float, default=0.9375)
     ap.add_argument("--schedule", choices=["current", "three-levels"], default="current")
+    ap.add_argument("--global-candidates", type=int, nargs=2, default=list(polish.GLOBAL_CANDIDATES),
+                    metavar=("REFINED", "KEPT"), help="grid poses refined and kept after the first level in the "
+                    "global rounds (default polish.GLOBAL_CANDIDATES; `cryopose search` uses 4 2)")
+    ap.add_argument("--local-from-half", action="store_true",
+                    help="the local round after a global round starts at half --start-step too")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -99,10 +107,12 @@ def main() -> None:
     src, sub = stack.subset(idx), meta.subset(idx)
     rot0, sh0 = enc.rotmats[t_idx].float(), enc.shifts_angstrom[t_idx].float()
 
-    seconds: dict = {}
-    polish.global_round = _timed("global", polish.global_round, seconds)
-    polish.polish_poses = _timed("local", polish.polish_poses, seconds)
-    polish.rescue_low_scores = _timed("rescue (global search included)", polish.rescue_low_scores, seconds)
+    polish.GLOBAL_CANDIDATES = tuple(args.global_candidates)
+    if args.local_from_half:
+        def half_start(schedule, r, last):
+            final = schedule.final_step_deg if last else 2.0 * schedule.final_step_deg
+            return max(0.5 * schedule.start_step_deg, final), final
+        polish._local_steps = half_start
     if args.schedule == "three-levels":
         polish._local_steps = _three_levels
         rescue = polish.rescue_low_scores
@@ -114,10 +124,11 @@ def main() -> None:
     def rec(images, m, rot, sh, last=False):
         return reconstruct(images, m.replace(rotmats=rot.float(), shifts_angstrom=sh), symmetry=args.symmetry,
                            progress=False, generator=torch.Generator().manual_seed(args.seed), threads=args.threads)
-    rec = _timed("reconstruct", rec, seconds)
 
     s0, m0 = polish.cropped(src, sub, polish.polishing_box(src.box_size, sub.pixel_size_angstrom, 2 * working_pixel))
+    t0 = time.perf_counter()
     start = rec(s0, m0, rot0, sh0)
+    start_seconds = time.perf_counter() - t0
     schedule = polish.PolishSchedule(rounds=args.rounds, global_rounds=args.global_rounds,
                                      start_step_deg=args.start_step, final_step_deg=args.final_step,
                                      estimate_shifts=True, working_pixel_angstrom=working_pixel,
@@ -126,8 +137,10 @@ def main() -> None:
     out = polish.polish_rounds(src, sub, rot0, sh0, start, schedule=schedule, reconstruct=rec)
     total = time.perf_counter() - t0
     print(f"{len(idx)} particles, {args.rounds} rounds ({args.global_rounds} global), schedule {args.schedule}, "
-          f"{args.threads} threads")
-    print(f"polishing {total:.1f} s; by stage (s): {seconds}; rescues (searched, replaced): {list(out.rescued)}")
+          f"global candidates {tuple(args.global_candidates)}, local round from half the start step: "
+          f"{args.local_from_half}, {args.threads} threads")
+    print(f"encoder's map {start_seconds:.1f} s; polishing {total:.1f} s; by stage (s; rescues include their "
+          f"global search): {out.seconds}; rescues (searched, replaced): {list(out.rescued)}")
     print(f"half-map FSC=0.143: encoder's map {start.resolution_fsc0p143_angstrom:.2f} Å, "
           f"last map {out.reconstruction.resolution_fsc0p143_angstrom:.2f} Å")
     true_rot = truth.rotmats[t_idx].double()

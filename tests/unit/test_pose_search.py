@@ -196,6 +196,10 @@ def test_polishing_rescue_finds_poses_far_off_that_a_local_round_keeps():
     searched, replaced = outcomes[True].rescued[0]
     assert 12 <= searched <= 16 and replaced >= 11
     assert float(fixed[:12].median()) < 3.0 and float(fixed[12:].median()) < 3.0
+    # the stage timings name what ran: one local round and its rescue, one map each
+    assert set(outcomes[True].seconds) == {"local", "rescue", "reconstruct"}
+    assert set(outcomes[False].seconds) == {"local", "reconstruct"}
+    assert all(len(v) == 1 and v[0] >= 0 for v in outcomes[True].seconds.values())
 
 
 def test_polishing_rounds_run_two_levels_each_and_only_the_last_reaches_the_final_step(monkeypatch):

@@ -126,7 +126,8 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
             rec, inference, shifts_a, polish_change, outcome = _polish(
                 source, meta, dataset, inference, rec, shifts_a, config, outdir, progress, reconstruct_threads, device)
             before = prep.get("map_centring_angstrom") or [0.0, 0.0, 0.0]
-            prep = {**prep, "polish_rescued": [list(c) for c in outcome.rescued], "map_centring_angstrom": [
+            prep = {**prep, "polish_rescued": [list(c) for c in outcome.rescued],
+                    "polish_stage_seconds": outcome.seconds, "map_centring_angstrom": [
                 float(a) + float(v) for a, v in zip(before, outcome.centring_angstrom)]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
             seconds["polish"] = time.perf_counter() - t3
@@ -223,6 +224,7 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "centring": prep.get("centring"),
         "map_centring_angstrom": prep.get("map_centring_angstrom"),
         "polish_rescued": prep.get("polish_rescued"),
+        "polish_stage_seconds": prep.get("polish_stage_seconds"),
         "symmetry": config.symmetry,
         "symmetry_axes": prep.get("symmetry_axes"),
         "noise_spectrum": None if dataset.noise_spectrum is None else {

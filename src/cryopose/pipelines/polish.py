@@ -22,8 +22,10 @@ encoder) and ``refine`` (after the supervised network).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import time
 
 import numpy as np
 import torch
@@ -188,6 +190,9 @@ class PolishOutcome:
         centring_angstrom: ``(3,)`` float64 total map translation (x, y, z) removed by the centring, Å.
         rescued: Per rescue (one per local round with ``schedule.rescue``), ``(particles
             searched globally, particles whose pose the global search replaced)``.
+        seconds: Wall time by stage, one entry per call: ``global`` (global rounds), ``local``
+            (local rounds), ``rescue`` (rescues, their global search included), ``reconstruct``
+            (the map after each round).
     """
 
     reconstruction: object
@@ -195,6 +200,7 @@ class PolishOutcome:
     shifts_angstrom: torch.Tensor | None
     centring_angstrom: torch.Tensor
     rescued: tuple = ()
+    seconds: dict = dataclasses.field(default_factory=dict)
 
 
 def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Tensor | None, reconstruction, *,
@@ -230,6 +236,7 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
     shift_step = 0.5 * schedule.working_pixel_angstrom if schedule.estimate_shifts else 0.0
     centring_total = torch.zeros(3, dtype=torch.float64)
     rescued: list[tuple[int, int]] = []
+    seconds: dict[str, list[float]] = {}
     for r in range(schedule.rounds):
         res = rec.resolution_fsc0p143_angstrom
         res_limit = None if res is None or not math.isfinite(res) else 0.9 * float(res)
@@ -242,22 +249,25 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
         posed = m_meta.replace(shifts_angstrom=shifts_a.float() if shifts_a is not None else meta.shifts_angstrom)
         last = r == schedule.rounds - 1
         if r < schedule.global_rounds:
-            rot, sh = global_round(src, posed, reference, symmetry=schedule.symmetry,
-                                   refine_to_deg=schedule.start_step_deg, max_resolution_angstrom=res_limit,
-                                   search_shifts=shift_step > 0, progress=progress)
+            with _timed(seconds, "global"):
+                rot, sh = global_round(src, posed, reference, symmetry=schedule.symmetry,
+                                       refine_to_deg=schedule.start_step_deg, max_resolution_angstrom=res_limit,
+                                       search_shifts=shift_step > 0, progress=progress)
         else:
             start, final = _local_steps(schedule, r, last)
-            res_local = polish_poses(src, posed, rot, reference, symmetry=schedule.symmetry,
-                                     start_step_deg=start, final_step_deg=final,
-                                     shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
-                                     return_result=True)
+            with _timed(seconds, "local"):
+                res_local = polish_poses(src, posed, rot, reference, symmetry=schedule.symmetry,
+                                         start_step_deg=start, final_step_deg=final,
+                                         shift_step_angstrom=shift_step, max_resolution_angstrom=res_limit,
+                                         return_result=True)
             rot, sh = res_local.rotmats.float(), res_local.shifts_angstrom.float()
             if schedule.rescue:
-                rot, sh, counts = rescue_low_scores(src, posed, reference, rot, sh, res_local.scores,
-                                                    symmetry=schedule.symmetry,
-                                                    refine_to_deg=2.0 * schedule.final_step_deg,
-                                                    max_resolution_angstrom=res_limit, search_shifts=shift_step > 0,
-                                                    progress=progress)
+                with _timed(seconds, "rescue"):
+                    rot, sh, counts = rescue_low_scores(src, posed, reference, rot, sh, res_local.scores,
+                                                        symmetry=schedule.symmetry,
+                                                        refine_to_deg=2.0 * schedule.final_step_deg,
+                                                        max_resolution_angstrom=res_limit,
+                                                        search_shifts=shift_step > 0, progress=progress)
                 rescued.append(counts)
         if shift_step > 0:
             shifts_a = sh
@@ -265,9 +275,18 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
             nxt = None if res_limit is None else POLISH_NYQUIST_FRACTION * res_limit / 0.9
             src, m_meta = cropped(source, meta, max(box, polishing_box(source.box_size, meta.pixel_size_angstrom,
                                                                        nxt)))
-        rec = reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, last)
+        with _timed(seconds, "reconstruct"):
+            rec = reconstruct(source if last else src, meta if last else m_meta, rot, shifts_a, last)
     return PolishOutcome(rec, rot.float(), None if shifts_a is None else shifts_a.float(), centring_total,
-                         tuple(rescued))
+                         tuple(rescued), seconds)
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict, stage: str):
+    """Append the wall time of the ``with`` block to ``seconds[stage]`` (s, one decimal)."""
+    t0 = time.perf_counter()
+    yield
+    seconds.setdefault(stage, []).append(round(time.perf_counter() - t0, 1))
 
 
 def _local_steps(schedule: PolishSchedule, r: int, last: bool) -> tuple[float, float]:

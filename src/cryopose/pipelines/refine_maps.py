@@ -167,7 +167,7 @@ def grid_report(wd, net_box: int, rec, polish, polish_rounds: int) -> dict:
     """The report's grids: the working grid (search, local refinement), the network's input
     (the working grid Fourier-cropped to ``net_box`` px, same field of view), the final map's,
     and what the polishing rounds did (map centring; per round, the particles searched
-    globally for their low score and the poses that search replaced)."""
+    globally for their low score and the poses that search replaced; seconds by stage)."""
     return {
         "working_box": wd.box_size, "working_pixel_angstrom": wd.pixel_size_angstrom,
         "network_box": net_box, "network_pixel_angstrom": wd.pixel_size_angstrom * wd.box_size / net_box,
@@ -175,6 +175,7 @@ def grid_report(wd, net_box: int, rec, polish, polish_rounds: int) -> dict:
         "polish_rounds": polish_rounds,
         "map_centring_angstrom": None if polish is None else [float(v) for v in polish.centring_angstrom],
         "polish_rescued": None if polish is None else [list(c) for c in polish.rescued],
+        "polish_stage_seconds": None if polish is None else polish.seconds,
     }
 
 

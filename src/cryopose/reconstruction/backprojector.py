@@ -11,6 +11,7 @@ import torch
 
 from ..fourier import frequency_indices
 from ..projection.fourier_slice import gridding_correction
+from .grid_symmetry import signed_permutations, symmetrise_half_grids
 
 __all__ = ["Backprojector", "radial_filter", "soft_mask_outside_map"]
 
@@ -26,18 +27,6 @@ def _direction_order_key(rotmats: torch.Tensor) -> torch.Tensor:
     theta = torch.acos(d[:, 2].clamp(-1.0, 1.0))
     phi = torch.atan2(d[:, 1], d[:, 0])
     return torch.floor(theta / 0.15) * 10.0 + phi
-
-
-def _signed_permutations(operators: torch.Tensor) -> torch.Tensor | None:
-    """The operators as ``(G, 3, 3)`` int64 when each is a signed permutation matrix (maps grid
-    nodes onto grid nodes), else ``None``."""
-    rounded = torch.round(operators)
-    if not torch.allclose(operators, rounded, atol=1e-6):
-        return None
-    ints = rounded.to(torch.int64)
-    if not bool(((ints != 0).sum(-1) == 1).all()):
-        return None
-    return ints
 
 
 def soft_mask_outside_map(volume: torch.Tensor, *, radius: float | None = None,
@@ -87,12 +76,9 @@ class Backprojector:
     the trilinear scatter of all image pixels (the trilinear kernel is symmetric about the
     grid's origin node), at half the cost and memory.
 
-    Symmetry: an image of pose ``R`` in a point group ``{S_g}`` stands for the ``G`` images of
-    poses ``R S_g``. When every operator maps grid nodes onto grid nodes (a signed permutation
-    of the axes: C2, C4, D2, D4, T, O in RELION's frames) the image is inserted once and the
-    grids are symmetrised when read (:meth:`grids`: ``D(k) ← Σ_g D(S_g k)``, likewise ``W``),
-    as RELION's ``BackProjector::symmetrise`` does — exact here, because the trilinear kernel
-    is invariant under signed permutations, and ``G`` times less scatter (4× for D2). Other
+    Symmetry: an image of pose ``R`` stands for the ``G`` images of poses ``R S_g``. For groups
+    of signed permutations (C2, C4, D2, D4, O) it is inserted once and :meth:`grids` sums
+    ``D(S_g k)`` over the group (:mod:`cryopose.reconstruction.grid_symmetry`, exact); other
     groups (C3, D7, I…) insert every image at all ``G`` poses.
 
     Args:
@@ -111,7 +97,8 @@ class Backprojector:
             always inserts ``G`` times (the reference the tests compare against).
 
     Raises:
-        ValueError: ``box_size < 2``, ``pad < 1`` or ``n_sets < 1``.
+        ValueError: ``box_size < 2``, ``pad < 1`` or ``n_sets < 1``, or ``symmetrise_grids=True``
+            for a group whose operators are not signed permutations.
         cryopose.symmetry.SymmetryError: Unknown symmetry.
     """
 
@@ -133,7 +120,7 @@ class Backprojector:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.symmetry = str(symmetry)
         self.operators = symmetry_operators(symmetry, dtype=torch.float64, device=self.device)
-        lattice = _signed_permutations(self.operators)
+        lattice = signed_permutations(self.operators)
         if symmetrise_grids and lattice is None:
             raise ValueError(f"symmetry {symmetry}: its operators do not map grid nodes onto grid nodes")
         #: ``(G, 3, 3)`` integer operators used by :meth:`grids`, or ``None`` (images inserted ``G`` times)
@@ -403,36 +390,8 @@ class Backprojector:
         return d, w
 
     def _symmetrised(self, d: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``Σ_g D(S_g k)`` and ``Σ_g W(S_g k)`` on the half grid (``S_g`` signed permutations).
-
-        A node ``S_g k`` with ``x < 0`` is read as the conjugate of its Friedel mate ``−S_g k``;
-        nodes outside the sphere are zero (``S_g`` keeps ``|k|``, so they map onto each other).
-        """
-        size = self._size
-        h, gx = size // 2, size // 2 + 1
-        dev = d.device
-        axes = [torch.arange(gx, device=dev).view(1, 1, gx),  # k_x, k_y, k_z as broadcastable views
-                (torch.arange(size, device=dev) - h).view(1, size, 1),
-                (torch.arange(size, device=dev) - h).view(size, 1, 1)]
-        d_flat, w_flat = d.reshape(-1), w.reshape(-1)
-        out_d, out_w = d.clone(), w.clone()
-        slab = max(1, (1 << 22) // (size * gx))  # z planes per step: bounded temporaries
-        for op in self.grid_operators.tolist():
-            if op == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]:
-                continue
-            for z0 in range(0, size, slab):
-                ks = [axes[0], axes[1], axes[2][z0:z0 + slab]]
-                # (S k)_i = sign_i · k_{j(i)}: one nonzero per row of S
-                m = [sum(op[i][j] * ks[j] for j in range(3) if op[i][j]) for i in range(3)]
-                flip = (m[0] < 0).expand(ks[2].shape[0], size, gx)
-                sign = torch.where(flip, -1, 1)
-                mx, my, mz = (sign * m[0]), (sign * m[1] + h).clamp(0, size - 1), (sign * m[2] + h).clamp(0, size - 1)
-                lin = (mz * size + my) * gx + mx.clamp(0, gx - 1)
-                vals = d_flat[lin]
-                out_d[z0:z0 + slab] += torch.where(flip, vals.conj(), vals)
-                out_w[z0:z0 + slab] += w_flat[lin]
-        inside = self._geometry()["inside"]  # clamped reads of the corners beyond the sphere
-        return out_d.masked_fill_(~inside, 0), out_w.masked_fill_(~inside, 0)
+        """The completed half grids summed over the group (:func:`symmetrise_half_grids`)."""
+        return symmetrise_half_grids(d, w, self.grid_operators, self._geometry()["inside"])
 
     def _geometry(self) -> dict:
         """Cached geometry of the ``(N, N, N // 2 + 1)`` half grid (masks, shells, multiplicities)."""
