@@ -86,7 +86,7 @@ def test_one_volume_data_set_unchanged_by_the_mixture_code():
     # the same poses, CTFs and junk labels (the class permutation is drawn after them); the
     # blob shapes and the noise come later from the generator and differ
     assert torch.equal(meta1.rotmats, meta2.rotmats)
-    structure = torch.from_numpy(meta1.table["rlnCryoposeJunkType"].isin(["none", "offcentre"]).to_numpy())
+    structure = torch.from_numpy(meta1.table["rlnCryoposeJunkType"].isin(["none", "offcentre"]).to_numpy().copy())
     assert torch.allclose(clean1[structure], clean2[structure], atol=1e-5 * float(clean1.abs().max()))
     assert "rlnCryoposeTrueClass" not in meta1.table
     junk = meta2.table["rlnCryoposeJunkType"].isin(["noise", "blob"]).to_numpy()
