@@ -48,9 +48,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from realistic_data import load_subset
 
 import cryopose.pipelines.polish as polish
-from cryopose.io.particles import load_particles
 from cryopose.io.star import read_star
 from cryopose.metrics.pose_error import align_rotations
 from cryopose.reconstruction import reconstruct
@@ -95,16 +95,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stack, meta = load_particles(args.data / "particles.star")
+    idx, src, sub, truth = load_subset(args.data, args.n, args.seed)
     enc = read_star(args.run / "poses_encoder.star", datadir=args.data)
-    truth = read_star(args.data / "truth.star", datadir=args.data)
     summary = json.loads((args.run / "summary.json").read_text())
     working_pixel = float(summary["working_pixel_size_angstrom"])
-    n_all = len(meta)
-    idx = np.arange(n_all) if args.n <= 0 or args.n >= n_all else \
-        np.sort(np.random.default_rng(args.seed).choice(n_all, args.n, replace=False))
     t_idx = torch.as_tensor(idx)
-    src, sub = stack.subset(idx), meta.subset(idx)
     rot0, sh0 = enc.rotmats[t_idx].float(), enc.shifts_angstrom[t_idx].float()
 
     polish.GLOBAL_CANDIDATES = tuple(args.global_candidates)
@@ -143,7 +138,7 @@ def main() -> None:
           f"global search): {out.seconds}; rescues (searched, replaced): {list(out.rescued)}")
     print(f"half-map FSC=0.143: encoder's map {start.resolution_fsc0p143_angstrom:.2f} Å, "
           f"last map {out.reconstruction.resolution_fsc0p143_angstrom:.2f} Å")
-    true_rot = truth.rotmats[t_idx].double()
+    true_rot = truth.rotmats.double()
     angle = _angle_from_preferred_deg(true_rot, json.loads((args.data / "data.json").read_text()))
     for name, r in (("encoder", rot0), ("polished", out.rotmats)):
         err = align_rotations(r.double(), true_rot, symmetry=args.symmetry, seed=args.seed).errors_deg.numpy()

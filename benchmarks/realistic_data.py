@@ -319,6 +319,31 @@ def row_dir(workdir: Path, structure: Structure, row: str, snr: float, n: int, b
     return dataset_dir(workdir, structure, n, box, seed) / f"{row}_snr{snr:g}"
 
 
+def load_subset(folder: Path, n: int, seed: int):
+    """A data folder's particles, its truth, and a seeded random subset of them (for the scripts
+    that replay one stage on part of a realistic set).
+
+    Args:
+        folder: A data-set folder (``particles.star``, ``truth.star``; :func:`row_dir`).
+        n: Particles to keep (0, or at least the set's size: all).
+        seed: Seed of the subset.
+
+    Returns:
+        ``(indices, images, metadata, truth)``: sorted ``(M,)`` int64 indices into the set, the
+        images and metadata of those particles (``load_particles``), and their true metadata
+        (poses, origins) from ``truth.star``.
+    """
+    from cryopose.io.particles import load_particles
+    from cryopose.io.star import read_star
+
+    stack, meta = load_particles(folder / "particles.star")
+    truth = read_star(folder / "truth.star", datadir=folder)
+    n_all = len(meta)
+    idx = np.arange(n_all) if n <= 0 or n >= n_all else np.sort(np.random.default_rng(seed).choice(n_all, n,
+                                                                                                    replace=False))
+    return idx, stack.subset(idx), meta.subset(idx), truth.subset(idx)
+
+
 def _clean_stack(structure: Structure, views: str, shifted: bool, n: int, box: int, seed: int, spec: DataSpec,
                  workdir: Path, log) -> tuple[Path, Path, dict, float]:
     """The noise-free ``relion_project`` stack of one geometry (made once); returns

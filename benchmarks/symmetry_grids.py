@@ -22,12 +22,10 @@ import functools
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from realistic_data import load_subset
 
 import cryopose.reconstruction.backprojection as backprojection
-from cryopose.io.particles import load_particles
-from cryopose.io.star import read_star
 from cryopose.reconstruction.backprojector import Backprojector
 
 
@@ -42,15 +40,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    stack, meta = load_particles(args.data / "particles.star")
-    truth = read_star(args.data / "truth.star", datadir=args.data)
-    n_all = len(meta)
-    idx = np.arange(n_all) if args.n <= 0 or args.n >= n_all else \
-        np.sort(np.random.default_rng(args.seed).choice(n_all, args.n, replace=False))
-    t_idx = torch.as_tensor(idx)
-    src = stack.subset(idx)
-    posed = meta.subset(idx).replace(rotmats=truth.rotmats[t_idx].float(),
-                                     shifts_angstrom=truth.shifts_angstrom[t_idx].float())
+    idx, src, sub, truth = load_subset(args.data, args.n, args.seed)
+    posed = sub.replace(rotmats=truth.rotmats.float(), shifts_angstrom=truth.shifts_angstrom.float())
     results, times = {}, {}
     for name, symmetrise in [("G insertions per image (baseline)", False), ("symmetrised grids", None)]:
         backprojection.Backprojector = functools.partial(Backprojector, symmetrise_grids=symmetrise)
@@ -64,7 +55,7 @@ def main() -> None:
     backprojection.Backprojector = Backprojector
     (base_name, base), (new_name, new) = results.items()
     diff = float((new.volume - base.volume).abs().max() / base.volume.abs().max())
-    print(f"{len(idx)} particles, box {stack.box_size}, {args.symmetry}, {args.threads} threads, "
+    print(f"{len(idx)} particles, box {src.box_size}, {args.symmetry}, {args.threads} threads, "
           f"fastest of {args.repeats}")
     for name, rec in results.items():
         print(f"  {name:36s} {times[name]:7.2f} s   FSC=0.143 {rec.resolution_fsc0p143_angstrom:.2f} Å")

@@ -124,8 +124,7 @@ class Backprojector:
         if symmetrise_grids and lattice is None:
             raise ValueError(f"symmetry {symmetry}: its operators do not map grid nodes onto grid nodes")
         #: ``(G, 3, 3)`` integer operators used by :meth:`grids`, or ``None`` (images inserted ``G`` times)
-        self.grid_operators = lattice if (symmetrise_grids is None or symmetrise_grids) and \
-            self.operators.shape[0] > 1 else None
+        self.grid_operators = lattice if symmetrise_grids is not False and self.operators.shape[0] > 1 else None
         self.batch_slices = max(1, int(batch_slices))
         self.flush_every = max(1, int(flush_every))
         self.threads = 1 if threads is None else max(1, int(threads))
@@ -386,12 +385,8 @@ class Backprojector:
         inside = self._geometry()["inside"]
         d, w = d.masked_fill_(~inside, 0), w.masked_fill_(~inside, 0)
         if self.grid_operators is not None:
-            d, w = self._symmetrised(d, w)
+            d, w = symmetrise_half_grids(d, w, self.grid_operators, inside)
         return d, w
-
-    def _symmetrised(self, d: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The completed half grids summed over the group (:func:`symmetrise_half_grids`)."""
-        return symmetrise_half_grids(d, w, self.grid_operators, self._geometry()["inside"])
 
     def _geometry(self) -> dict:
         """Cached geometry of the ``(N, N, N // 2 + 1)`` half grid (masks, shells, multiplicities)."""
