@@ -16,27 +16,44 @@ viewing direction and the preferred view's axis (``data.json``'s spec; the reali
 and the rescues to ``--final-step`` (the schedule before the two-level rounds), as a baseline
 in the same process; ``current`` is :class:`~cryopose.pipelines.polish.PolishSchedule` as it is.
 ``--global-candidates 4 2`` refines four grid poses per particle in the global rounds and keeps
-two (the setting before ``GLOBAL_CANDIDATES``); ``--local-from-half`` starts the local round
-after a global round at half ``--start-step``.
+two (the setting before ``GLOBAL_CANDIDATES``); ``--local-from-step`` starts the local round
+after a global round at ``--start-step`` (before session 20; it starts at half of it now);
+``--subset-iterations 0`` leaves out the subset iterations
+(:mod:`cryopose.pipelines.polish_subset`). The defaults are ``abinitio``'s.
 
 Commands behind the numbers in docs/results/real-conditions.md (two threads, machine otherwise
-idle; ``RUN`` = the seed-0 run of session 17, ``runs/abinitio-D2-s17``)::
+idle). Sessions 17–19 ran with the code and defaults of their time (three rounds, two global,
+no subset iterations, the local round from ``--start-step``; ``RUN`` = the seed-0 run of
+session 17, ``runs/abinitio-D2-s17``)::
 
     D=benchmarks/_work/realistic/betagal_b128_n20000_s0/all_snr0.1
-    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1 \\
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1 \
         --schedule three-levels
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --n 5000 --global-rounds 1
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 1
     python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s17 --global-rounds 2
 
-(those four with the code of the time, i.e. ``--global-candidates 4 2``). The global-candidate
-rows (``RUN`` = session 18's seed-0 run, ``runs/abinitio-D2-s18``; the four variants)::
+(those four with ``--global-candidates 4 2``). The global-candidate rows of session 18's seed-0
+run (``runs/abinitio-D2-s18``), written for today's code (``OLD`` = the schedule of the time)::
 
-    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --global-candidates 4 2
-    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --global-candidates 4 2 \
-        --local-from-half
-    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000
-    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 --local-from-half
+    OLD="--rounds 3 --global-rounds 2 --subset-iterations 0"
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 $OLD \
+        --global-candidates 4 2 --local-from-step
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 $OLD --global-candidates 4 2
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 $OLD --local-from-step
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2-s18 --n 3000 $OLD
+
+The schedule rows of session 20 (seed 1, ``RUN`` = its session-19 run ``runs/abinitio-D2``; all
+with the subset iterations; the last is today's default)::
+
+    D=benchmarks/_work/realistic/betagal_b128_n20000_s1/all_snr0.1
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2 --n 3000 --rounds 3 \
+        --global-rounds 2 --local-from-step
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2 --n 5000 --rounds 3 \
+        --global-rounds 2 --local-from-step
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2 --n 5000 --rounds 3 --global-rounds 2
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2 --n 5000 --local-from-step
+    python benchmarks/polish_schedule.py --data $D --run $D/runs/abinitio-D2 --n 5000
 """
 
 from __future__ import annotations
@@ -51,6 +68,7 @@ import torch
 from realistic_data import load_subset
 
 import cryopose.pipelines.polish as polish
+from cryopose.pipelines.polish_subset import polish_from_subset
 from cryopose.io.star import read_star
 from cryopose.metrics.pose_error import align_rotations
 from cryopose.reconstruction import reconstruct
@@ -80,8 +98,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path, help="a realistic.py data folder (particles.star, truth.star)")
     ap.add_argument("--run", required=True, type=Path, help="an abinitio --symmetry run folder (poses_encoder.star)")
     ap.add_argument("--n", type=int, default=0, help="particles (seeded random subset; 0 = all)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--global-rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="polishing rounds (default 2, abinitio's)")
+    ap.add_argument("--global-rounds", type=int, default=1, help="global rounds among them (default 1, abinitio's)")
     ap.add_argument("--symmetry", default="D2")
     ap.add_argument("--start-step", type=float, default=3.75)
     ap.add_argument("--final-step", type=float, default=0.9375)
@@ -89,8 +107,12 @@ def main() -> None:
     ap.add_argument("--global-candidates", type=int, nargs=2, default=list(polish.GLOBAL_CANDIDATES),
                     metavar=("REFINED", "KEPT"), help="grid poses refined and kept after the first level in the "
                     "global rounds (default polish.GLOBAL_CANDIDATES; `cryopose search` uses 4 2)")
-    ap.add_argument("--local-from-half", action="store_true",
-                    help="the local round after a global round starts at half --start-step too")
+    ap.add_argument("--local-from-step", action="store_true",
+                    help="the local round after a global round starts at --start-step (before session 20; now "
+                    "it starts at half of it)")
+    ap.add_argument("--subset-iterations", type=int, default=20, metavar="N",
+                    help="at most N global iterations on a subset at the working box before the rounds "
+                    "(cryopose.pipelines.polish_subset; default 20, abinitio's; 0 = none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -103,11 +125,12 @@ def main() -> None:
     rot0, sh0 = enc.rotmats[t_idx].float(), enc.shifts_angstrom[t_idx].float()
 
     polish.GLOBAL_CANDIDATES = tuple(args.global_candidates)
-    if args.local_from_half:
-        def half_start(schedule, r, last):
+    if args.local_from_step:
+        def step_start(schedule, r, last):
             final = schedule.final_step_deg if last else 2.0 * schedule.final_step_deg
-            return max(0.5 * schedule.start_step_deg, final), final
-        polish._local_steps = half_start
+            start = schedule.start_step_deg if r == schedule.global_rounds else 0.5 * schedule.start_step_deg
+            return max(start, final), final
+        polish._local_steps = step_start
     if args.schedule == "three-levels":
         polish._local_steps = _three_levels
         rescue = polish.rescue_low_scores
@@ -129,13 +152,16 @@ def main() -> None:
                                      estimate_shifts=True, working_pixel_angstrom=working_pixel,
                                      symmetry=args.symmetry, rescue=True)
     t0 = time.perf_counter()
-    out = polish.polish_rounds(src, sub, rot0, sh0, start, schedule=schedule, reconstruct=rec)
+    out = polish_from_subset(src, sub, rot0, sh0, start, schedule=schedule, reconstruct=rec,
+                             max_iterations=args.subset_iterations)
     total = time.perf_counter() - t0
     print(f"{len(idx)} particles, {args.rounds} rounds ({args.global_rounds} global), schedule {args.schedule}, "
-          f"global candidates {tuple(args.global_candidates)}, local round from half the start step: "
-          f"{args.local_from_half}, {args.threads} threads")
+          f"global candidates {tuple(args.global_candidates)}, local round after a global one from the start "
+          f"step: {args.local_from_step}, subset iterations {args.subset_iterations}, {args.threads} threads")
     print(f"encoder's map {start_seconds:.1f} s; polishing {total:.1f} s; by stage (s; rescues include their "
           f"global search): {out.seconds}; rescues (searched, replaced): {list(out.rescued)}")
+    if out.subset_moved:
+        print("subset iterations, fraction of poses moved: " + ", ".join(f"{v:.3f}" for v in out.subset_moved))
     print(f"half-map FSC=0.143: encoder's map {start.resolution_fsc0p143_angstrom:.2f} Å, "
           f"last map {out.reconstruction.resolution_fsc0p143_angstrom:.2f} Å")
     true_rot = truth.rotmats.double()

@@ -4,6 +4,8 @@ symmetry-aware, and local polishing brings perturbed poses back to the truth."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -203,9 +205,10 @@ def test_polishing_rescue_finds_poses_far_off_that_a_local_round_keeps():
 
 
 def test_polishing_rounds_run_two_levels_each_and_only_the_last_reaches_the_final_step(monkeypatch):
-    """The lattice steps of :class:`PolishSchedule`: the first local round (after the global
-    one) starts at ``start_step_deg``, later local rounds at half of it; the rounds before the
-    last and the rescues stop at twice ``final_step_deg``; the last round reaches it."""
+    """The lattice steps of :class:`PolishSchedule`: a local round that is the first round starts
+    at ``start_step_deg``; after any round (the global one refined to ``start_step_deg``) at half
+    of it; the rounds before the last and the rescues stop at twice ``final_step_deg``; the last
+    round reaches it."""
     from types import SimpleNamespace
 
     import cryopose.pipelines.polish as polish
@@ -238,6 +241,11 @@ def test_polishing_rounds_run_two_levels_each_and_only_the_last_reaches_the_fina
     polish.polish_rounds(TensorStack(torch.zeros(4, N, N)), meta, rot, meta.shifts_angstrom, start,
                          schedule=schedule, reconstruct=lambda *a: start)
     assert calls == [("global", 3.75),
-                     ("local", 3.75, 1.875), ("rescue", 1.875),
+                     ("local", 1.875, 1.875), ("rescue", 1.875),
                      ("local", 1.875, 1.875), ("rescue", 1.875),
                      ("local", 1.875, 0.9375), ("rescue", 1.875)]
+    calls.clear()  # all rounds local (``refine``'s schedule): the first starts at start_step_deg
+    polish.polish_rounds(TensorStack(torch.zeros(4, N, N)), meta, rot, meta.shifts_angstrom, start,
+                         schedule=dataclasses.replace(schedule, rounds=2, global_rounds=0),
+                         reconstruct=lambda *a: start)
+    assert calls == [("local", 3.75, 1.875), ("rescue", 1.875), ("local", 1.875, 0.9375), ("rescue", 1.875)]

@@ -60,15 +60,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search warm-up: fraction of the steps in which a global grid search against the "
                              "current map adds a candidate pose and teaches the encoder (default 0.5; 0 = the "
                              "paper's pure gradient descent)")
-    parser.add_argument("--polish-rounds", type=int, default=3, metavar="N",
+    parser.add_argument("--polish-rounds", type=int, default=2, metavar="N",
                         help="rounds of local refinement of the encoder's poses at the full box after training, each "
                              "against the map of the round before, read up to that map's FSC=0.143 resolution "
-                             "(default 3; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
-    parser.add_argument("--global-rounds", type=int, default=2, metavar="N",
+                             "(default 2; 0 = keep the encoder's poses; poses_encoder.star keeps them anyway)")
+    parser.add_argument("--global-rounds", type=int, default=1, metavar="N",
                         help="the first N polishing rounds search every pose globally against the latest map "
                              "(15° grid refined to 3.75°, origins within ±2 pixels of the current ones), which "
-                             "corrects the encoder's large errors; the later rounds are local (default 2; 0 = all "
+                             "corrects the encoder's large errors; the later rounds are local (default 1; 0 = all "
                              "local)")
+    parser.add_argument("--subset-iterations", type=int, default=20, metavar="N",
+                        help="before the polishing rounds, iterate global search and reconstruction on 3,000 "
+                             "particles at the working box until fewer than 2%% of their poses move by more than "
+                             "7.5° or that fraction stops falling, at most N times; it undoes the distortion "
+                             "preferred views leave in the encoder's map (default 20; 0 = none)")
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")
     parser.add_argument("--symmetry", default="C1", metavar="SYM",
@@ -128,6 +133,7 @@ def config_from_args(args: argparse.Namespace):
                           model=ModelConfig(**model_kw), training=TrainingConfig(**train_kw),
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds,
                           polish_global_rounds=args.global_rounds, polish_rescue=not args.no_rescue,
+                          polish_subset_iterations=args.subset_iterations,
                           symmetry=args.symmetry)
 
 

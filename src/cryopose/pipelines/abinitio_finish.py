@@ -127,6 +127,7 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
                 source, meta, dataset, inference, rec, shifts_a, config, outdir, progress, reconstruct_threads, device)
             before = prep.get("map_centring_angstrom") or [0.0, 0.0, 0.0]
             prep = {**prep, "polish_rescued": [list(c) for c in outcome.rescued],
+                    "polish_subset_moved": [round(v, 4) for v in outcome.subset_moved],
                     "polish_stage_seconds": outcome.seconds, "map_centring_angstrom": [
                 float(a) + float(v) for a, v in zip(before, outcome.centring_angstrom)]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
@@ -183,7 +184,8 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
     """
     from ..rotations import geodesic_distance_deg
     from ..symmetry import expand_by_symmetry
-    from .polish import PolishSchedule, polish_rounds
+    from .polish import PolishSchedule
+    from .polish_subset import polish_from_subset
 
     schedule = PolishSchedule(rounds=config.polish_rounds, global_rounds=config.polish_global_rounds,
                               start_step_deg=config.polish_start_step_deg,
@@ -191,9 +193,10 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
                               estimate_shifts=bool(config.estimate_shifts),
                               working_pixel_angstrom=float(dataset.pixel_size_angstrom),
                               symmetry=config.symmetry, rescue=bool(config.polish_rescue))
-    out = polish_rounds(source, meta, inference.rotmats, shifts_a, rec, schedule=schedule, progress=progress,
-                        reconstruct=lambda src, m_meta, rot, sh, last: _reconstruct(
-                            src, m_meta, rot, sh, config, outdir, progress, threads, device, write=last))
+    out = polish_from_subset(source, meta, inference.rotmats, shifts_a, rec, schedule=schedule, progress=progress,
+                             max_iterations=int(config.polish_subset_iterations),
+                             reconstruct=lambda src, m_meta, rot, sh, last: _reconstruct(
+                                 src, m_meta, rot, sh, config, outdir, progress, threads, device, write=last))
     rot, shifts_a = out.rotmats, out.shifts_angstrom
     write_poses(outdir / "poses_encoder.star", meta, inference, dataset.pixel_size_angstrom)
     mates = expand_by_symmetry(inference.rotmats.double(), config.symmetry)
@@ -224,6 +227,7 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "centring": prep.get("centring"),
         "map_centring_angstrom": prep.get("map_centring_angstrom"),
         "polish_rescued": prep.get("polish_rescued"),
+        "polish_subset_moved": prep.get("polish_subset_moved"),
         "polish_stage_seconds": prep.get("polish_stage_seconds"),
         "symmetry": config.symmetry,
         "symmetry_axes": prep.get("symmetry_axes"),
