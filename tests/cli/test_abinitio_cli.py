@@ -60,7 +60,11 @@ def test_abinitio_writes_every_output(run_dir):
     # the report says which additions to the paper were on, and that the poses were polished
     assert "search warm-up" in html and "symmetrised loss" in html and "refined locally" in html
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["polish_rounds"] == 3 and summary["polish_median_change_deg"] >= 0
+    assert summary["polish_rounds"] == 2 and summary["polish_median_change_deg"] >= 0
+    # the polishing started with the subset iterations (each a moved fraction in [0, 1]), then its rounds
+    moved = summary["polish_subset_moved"]
+    assert 1 <= len(moved) <= 20 and all(0.0 <= v <= 1.0 for v in moved)
+    assert set(summary["polish_stage_seconds"]) >= {"subset", "global", "local", "reconstruct"}
     assert 0 < summary["view_coverage"]["covered_fraction"] <= 1 and isinstance(summary["warnings"], list)
     assert "noise power spectrum" in html and "asymmetric unit" in html
     m = read_map(out / "map.mrc")
