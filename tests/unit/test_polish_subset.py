@@ -110,3 +110,14 @@ def test_iterations_stop_when_the_moved_fraction_stops_falling():
     demo = [0.7467, 0.192, 0.1113, 0.0897, 0.0903, 0.0733, 0.0733, 0.066, 0.0597, 0.0603, 0.0733, 0.082]
     stops = [k for k in range(1, len(demo) + 1) if _stalled(demo[:k])]
     assert PATIENCE == 2 and stops[0] == 11
+
+
+def test_a_run_whose_subset_iterations_did_not_settle_is_told_so():
+    """``summary.json``'s warning: none when the iterations converged or did not run; when they
+    stalled (the demo's D2 particles in C1), the share still moving and what to check."""
+    from cryopose.pipelines.polish_subset import subset_warning
+
+    assert subset_warning([0.635, 0.0087], "D2") is None and subset_warning([], "C1") is None
+    assert subset_warning(None, "C1") is None
+    msg = subset_warning([0.7467, 0.192, 0.0897, 0.0903, 0.0903], "C1")
+    assert "9.0 %" in msg and "after 5" in msg and "more symmetry than C1" in msg and "--symmetry" in msg

@@ -250,6 +250,11 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         pixel_size_angstrom=float(meta.pixel_size_angstrom), shift_corrections_px=shift_corrections,
         max_shift_px=None if model.shift_head is None else model.shift_head.max_shift,
         contrast_fraction_bright=summary["contrast_fraction_bright"])
+    from .polish_subset import subset_warning
+
+    stalled = subset_warning(summary["polish_subset_moved"], config.symmetry)
+    if stalled is not None:
+        summary["warnings"].append(stalled)
     axes = summary["symmetry_axes"]
     if axes is not None:
         from .abinitio_symmetry import SYMMETRY_SCORE_WARNING

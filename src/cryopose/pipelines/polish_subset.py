@@ -36,8 +36,8 @@ import torch
 from .polish import (POLISH_NYQUIST_FRACTION, PolishOutcome, PolishSchedule, centred, cropped, global_round,
                      polish_rounds)
 
-__all__ = ["polish_from_subset", "subset_iterations", "SubsetOutcome", "SUBSET_PARTICLES", "MOVED_DEG",
-           "CONVERGED_MOVED_FRACTION", "PATIENCE"]
+__all__ = ["polish_from_subset", "subset_iterations", "subset_warning", "SubsetOutcome", "SUBSET_PARTICLES",
+           "MOVED_DEG", "CONVERGED_MOVED_FRACTION", "PATIENCE"]
 
 #: Particles of the subset (all when there are fewer).
 SUBSET_PARTICLES = 3000
@@ -154,6 +154,26 @@ def subset_iterations(source, meta, rotmats: torch.Tensor, shifts_angstrom: torc
             break
     rec = reconstruct(images, sub, rot, sh, False)
     return SubsetOutcome(rec, idx, rot.float(), sh, centring, tuple(moved), moved[-1] < CONVERGED_MOVED_FRACTION)
+
+
+def subset_warning(moved, symmetry: str) -> str | None:
+    """The run's warning when the subset iterations stopped without converging, or ``None``.
+
+    Args:
+        moved: The moved fractions of :class:`SubsetOutcome` (``summary.json``'s
+            ``polish_subset_moved``; empty or ``None`` when none ran).
+        symmetry: The point group imposed.
+
+    Returns:
+        A sentence that says how many poses kept moving and what to check, or ``None`` when the
+        last fraction fell below :data:`CONVERGED_MOVED_FRACTION` (or no iteration ran).
+    """
+    if not moved or moved[-1] < CONVERGED_MOVED_FRACTION:
+        return None
+    return (f"the subset iterations stopped with {100 * moved[-1]:.1f} % of their poses still moving by more than "
+            f"{MOVED_DEG:g}° (after {len(moved)}): the particle may have more symmetry than {symmetry} (give "
+            "--symmetry), or the particles differ (heterogeneity, junk); the poses of the moving particles are "
+            "the least reliable")
 
 
 def _stalled(moved: list[float]) -> bool:
