@@ -291,7 +291,6 @@ def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Te
                          tuple(rescued), seconds)
 
 
-
 @contextlib.contextmanager
 def _timed(seconds: dict, stage: str):
     """Append the wall time of the ``with`` block to ``seconds[stage]`` (s, one decimal)."""
