@@ -27,7 +27,6 @@ the rounds over all particles from their last map.
 from __future__ import annotations
 
 import dataclasses
-
 import time
 
 import numpy as np
