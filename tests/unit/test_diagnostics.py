@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from cryopose.metrics.diagnostics import N_VIEW_BINS, run_warnings, view_coverage
-from cryopose.rotations import random_rotations
+from cryopose.metrics.diagnostics import (N_VIEW_BINS, SCF_WARN, run_warnings, sampling_compensation_factor,
+                                          view_coverage)
+from cryopose.rotations import random_rotations, relion_euler_to_rotmat
+from cryopose.symmetry import asymmetric_unit_mates
 
 
 def test_uniform_views_cover_the_sphere_and_one_view_does_not():
@@ -26,6 +28,36 @@ def test_uniform_views_cover_the_sphere_and_one_view_does_not():
     assert not run_warnings(coverage=cov)
     # symmetry mates count: D2 quadruples the directions
     assert view_coverage(uniform[:100], "D2").n_directions == 400
+
+
+def _cap(n: int, half_angle_deg: float, g: torch.Generator) -> torch.Tensor:
+    """``n`` poses whose viewing directions are uniform on a cap around z, psi uniform."""
+    cos_t = 1 - torch.rand(n, generator=g, dtype=torch.float64) * (1 - math.cos(math.radians(half_angle_deg)))
+    eul = torch.stack([360 * torch.rand(n, generator=g, dtype=torch.float64), torch.rad2deg(torch.acos(cos_t)),
+                       360 * torch.rand(n, generator=g, dtype=torch.float64)], dim=1)
+    return relion_euler_to_rotmat(eul)
+
+
+def test_sampling_compensation_factor_uniform_preferred_and_missing_views():
+    """Baldwin & Lyumkis's SCF: 1 for uniform views; a preferred view among uniform ones
+    lowers it; directions within 50° of one axis leave the equatorial sections empty (~0) and
+    warn; a point group's mates restore an asymmetric unit's poses to full sampling."""
+    g = torch.Generator().manual_seed(1)
+    uniform = random_rotations(4000, generator=g, dtype=torch.float64)
+    assert sampling_compensation_factor(uniform) > 0.98
+    # 40 % within 10° of one view, the rest uniform (the realistic benchmark's views)
+    mixed = torch.cat([_cap(1600, 10.0, g), uniform[:2400]])
+    scf_mixed = sampling_compensation_factor(mixed)
+    assert SCF_WARN < scf_mixed < 0.9
+    # every view within 50° of z: no direction near the equator, so u = z is not sampled
+    collapsed = view_coverage(_cap(4000, 50.0, g))
+    assert collapsed.scf < 0.05 and collapsed.covered_fraction > 0.2  # the bin count alone misses it
+    assert any("sampling compensation factor" in w for w in run_warnings(coverage=collapsed))
+    assert not any("sampling compensation factor" in w for w in run_warnings(coverage=view_coverage(mixed)))
+    folded = asymmetric_unit_mates(uniform, "D2")
+    assert sampling_compensation_factor(folded) < SCF_WARN < sampling_compensation_factor(folded, "D2")
+    with pytest.raises(ValueError, match="rotmats"):
+        sampling_compensation_factor(torch.zeros(0, 3, 3))
 
 
 def test_warnings_name_what_to_change():

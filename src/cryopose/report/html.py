@@ -140,7 +140,8 @@ def write_abinitio_report(outdir: Path, *, trainer, dataset, inference, reconstr
     cov = summary.get("view_coverage") or {}
     figs.append((f"angular distribution of the inferred poses in the asymmetric unit of {sym} "
                  f"({100 * cov.get('covered_fraction', float('nan')):.0f}% of the viewing directions covered, "
-                 f"{100 * cov.get('expected_fraction', float('nan')):.0f}% for uniform views)", "angles.png"))
+                 f"{100 * cov.get('expected_fraction', float('nan')):.0f}% for uniform views; sampling "
+                 f"compensation factor {cov.get('scf', float('nan')):.2f}, 1 for uniform views)", "angles.png"))
     if getattr(dataset, "noise_spectrum", None) is not None:
         spec = dataset.noise_spectrum
         by_group = getattr(dataset, "noise_spectra_by_group", {})
