@@ -12,7 +12,9 @@ import yaml
 from cryopose.cli.main import main
 from cryopose.io.mrc import read_map
 from cryopose.io.star import read_star
+from cryopose.metrics.diagnostics import sampling_compensation_factor
 from cryopose.models.supervised import load_pose_model
+from cryopose.symmetry import symmetry_order
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -83,6 +85,11 @@ def test_refine_writes_poses_map_model_and_report(tmp_path, shared_data, capsys,
         assert key in report
     assert report["pose_errors_vs_input"]["search"]["n"] == 20 and report["test_time_turns"] is True
     assert report["pose_errors_vs_input"]["network+local"]["n"] == 20
+    # the coverage diagnostics describe the poses written (the polished ones)
+    assert report["view_coverage"]["n_directions"] == 40 * symmetry_order(report["symmetry"])
+    assert report["view_coverage"]["scf"] == pytest.approx(
+        sampling_compensation_factor(meta.rotmats, report["symmetry"]), rel=0.02)
+    assert isinstance(report["warnings"], list)
     assert (out / "fsc.png").is_file() and (out / "config.yaml").is_file()
     assert torch.load(out / "model.pt", weights_only=False)["model_kind"] == "supervised"
 

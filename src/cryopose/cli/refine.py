@@ -200,5 +200,7 @@ def _write_outputs(args, out, res, config, tcfg) -> None:
                     invert_contrast=bool(res.report["contrast_inverted"]))
 
     atomic_write_json(out / "report.json", res.report)
+    for warning in res.report.get("warnings", []):
+        print(f"cryopose refine: warning: {warning}", file=sys.stderr)
     write_run_config(out / "config.yaml", command_line=getattr(args, "command_line", ""), config=config,
                      extra={"particles": args.particles, "reference": args.reference})

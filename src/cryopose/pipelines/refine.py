@@ -41,6 +41,7 @@ from ..conventions import shifts_pixels_to_angstrom
 from ..errors import UserError
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
+from ..metrics.diagnostics import run_warnings, view_coverage
 from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor, SupervisedModelConfig
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
@@ -246,7 +247,9 @@ class RefineResult:
         train: :class:`TrainResult`; ``cv``: :class:`CVResult` or ``None``.
         report: JSON-ready summary (timings, resolutions, errors; ``working_box`` and
             ``working_pixel_angstrom`` of the search/reconstruction grid, ``network_box`` and
-            ``network_pixel_angstrom`` of the network's input, the same field of view).
+            ``network_pixel_angstrom`` of the network's input, the same field of view;
+            ``view_coverage`` and ``warnings`` of the final poses,
+            :mod:`cryopose.metrics.diagnostics`).
     """
 
     metadata: ParticleMetadata
@@ -370,6 +373,9 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         **timing_report(sres, unlabeled, seconds),
         **map_report(reference, rec, net_only, known, wd.reference),
     }
+    coverage = view_coverage(rot, sym)
+    report["view_coverage"] = dataclasses.asdict(coverage)
+    report["warnings"] = run_warnings(coverage=coverage)
     if known is not None:
         report["pose_errors_vs_input"] = pose_errors(metadata.rotmats, labeled, unlabeled, sres.rotmats, pred_raw, pred,
                                                      network_rot if polish is not None else None, rot, sym,
