@@ -30,9 +30,9 @@ N_VIEW_BINS = 36 * 18
 SCF_BAND_DEG = 5.0
 
 #: Below this sampling compensation factor the run warns: the views fill Fourier space so
-#: unevenly that the map has less than half the signal-to-noise ratio uniform views would
-#: give it, and directions are missing (the encoder's collapsed poses on the realistic 4AKE set:
-#: 0.001; that set's true poses, 40 % within 10° of one view: 0.72; uniform: 1).
+#: unevenly that the map keeps roughly less than half the signal-to-noise ratio uniform views
+#: would give it, and directions go missing (the collapsed poses of the realistic 4AKE runs:
+#: 0.002–0.005; that set's true poses, 40 % within 10° of one view: 0.71; uniform: 1).
 SCF_WARN = 0.5
 
 
@@ -92,7 +92,7 @@ def sampling_compensation_factor(rotmats, symmetry: str = "C1") -> float:
     space, so the Fourier direction ``u`` is sampled by the projections whose ``d`` lies on the
     great circle ``u · d = 0``; the noise of the reconstruction along ``u`` scales as ``1 / S(u)``.
     ``SCF = 1 / (⟨S⟩ · ⟨1 / S⟩)`` over ``u`` on the sphere (harmonic over arithmetic mean): 1 for
-    uniform views, the fraction of the particles' signal-to-noise ratio an uneven set keeps,
+    uniform views, roughly the fraction of the signal-to-noise ratio an uneven set keeps,
     and about 0 when some directions are not sampled at all (then the map is stretched along
     them). Here ``S(u)`` counts the directions (symmetry mates included) within
     :data:`SCF_BAND_DEG` of each great circle, ``u`` on the 768-direction HEALPix grid
