@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from cryopose.metrics.diagnostics import (N_VIEW_BINS, SCF_WARN, run_warnings, sampling_compensation_factor,
-                                          view_coverage)
+from cryopose.metrics.diagnostics import (N_VIEW_BINS, UNDERSAMPLED_WARN, run_warnings,
+                                          sampling_compensation_factor, view_coverage)
 from cryopose.rotations import random_rotations, relion_euler_to_rotmat
 from cryopose.symmetry import asymmetric_unit_mates
 
@@ -38,24 +38,33 @@ def _cap(n: int, half_angle_deg: float, g: torch.Generator) -> torch.Tensor:
     return relion_euler_to_rotmat(eul)
 
 
-def test_sampling_compensation_factor_uniform_preferred_and_missing_views():
-    """Baldwin & Lyumkis's SCF: 1 for uniform views; a preferred view among uniform ones
-    lowers it; directions within 50° of one axis leave the equatorial sections empty (~0) and
-    warn; a point group's mates restore an asymmetric unit's poses to full sampling."""
+def test_fourier_sampling_uniform_preferred_missing_and_folded_views():
+    """Baldwin & Lyumkis's SCF is 1 for uniform views and lower for a preferred view among
+    uniform ones, which miss no direction; views within 50° of one axis leave the Fourier
+    directions within 40° of it unsampled (1 − cos 40° = 23 % of them) and warn, though the
+    view bins alone look well covered; uniform poses folded into D2's asymmetric unit miss a
+    few directions (below the warning), into O's many (a warning that names --symmetry), and
+    the point group's mates restore both."""
     g = torch.Generator().manual_seed(1)
     uniform = random_rotations(4000, generator=g, dtype=torch.float64)
-    assert sampling_compensation_factor(uniform) > 0.98
+    cov = view_coverage(uniform)
+    assert cov.scf > 0.98 and cov.undersampled_fraction == 0
     # 40 % within 10° of one view, the rest uniform (the realistic benchmark's views)
-    mixed = torch.cat([_cap(1600, 10.0, g), uniform[:2400]])
-    scf_mixed = sampling_compensation_factor(mixed)
-    assert SCF_WARN < scf_mixed < 0.9
-    # every view within 50° of z: no direction near the equator, so u = z is not sampled
+    mixed = view_coverage(torch.cat([_cap(1600, 10.0, g), uniform[:2400]]))
+    assert 0.5 < mixed.scf < 0.9 and mixed.undersampled_fraction == 0
+    assert not run_warnings(coverage=mixed)
     collapsed = view_coverage(_cap(4000, 50.0, g))
     assert collapsed.scf < 0.05 and collapsed.covered_fraction > 0.2  # the bin count alone misses it
-    assert any("sampling compensation factor" in w for w in run_warnings(coverage=collapsed))
-    assert not any("sampling compensation factor" in w for w in run_warnings(coverage=view_coverage(mixed)))
-    folded = asymmetric_unit_mates(uniform, "D2")
-    assert sampling_compensation_factor(folded) < SCF_WARN < sampling_compensation_factor(folded, "D2")
+    assert collapsed.undersampled_fraction == pytest.approx(1 - math.cos(math.radians(40)), abs=0.04)
+    assert any("Fourier directions" in w for w in run_warnings(coverage=collapsed))
+    folded_d2 = view_coverage(asymmetric_unit_mates(uniform, "D2"))
+    assert folded_d2.undersampled_fraction < UNDERSAMPLED_WARN
+    assert not any("Fourier directions" in w for w in run_warnings(coverage=folded_d2))
+    folded_o = view_coverage(asymmetric_unit_mates(uniform, "O"))
+    assert any("--symmetry" in w and "Fourier directions" in w for w in run_warnings(coverage=folded_o))
+    for sym in ("D2", "O"):
+        assert view_coverage(asymmetric_unit_mates(uniform, sym), sym).undersampled_fraction == 0
+        assert sampling_compensation_factor(asymmetric_unit_mates(uniform, sym), sym) > 0.98
     with pytest.raises(ValueError, match="rotmats"):
         sampling_compensation_factor(torch.zeros(0, 3, 3))
 
