@@ -41,15 +41,14 @@ from ..conventions import shifts_pixels_to_angstrom
 from ..errors import UserError
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
-from ..metrics.diagnostics import run_warnings, view_coverage
 from ..models.supervised import INT8_CALIBRATION_PARTICLES, OrientationRegressor, SupervisedModelConfig
 from ..search.projection_matching import SearchConfig, local_search, search_poses
 from ..search.run import ResampledImages, working_grid
 from ..training.config import auto_working_box
 from ..training.supervised import (CVResult, SupervisedTrainConfig, TrainResult, cross_validate_w,
                                    predict_rotmats, train_supervised)
-from .refine_maps import (grid_report, known_pose_map, map_report, polish_all, pose_errors, reconstructions,
-                          reference_on_grid, timing_report)
+from .refine_maps import (coverage_report, grid_report, known_pose_map, map_report, polish_all, pose_errors,
+                          reconstructions, reference_on_grid, timing_report)
 
 __all__ = ["WorkingData", "prepare_working_data", "refine_working_grid", "train_on_dataset", "RefineConfig", "RefineResult", "refine",
            "DEFAULT_LOCAL_REFINE_STEP_DEG"]
@@ -371,11 +370,8 @@ def refine(stack, metadata: ParticleMetadata, reference: MapData, *, config: Ref
         "cv": None if cv is None else cv.as_dict(),
         "test_metrics_vs_search_labels": train.test_metrics,
         **timing_report(sres, unlabeled, seconds),
-        **map_report(reference, rec, net_only, known, wd.reference),
+        **map_report(reference, rec, net_only, known, wd.reference), **coverage_report(rot, sym),
     }
-    coverage = view_coverage(rot, sym)
-    report["view_coverage"] = dataclasses.asdict(coverage)
-    report["warnings"] = run_warnings(coverage=coverage)
     if known is not None:
         report["pose_errors_vs_input"] = pose_errors(metadata.rotmats, labeled, unlabeled, sres.rotmats, pred_raw, pred,
                                                      network_rot if polish is not None else None, rot, sym,

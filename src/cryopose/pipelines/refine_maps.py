@@ -6,6 +6,7 @@ against the reference, the pose errors against the input's poses, and the timing
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 from ..io.mrc import MapData
 from ..io.particles import ParticleMetadata
+from ..metrics.diagnostics import run_warnings, view_coverage
 from ..metrics.pose_error import symmetry_aware_errors
 from ..search.run import ResampledImages
 from ..simulate.volumes import resample_volume
@@ -161,6 +163,14 @@ def known_pose_map(stack, metadata: ParticleMetadata, rec, config):
         return None
     return reconstruct(_full_box_images(stack, metadata, config), metadata, symmetry=config.search.symmetry,
                        generator=torch.Generator().manual_seed(config.seed), progress=False)
+
+
+def coverage_report(rotmats: torch.Tensor, symmetry: str) -> dict:
+    """``view_coverage`` (:func:`cryopose.metrics.diagnostics.view_coverage` as a dict) and the
+    ``warnings`` it raises (:func:`cryopose.metrics.diagnostics.run_warnings`) of the final
+    ``(N, 3, 3)`` poses in the point group ``symmetry``."""
+    coverage = view_coverage(rotmats, symmetry)
+    return {"view_coverage": dataclasses.asdict(coverage), "warnings": run_warnings(coverage=coverage)}
 
 
 def grid_report(wd, net_box: int, rec, polish, polish_rounds: int) -> dict:
