@@ -75,11 +75,8 @@ def view_coverage(rotmats, symmetry: str = "C1") -> ViewCoverage:
     Raises:
         ValueError: If ``rotmats`` is not ``(N, 3, 3)`` with ``N >= 1``.
     """
-    r = torch.as_tensor(rotmats).double()
-    if r.ndim != 3 or r.shape[1:] != (3, 3) or r.shape[0] < 1:
-        raise ValueError(f"rotmats must be (N, 3, 3) with N >= 1, got {tuple(r.shape)}")
-    mates = expand_by_symmetry(r, symmetry).reshape(-1, 3, 3) if symmetry_order(symmetry) > 1 else r
-    d = mates[:, 2, :].numpy()
+    dirs = _viewing_directions(rotmats, symmetry)
+    d = dirs.numpy()
     rot = np.arctan2(d[:, 1], d[:, 0])
     cos_t = np.clip(d[:, 2], -1.0, 1.0)
     i = np.clip(((rot + math.pi) / (2 * math.pi) * 36).astype(int), 0, 35)
@@ -90,7 +87,7 @@ def view_coverage(rotmats, symmetry: str = "C1") -> ViewCoverage:
     return ViewCoverage(covered_fraction=float((counts > 0).mean()),
                         expected_fraction=float(1.0 - math.exp(-n / N_VIEW_BINS)),
                         top_bin_fraction=float(top), n_directions=n,
-                        **_fourier_sampling(torch.from_numpy(d)))
+                        **_fourier_sampling(dirs))
 
 
 def sampling_compensation_factor(rotmats, symmetry: str = "C1") -> float:
@@ -117,11 +114,17 @@ def sampling_compensation_factor(rotmats, symmetry: str = "C1") -> float:
     Raises:
         ValueError: If ``rotmats`` is not ``(N, 3, 3)`` with ``N >= 1``.
     """
+    return _fourier_sampling(_viewing_directions(rotmats, symmetry))["scf"]
+
+
+def _viewing_directions(rotmats, symmetry: str) -> torch.Tensor:
+    """``(N · |G|, 3)`` float64 viewing directions ``d = Rᵀ e_z`` of the poses and their
+    symmetry mates; ``ValueError`` unless ``rotmats`` is ``(N, 3, 3)`` with ``N >= 1``."""
     r = torch.as_tensor(rotmats).double()
     if r.ndim != 3 or r.shape[1:] != (3, 3) or r.shape[0] < 1:
         raise ValueError(f"rotmats must be (N, 3, 3) with N >= 1, got {tuple(r.shape)}")
     mates = expand_by_symmetry(r, symmetry).reshape(-1, 3, 3) if symmetry_order(symmetry) > 1 else r
-    return _fourier_sampling(mates[:, 2, :])["scf"]
+    return mates[:, 2, :]
 
 
 def _fourier_sampling(d: torch.Tensor) -> dict:
