@@ -97,6 +97,7 @@ def test_polish_from_subset_starts_the_rounds_from_the_subset_iterations(monkeyp
     assert outcomes[0].subset_moved == () and "subset" not in outcomes[0].seconds
     assert len(outcomes[6].subset_moved) >= 1 and len(outcomes[6].seconds["subset"]) == 1
     assert set(outcomes[6].seconds) == {"subset", "global", "reconstruct"}
+    assert outcomes[6].subset_start is None  # the poses cover the sphere: no marginal start
 
 
 def test_iterations_stop_when_the_moved_fraction_stops_falling():
@@ -121,3 +122,43 @@ def test_a_run_whose_subset_iterations_did_not_settle_is_told_so():
     assert subset_warning(None, "C1") is None
     msg = subset_warning([0.7467, 0.192, 0.0897, 0.0903, 0.0903], "C1")
     assert "9.0 %" in msg and "after 5" in msg and "more symmetry than C1" in msg and "--symmetry" in msg
+
+
+def test_a_collapsed_start_gives_way_to_the_marginal_start(monkeypatch):
+    """Every starting pose within a few degrees of one view (an encoder that collapsed): the
+    subset iterations from it keep a wrong map; the marginal start (a map found from random
+    poses) fits the particles better, is kept, and the round brings the poses back."""
+    import cryopose.pipelines.polish as polish
+    import cryopose.pipelines.polish_subset as ps
+
+    monkeypatch.setattr(ps, "SUBSET_PARTICLES", 300)
+    images, meta, rot, _ = _particles(360, seed=3)
+    g = torch.Generator().manual_seed(0)
+    collapsed = (relion_euler_to_rotmat(torch.randn(360, 3, generator=g, dtype=torch.float64) * 5.0)).float()
+    schedule = polish.PolishSchedule(rounds=1, global_rounds=1, start_step_deg=3.75, final_step_deg=0.9375,
+                                     estimate_shifts=False, working_pixel_angstrom=APIX)
+    blurred = _reconstruct(images, meta, collapsed, None)
+    out = ps.polish_from_subset(images, meta, collapsed, meta.shifts_angstrom, blurred, schedule=schedule,
+                                max_iterations=4, reconstruct=_reconstruct)
+    choice = out.subset_start
+    assert choice["kept"] == "marginal" and choice["fit"]["marginal"] > choice["fit"]["given"]
+    assert choice["marginal_max_weights"][-1] > 0.8 and choice["marginal_seconds"] > 0
+    assert choice["given_undersampled_fraction"] > 0.1 and len(choice["marginal_seed_fits"]) == ps.MARGINAL_SEEDS
+    from cryopose.metrics.pose_error import align_rotations
+
+    err = align_rotations(out.rotmats.double(), rot, symmetry="C1", seed=0).errors_deg
+    assert float(err.median()) < 5.0
+    # without the marginal start the same schedule keeps the collapse
+    alone = ps.polish_from_subset(images, meta, collapsed, meta.shifts_angstrom, blurred, schedule=schedule,
+                                  max_iterations=4, reconstruct=_reconstruct, marginal_start=False)
+    assert alone.subset_start is None
+    assert float(align_rotations(alone.rotmats.double(), rot, symmetry="C1", seed=0).errors_deg.median()) > 20.0
+
+
+def test_the_run_says_when_the_marginal_start_replaced_the_encoders_poses():
+    from cryopose.pipelines.polish_subset import start_note
+
+    assert start_note(None) is None
+    assert start_note({"kept": "given", "fit": {"given": 0.53, "marginal": 0.50}}) is None
+    msg = start_note({"kept": "marginal", "fit": {"given": 0.807, "marginal": 0.833}})
+    assert "0.807 against 0.833" in msg and "poses_encoder.star" in msg

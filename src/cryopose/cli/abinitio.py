@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "particles at the working box until fewer than 2%% of their poses move by more than "
                              "7.5° or that fraction stops falling, at most N times; it undoes the distortion "
                              "preferred views leave in the encoder's map (default 20; 0 = none)")
+    parser.add_argument("--no-marginal-start", action="store_true",
+                        help="when the encoder's poses have collapsed onto few views (more than 10%% of the "
+                             "Fourier directions undersampled after the subset iterations), the subset iterations "
+                             "also start from a map found without the encoder (expectation-maximisation over a 15° "
+                             "pose grid from random poses, on the same 3,000 particles) and keep the start the "
+                             "particles fit better; this option turns that off")
     parser.add_argument("--shift-head", action="store_true",
                         help="learn a per-image shift correction (added to the file's origins)")
     parser.add_argument("--symmetry", default="C1", metavar="SYM",
@@ -134,6 +140,7 @@ def config_from_args(args: argparse.Namespace):
                           reconstruct=not args.no_reconstruct, polish_rounds=args.polish_rounds,
                           polish_global_rounds=args.global_rounds, polish_rescue=not args.no_rescue,
                           polish_subset_iterations=args.subset_iterations,
+                          polish_marginal_start=not args.no_marginal_start,
                           symmetry=args.symmetry)
 
 

@@ -212,7 +212,8 @@ def _differences(then: dict, now: dict, prefix: str = "") -> list[str]:
 #: :class:`AbinitioConfig` fields of what follows the training (reconstruction, polishing, the
 #: point group imposed): a resumed run may change them, e.g. to polish a finished run again.
 FINISH_FIELDS = ("reconstruct", "polish_rounds", "polish_global_rounds", "polish_start_step_deg",
-                 "polish_final_step_deg", "polish_rescue", "polish_subset_iterations", "symmetry")
+                 "polish_final_step_deg", "polish_rescue", "polish_subset_iterations", "polish_marginal_start",
+                 "symmetry")
 
 
 def _check_resume(saved: dict, config: AbinitioConfig, fingerprint: dict | None = None) -> AbinitioConfig:

@@ -128,6 +128,7 @@ def finish_abinitio(*, outdir: Path, source, meta, dataset, model, trainer, infe
             before = prep.get("map_centring_angstrom") or [0.0, 0.0, 0.0]
             prep = {**prep, "polish_rescued": [list(c) for c in outcome.rescued],
                     "polish_subset_moved": [round(v, 4) for v in outcome.subset_moved],
+                    "polish_subset_start": outcome.subset_start,
                     "polish_stage_seconds": outcome.seconds, "map_centring_angstrom": [
                 float(a) + float(v) for a, v in zip(before, outcome.centring_angstrom)]}
             poses_star = write_poses(outdir / "poses.star", meta, inference, dataset.pixel_size_angstrom)
@@ -195,6 +196,7 @@ def _polish(source, meta, dataset, inference: PoseInference, rec, shifts_a, conf
                               symmetry=config.symmetry, rescue=bool(config.polish_rescue))
     out = polish_from_subset(source, meta, inference.rotmats, shifts_a, rec, schedule=schedule, progress=progress,
                              max_iterations=int(config.polish_subset_iterations),
+                             marginal_start=bool(config.polish_marginal_start), threads=threads,
                              reconstruct=lambda src, m_meta, rot, sh, last: _reconstruct(
                                  src, m_meta, rot, sh, config, outdir, progress, threads, device, write=last))
     rot, shifts_a = out.rotmats, out.shifts_angstrom
@@ -228,6 +230,7 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         "map_centring_angstrom": prep.get("map_centring_angstrom"),
         "polish_rescued": prep.get("polish_rescued"),
         "polish_subset_moved": prep.get("polish_subset_moved"),
+        "polish_subset_start": prep.get("polish_subset_start"),
         "polish_stage_seconds": prep.get("polish_stage_seconds"),
         "symmetry": config.symmetry,
         "symmetry_axes": prep.get("symmetry_axes"),
@@ -250,11 +253,12 @@ def _summary(meta, dataset, model, trainer, inference: PoseInference, config, pr
         pixel_size_angstrom=float(meta.pixel_size_angstrom), shift_corrections_px=shift_corrections,
         max_shift_px=None if model.shift_head is None else model.shift_head.max_shift,
         contrast_fraction_bright=summary["contrast_fraction_bright"])
-    from .polish_subset import subset_warning
+    from .polish_subset import start_note, subset_warning
 
-    stalled = subset_warning(summary["polish_subset_moved"], config.symmetry)
-    if stalled is not None:
-        summary["warnings"].append(stalled)
+    for note in (start_note(summary["polish_subset_start"]),
+                 subset_warning(summary["polish_subset_moved"], config.symmetry)):
+        if note is not None:
+            summary["warnings"].append(note)
     axes = summary["symmetry_axes"]
     if axes is not None:
         from .abinitio_symmetry import SYMMETRY_SCORE_WARNING

@@ -202,6 +202,8 @@ class PolishOutcome:
             :func:`cryopose.pipelines.polish_subset.polish_from_subset`).
         subset_moved: Per subset iteration, the fraction of the subset's poses that moved
             (:func:`cryopose.pipelines.polish_subset.polish_from_subset`); empty without them.
+        subset_start: Which start the subset iterations kept and how well each fitted
+            (:func:`cryopose.pipelines.polish_subset.polish_from_subset`), or ``None``.
     """
 
     reconstruction: object
@@ -211,6 +213,7 @@ class PolishOutcome:
     rescued: tuple = ()
     seconds: dict = dataclasses.field(default_factory=dict)
     subset_moved: tuple = ()
+    subset_start: dict | None = None
 
 
 def polish_rounds(source, meta, rotmats: torch.Tensor, shifts_angstrom: torch.Tensor | None, reconstruction, *,

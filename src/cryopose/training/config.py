@@ -265,6 +265,15 @@ class AbinitioConfig:
             side views came out pulled towards the preferred axis and the map distorted with
             them; on one seed of three the rounds alone left the side views 20° off, the
             iterations brought them to 1.2° (median 5.07° → 1.07°). 0 = none.
+        polish_marginal_start: When the subset iterations' poses have collapsed onto few views
+            (more than a tenth of the Fourier directions undersampled), run them again from a map
+            found without the encoder (expectation-maximisation over a pose grid from random
+            poses, :func:`cryopose.search.marginal.marginal_ab_initio`) and keep the start whose
+            map the subset's particles fit better
+            (:func:`cryopose.pipelines.polish_subset.polish_from_subset`).
+            On 4AKE chain A (24 kDa) the encoder's poses collapsed onto one view and every
+            polishing from them failed (median 19.1°); the marginal start found the map. Needs
+            a global first round (``polish_global_rounds``).
         polish_rescue: After each local polishing round, search globally the particles whose
             score falls in the low mode of the round's scores
             (:func:`cryopose.pipelines.polish.rescue_low_scores`, as ``refine`` does).
@@ -290,6 +299,7 @@ class AbinitioConfig:
     polish_final_step_deg: float = 0.9375
     polish_rescue: bool = True
     polish_subset_iterations: int = 20
+    polish_marginal_start: bool = True
     symmetry: str = "C1"
 
     def __post_init__(self):
