@@ -60,6 +60,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="search warm-up: fraction of the steps in which a global grid search against the "
                              "current map adds a candidate pose and teaches the encoder (default 0.5; 0 = the "
                              "paper's pure gradient descent)")
+    _add_polish_arguments(parser)
+    parser.add_argument("--shift-head", action="store_true",
+                        help="learn a per-image shift correction (added to the file's origins)")
+    parser.add_argument("--symmetry", default="C1", metavar="SYM",
+                        help="point group of the particles (RELION symbols; default C1). The training stays in C1, "
+                             "as cryoSPARC's and RELION's ab initio; then the map's symmetry axes are found, the "
+                             "poses turned into the group's frame (RELION's axis conventions), and the polishing "
+                             "and the final map impose the group")
+    parser.add_argument("--train-symmetry", default="C1", metavar="SYM",
+                        help="point group imposed on the map during training (default C1; not recommended: "
+                             "imposing D2 on β-galactosidase from a random start stalled at ~45° median error where "
+                             "C1 converged, an exploratory run)")
+    add_contrast_arguments(parser)
+    add_shift_estimation_arguments(parser, "centring, shift head, refined in polishing")
+    parser.add_argument("--per-image-norm", action="store_true",
+                        help="RELION's per-image normalisation (background s.d. 1 in every image) instead of one "
+                             "global scale; for data whose noise level varies between micrographs")
+    parser.add_argument("--no-whiten", action="store_true",
+                        help="do not whiten images and projections with the noise spectrum measured on the "
+                             "particles' background")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUTDIR (same options; --epochs, the runtime options and those of "
+                             "what follows the training - polishing, --symmetry, --no-reconstruct - may change: "
+                             "a finished run is then polished again without training)")
+    parser.add_argument("--no-reconstruct", action="store_true", help="skip the final reconstruction")
+    parser.add_argument("--no-report", action="store_true", help="skip report.html")
+    add_runtime_arguments(parser, seed="random seed (default 0); part of the run's config",
+                          precision=True, streaming=True,
+                          threads_help="torch CPU threads (default: the idle cores, re-read every epoch)")
+
+
+def _add_polish_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of what follows the training: the subset iterations and the polishing rounds."""
     parser.add_argument("--polish-rounds", type=int, default=2, metavar="N",
                         help="rounds of local refinement of the encoder's poses at the full box after training, each "
                              "against the map of the round before, read up to that map's FSC=0.143 resolution "
@@ -80,37 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "also start from a map found without the encoder (expectation-maximisation over a 15° "
                              "pose grid from random poses, on the same 3,000 particles) and keep the start the "
                              "particles fit better; this option turns that off")
-    parser.add_argument("--shift-head", action="store_true",
-                        help="learn a per-image shift correction (added to the file's origins)")
-    parser.add_argument("--symmetry", default="C1", metavar="SYM",
-                        help="point group of the particles (RELION symbols; default C1). The training stays in C1, "
-                             "as cryoSPARC's and RELION's ab initio; then the map's symmetry axes are found, the "
-                             "poses turned into the group's frame (RELION's axis conventions), and the polishing "
-                             "and the final map impose the group")
-    parser.add_argument("--train-symmetry", default="C1", metavar="SYM",
-                        help="point group imposed on the map during training (default C1; not recommended: "
-                             "imposing D2 on β-galactosidase from a random start stalled at ~45° median error where "
-                             "C1 converged, an exploratory run)")
     parser.add_argument("--no-rescue", action="store_true",
                         help="do not search globally, after each local polishing round, the particles whose score "
                              "falls in the low mode of the round's scores")
-    add_contrast_arguments(parser)
-    add_shift_estimation_arguments(parser, "centring, shift head, refined in polishing")
-    parser.add_argument("--per-image-norm", action="store_true",
-                        help="RELION's per-image normalisation (background s.d. 1 in every image) instead of one "
-                             "global scale; for data whose noise level varies between micrographs")
-    parser.add_argument("--no-whiten", action="store_true",
-                        help="do not whiten images and projections with the noise spectrum measured on the "
-                             "particles' background")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUTDIR (same options; --epochs, the runtime options and those of "
-                             "what follows the training - polishing, --symmetry, --no-reconstruct - may change: "
-                             "a finished run is then polished again without training)")
-    parser.add_argument("--no-reconstruct", action="store_true", help="skip the final reconstruction")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html")
-    add_runtime_arguments(parser, seed="random seed (default 0); part of the run's config",
-                          precision=True, streaming=True,
-                          threads_help="torch CPU threads (default: the idle cores, re-read every epoch)")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -124,14 +124,7 @@ def marginal_ab_initio(images: torch.Tensor, ctf, pixel_size_angstrom: float, *,
     from ..reconstruction.backprojection import reconstruct_from_tensors
     from ..rotations_grids import random_rotations
 
-    if images.ndim != 3 or images.shape[-1] != images.shape[-2] or images.shape[0] < 2:
-        raise ValueError(f"images must be (N >= 2, n, n), got {tuple(images.shape)}")
-    if int(iterations) < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
-    if min(start_resolution_angstrom, final_resolution_angstrom) <= 0:
-        raise ValueError("resolutions must be positive")
-    if initial_noise_factor < 1:
-        raise ValueError(f"initial_noise_factor must be at least 1, got {initial_noise_factor}")
+    _check(images, iterations, (start_resolution_angstrom, final_resolution_angstrom), initial_noise_factor)
     n_img, n = images.shape[0], images.shape[-1]
     apix = float(pixel_size_angstrom)
     x = images.to(torch.float32)
@@ -169,13 +162,24 @@ def marginal_ab_initio(images: torch.Tensor, ctf, pixel_size_angstrom: float, *,
         w = torch.softmax(top_v, dim=1)
         best_j, best_s = top_j[:, 0], top_s[:, 0]
         noise = _update_noise(noise, ft, cf, rec.volume, grid[best_j], lattice[best_s], scale, shell, band, n)
-        keep = w > 1e-3
-        i_idx, m_idx = torch.nonzero(keep, as_tuple=True)
+        i_idx, m_idx = torch.nonzero(w > 1e-3, as_tuple=True)
         rec = rebuild(grid[top_j[i_idx, m_idx]], lattice[top_s[i_idx, m_idx]], w[i_idx, m_idx], i_idx)
         resolutions.append(res)
         max_weights.append(float(w[:, 0].median()))
     shifts = (origin + lattice[best_s]) * apix
     return MarginalResult(grid[best_j].float(), shifts.float(), rec, tuple(resolutions), tuple(max_weights))
+
+
+def _check(images: torch.Tensor, iterations: int, resolutions: tuple, initial_noise_factor: float) -> None:
+    """The ``ValueError`` of :func:`marginal_ab_initio` for bad input."""
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2] or images.shape[0] < 2:
+        raise ValueError(f"images must be (N >= 2, n, n), got {tuple(images.shape)}")
+    if int(iterations) < 1:
+        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    if min(resolutions) <= 0:
+        raise ValueError("resolutions must be positive")
+    if initial_noise_factor < 1:
+        raise ValueError(f"initial_noise_factor must be at least 1, got {initial_noise_factor}")
 
 
 def _phases(shifts_px: torch.Tensor, n: int) -> torch.Tensor:
