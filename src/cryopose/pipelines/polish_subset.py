@@ -36,8 +36,8 @@ from .polish import (POLISH_NYQUIST_FRACTION, PolishOutcome, PolishSchedule, cen
                      polish_rounds)
 
 __all__ = ["polish_from_subset", "subset_iterations", "subset_images", "subset_fit", "subset_warning", "start_note",
-           "SubsetOutcome", "SUBSET_PARTICLES", "MOVED_DEG", "CONVERGED_MOVED_FRACTION", "PATIENCE", "MARGINAL_SHIFT_RANGE_PX",
-           "MARGINAL_ITERATIONS", "MARGINAL_SEEDS"]
+           "SubsetOutcome", "SUBSET_PARTICLES", "MOVED_DEG", "CONVERGED_MOVED_FRACTION", "PATIENCE",
+           "MARGINAL_SHIFT_RANGE_PX", "MARGINAL_ITERATIONS", "MARGINAL_SEEDS"]
 
 #: Particles of the subset (all when there are fewer).
 SUBSET_PARTICLES = 3000
