@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from cryopose.ctf import CTFParams, compute_ctf
-from cryopose.fourier import fourier_downsample_volume
+from blobs import blob_volume  # tests/unit/blobs.py
 from cryopose.metrics.pose_error import align_rotations
-from cryopose.models.volume import spherical_mask
 from cryopose.projection import project
 from cryopose.rotations import random_rotations
 from cryopose.search.marginal import marginal_ab_initio
@@ -22,15 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _volume(seed: int) -> torch.Tensor:
-    """Seven Gaussian blobs at random places: a particle without symmetry."""
-    g = torch.Generator().manual_seed(seed)
-    k = torch.arange(48, dtype=torch.float64) - 24
-    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
-    v = torch.zeros(48, 48, 48, dtype=torch.float64)
-    for _ in range(7):
-        c = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 22
-        v += torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 10.0)
-    return fourier_downsample_volume(v, N) * spherical_mask(N, 10.0, dtype=torch.float64)
+    """A particle without symmetry (:func:`blobs.blob_volume`)."""
+    return blob_volume(torch.Generator().manual_seed(seed), N)
 
 
 def _particles(n: int, seed: int, *, shift_px: int = 0, snr: float = 1.0):

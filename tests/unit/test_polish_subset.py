@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from blobs import blob_volume  # tests/unit/blobs.py
 from cryopose.ctf import CTFParams, compute_ctf
 from cryopose.data.dataset import TensorStack
-from cryopose.fourier import fourier_downsample_volume
 from cryopose.io.particles import ParticleMetadata
-from cryopose.models.volume import spherical_mask
 from cryopose.projection import project
 from cryopose.reconstruction import reconstruct
 from cryopose.rotations import geodesic_distance_deg, random_rotations, relion_euler_to_rotmat
@@ -27,13 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def _particles(n: int, seed: int):
     """Noise-free CTF-modulated projections (origins within ±2 px) of an asymmetric blob volume."""
     g = torch.Generator().manual_seed(seed)
-    k = torch.arange(48, dtype=torch.float64) - 24
-    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
-    v = torch.zeros(48, 48, 48, dtype=torch.float64)
-    for _ in range(7):
-        c = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 22
-        v += torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 10.0)
-    vol = fourier_downsample_volume(v, N) * spherical_mask(N, 10.0, dtype=torch.float64)
+    vol = blob_volume(g, N)
     rot = random_rotations(n, generator=g)
     du = 12000 + 8000 * torch.rand(n, generator=g, dtype=torch.float64)
     ctf = CTFParams.create(defocus_u_angstrom=du, defocus_v_angstrom=du - 300, defocus_angle_deg=30.0)

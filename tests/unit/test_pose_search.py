@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from blobs import blob_volume  # tests/unit/blobs.py
 from cryopose.ctf import CTFParams, compute_ctf
-from cryopose.fourier import centered_fft2, fourier_downsample_volume
+from cryopose.fourier import centered_fft2
 from cryopose.io.particles import ParticleMetadata
-from cryopose.models.volume import spherical_mask, symmetrize_volume
+from cryopose.models.volume import symmetrize_volume
 from cryopose.pipelines.polish import polish_poses
 from cryopose.projection import prepare_volume_ft, project
 from cryopose.rotations import geodesic_distance_deg, random_rotations, relion_euler_to_rotmat
@@ -28,14 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _volume(symmetry: str = "C1") -> torch.Tensor:
-    g = torch.Generator().manual_seed(11)
-    k = torch.arange(48, dtype=torch.float64) - 24
-    z, y, x = torch.meshgrid(k, k, k, indexing="ij")
-    v = torch.zeros(48, 48, 48, dtype=torch.float64)
-    for _ in range(7):  # asymmetric arrangement of blobs
-        c = (torch.rand(3, generator=g, dtype=torch.float64) - 0.5) * 22
-        v += torch.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / 10.0)
-    v = fourier_downsample_volume(v, N) * spherical_mask(N, 10.0, dtype=torch.float64)
+    v = blob_volume(torch.Generator().manual_seed(11), N)  # asymmetric arrangement of blobs
     if symmetry != "C1":
         v = symmetrize_volume(v, symmetry_operators(symmetry))
     return v
