@@ -10,7 +10,7 @@ import torch
 from cryopose.ctf import CTFParams, compute_ctf
 from blobs import blob_volume  # tests/unit/blobs.py
 from cryopose.metrics.pose_error import align_rotations
-from cryopose.projection import project
+from cryopose.projection import prepare_volume_ft, project
 from cryopose.rotations import random_rotations
 from cryopose.search.marginal import marginal_ab_initio
 
@@ -77,8 +77,8 @@ def test_the_most_probable_hypothesis_is_the_true_pose_and_origin():
         c = compute_ctf(ctf, N, APIX).float()
         images = project(vol, grid[j], ctf=c, shifts_px=lattice[s])
         x = centered_fft2(images).reshape(40, -1)[:, band.flat_index]
-        values, top_j, top_s, scale = _e_step(x, c.reshape(40, -1)[:, band.flat_index], vol, grid, lattice, band,
-                                              torch.ones(len(band)))
+        values, top_j, top_s, scale = _e_step(x, c.reshape(40, -1)[:, band.flat_index], prepare_volume_ft(vol), grid,
+                                              lattice, band, torch.ones(len(band)))
         assert torch.equal(top_j[:, 0], j) and torch.equal(top_s[:, 0], s)
         assert scale == pytest.approx(1.0, rel=1e-3) and bool((values[:, 0] > values[:, 1]).all())
 

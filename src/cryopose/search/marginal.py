@@ -40,12 +40,11 @@ iterations. The first map is the reconstruction from uniformly random poses (see
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
 from ..fourier import centered_fft2, radial_index_2d
-from ..projection import prepare_volume_ft
+from ..projection import origin_phases, prepare_volume_ft
 from .band import make_band, origin_phases_band, slice_band, soft_circular_mask
 from .grids import asymmetric_so3_grid, shift_lattice
 
@@ -133,7 +132,7 @@ def marginal_ab_initio(images: torch.Tensor, ctf, pixel_size_angstrom: float, *,
     xm = (x - (x * mask).sum((-2, -1), keepdim=True) / mask.sum()) * mask
     origin = torch.zeros(n_img, 2) if shifts_angstrom is None else shifts_angstrom.float() / apix
     # Each particle's transform moved to its starting origin: hypotheses are changes of it.
-    ft = centered_fft2(xm).reshape(n_img, -1) * _phases(origin, n).conj()
+    ft = centered_fft2(xm).reshape(n_img, -1) * origin_phases(origin, n).reshape(n_img, -1).conj()
     cf = c.reshape(n_img, -1)
     shell = radial_index_2d(n).round().long().reshape(-1).clamp_max(n // 2)
     noise = _shell_mean(ft.real**2 + ft.imag**2, shell, n // 2 + 1)
@@ -157,11 +156,12 @@ def marginal_ab_initio(images: torch.Tensor, ctf, pixel_size_angstrom: float, *,
         res = float(start_resolution_angstrom) * (final / float(start_resolution_angstrom)) ** progress
         band = make_band(n, n * apix / res)
         fudge = float(initial_noise_factor) ** (1.0 - progress)
-        top_v, top_j, top_s, scale = _e_step(ft[:, band.flat_index], cf[:, band.flat_index], rec.volume, grid,
-                                             lattice, band, fudge * noise[shell[band.flat_index]])
+        vft = prepare_volume_ft(rec.volume.float())
+        top_v, top_j, top_s, scale = _e_step(ft[:, band.flat_index], cf[:, band.flat_index], vft, grid, lattice,
+                                             band, fudge * noise[shell[band.flat_index]])
         w = torch.softmax(top_v, dim=1)
         best_j, best_s = top_j[:, 0], top_s[:, 0]
-        noise = _update_noise(noise, ft, cf, rec.volume, grid[best_j], lattice[best_s], scale, shell, band, n)
+        noise = _update_noise(noise, ft, cf, vft, grid[best_j], lattice[best_s], scale, shell, band, n)
         i_idx, m_idx = torch.nonzero(w > 1e-3, as_tuple=True)
         rec = rebuild(grid[top_j[i_idx, m_idx]], lattice[top_s[i_idx, m_idx]], w[i_idx, m_idx], i_idx)
         resolutions.append(res)
@@ -182,27 +182,20 @@ def _check(images: torch.Tensor, iterations: int, resolutions: tuple, initial_no
         raise ValueError(f"initial_noise_factor must be at least 1, got {initial_noise_factor}")
 
 
-def _phases(shifts_px: torch.Tensor, n: int) -> torch.Tensor:
-    """``(N, n²)`` origin phases on the full centred grid (:func:`origin_phases_band` of all of it)."""
-    k = torch.arange(n, dtype=torch.float32) - n // 2
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
-    arg = shifts_px[:, 0, None] * kx.reshape(-1) + shifts_px[:, 1, None] * ky.reshape(-1)
-    return torch.polar(torch.ones_like(arg), 2.0 * math.pi * arg / n)
-
-
 def _shell_mean(values: torch.Tensor, shell: torch.Tensor, n_shells: int) -> torch.Tensor:
     """Mean over particles and over each shell's frequencies of ``values (N, n²)``: ``(n_shells,)``."""
     total = torch.zeros(n_shells).index_add_(0, shell, values.mean(0).float())
     return total / torch.bincount(shell, minlength=n_shells).clamp_min(1)
 
 
-def _e_step(x: torch.Tensor, c: torch.Tensor, volume: torch.Tensor, grid: torch.Tensor, lattice: torch.Tensor,
-            band, noise: torch.Tensor):
-    """The :data:`TOP_HYPOTHESES` best log-posteriors per particle over grid × lattice.
+def _e_step(x: torch.Tensor, c: torch.Tensor, vft, grid: torch.Tensor, lattice: torch.Tensor, band,
+            noise: torch.Tensor):
+    """The :data:`TOP_HYPOTHESES` best log-posteriors per particle over grid × lattice, against the
+    prepared map ``vft`` (:func:`~cryopose.projection.prepare_volume_ft`).
 
     Returns ``(values (N, M), grid indices (N, M), lattice indices (N, M), scale a)``.
     """
-    proj = torch.cat([slice_band(prepare_volume_ft(volume.float()), grid[s:s + 4096], band)
+    proj = torch.cat([slice_band(vft, grid[s:s + 4096], band)
                       for s in range(0, grid.shape[0], 4096)])  # (J, K)
     p_real = torch.cat([proj.real, proj.imag], -1)  # (J, 2K)
     p_power = proj.real**2 + proj.imag**2
@@ -238,11 +231,11 @@ def _e_step(x: torch.Tensor, c: torch.Tensor, volume: torch.Tensor, grid: torch.
     return v, k % n_j, k // n_j, scale
 
 
-def _update_noise(noise: torch.Tensor, ft: torch.Tensor, c: torch.Tensor, volume: torch.Tensor,
+def _update_noise(noise: torch.Tensor, ft: torch.Tensor, c: torch.Tensor, vft,
                   rot: torch.Tensor, delta: torch.Tensor, scale: float, shell: torch.Tensor, band, n: int):
     """σ² of the band's shells from the residuals at the best hypotheses; the others unchanged."""
     idx = band.flat_index
-    model = scale * c[:, idx] * slice_band(prepare_volume_ft(volume.float()), rot, band) \
+    model = scale * c[:, idx] * slice_band(vft, rot, band) \
         * origin_phases_band(delta, band)
     r = ft[:, idx] - model
     inside = torch.bincount(shell[idx], minlength=n // 2 + 1) > 0
